@@ -1,0 +1,115 @@
+"""`dsv3`: list, show, plan and launch recipes (overrides are NeMo-Run CLI `key=value` arguments)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dsv3_recipes.recipe import RecipeError
+
+
+def _add_recipe_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("name", help="recipe name (see `dsv3 list`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.global_batch_size=16")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from dsv3_recipes.recipes import RECIPES
+
+    for name, factory in RECIPES.items():
+        summary = (factory.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:26s} {summary}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from dsv3_recipes.launch import build_task, recipe_of, to_dict
+
+    recipe = recipe_of(build_task(args.name, args.overrides))
+    data = to_dict(recipe)
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else _render_tree(data))
+    return 0
+
+
+def _render_tree(data: dict, indent: int = 0) -> str:
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            lines.append(" " * indent + f"{key}:")
+            lines.append(_render_tree(value, indent + 2))
+        else:
+            lines.append(" " * indent + f"{key}: {value!r}")
+    return "\n".join(lines)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from dsv3_recipes.launch import build_task, recipe_of
+    from dsv3_recipes.plan import plan
+
+    report = plan(recipe_of(build_task(args.name, args.overrides)), mfu=args.mfu)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from dsv3_recipes.launch import SlurmOptions, launch
+
+    slurm = SlurmOptions.from_args_and_env(args)
+    launch(args.factory, args.overrides, executor=args.executor, dryrun=args.dryrun, slurm=slurm)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dsv3_recipes.report import report
+
+    print(report(args.logdir, plot=not args.no_plot))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from dsv3_recipes.launch import EXECUTORS, SlurmOptions
+
+    top = argparse.ArgumentParser(prog="dsv3", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="all recipes").set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("show", help="the fully resolved recipe after overrides")
+    _add_recipe_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("plan", help="preflight: parallel layout, memory per GPU, FLOPs, step time")
+    _add_recipe_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--mfu", type=float, default=0.4, help="MFU assumed for the step-time estimate")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("pretrain", help="launch a recipe (or render its launch with --dryrun)")
+    p.add_argument("--factory", "-f", required=True, help="recipe name (see `dsv3 list`)")
+    p.add_argument("--executor", "-e", default="local", help=f"one of {', '.join(EXECUTORS)}")
+    p.add_argument("--dryrun", action="store_true", help="print the rendered launch, run nothing")
+    SlurmOptions.add_arguments(p)
+    _add_recipe_args(p, positional=False)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("report", help="table and plot of a run's per-step metrics")
+    p.add_argument("logdir", help="a run's output dir (metrics.jsonl) or a directory of logs")
+    p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(func=_cmd_report)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RecipeError as e:
+        print(f"dsv3: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Megatron-Bridge callbacks: per-step throughput, memory and loss lines, and a closing summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from megatron.bridge.training.callbacks import Callback, CallbackContext
+from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+from dsv3_recipes import hardware
+from dsv3_recipes.flops import model_flops_per_token
+from dsv3_recipes.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize
+from dsv3_recipes.recipe import Recipe
+
+WARMUP_STEPS = 3
+
+
+class ThroughputCallback(Callback):
+    """Times each optimizer step and prints one metrics line from the last rank (which holds the loss)."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.flops_per_token = model_flops_per_token(recipe.model)
+        self.tokens_per_step = recipe.train.global_batch_size * recipe.model.seq_length
+        self.history: list[StepMetrics] = []
+        self._start = 0.0
+
+    def _is_reporting_rank(self) -> bool:
+        return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
+
+    def on_train_step_start(self, context: CallbackContext) -> None:
+        torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_train_step_end(self, context: CallbackContext) -> None:
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - self._start
+        if not self._is_reporting_rank():
+            return
+        loss = (context.loss_dict or {}).get("lm loss")
+        metrics = step_metrics(
+            step=context.state.train_state.step,
+            lm_loss=float(loss) if loss is not None else None,
+            mtp_loss=_mtp_loss(self.recipe),
+            step_time_s=elapsed,
+            tokens_per_step=self.tokens_per_step,
+            flops_per_token=self.flops_per_token,
+            world_size=torch.distributed.get_world_size(),
+            gpu=hardware.detect(torch.cuda.get_device_name()),
+            mem_allocated_bytes=torch.cuda.max_memory_allocated(),
+            mem_reserved_bytes=torch.cuda.max_memory_reserved(),
+            fp8=self.recipe.mixed_precision.fp8_recipe is not None,
+        )
+        self.history.append(metrics)
+        print(metrics.to_line(), flush=True)
+
+    def on_train_end(self, context: CallbackContext) -> None:
+        if not self._is_reporting_rank() or not self.history:
+            return
+        summary = {
+            "recipe": self.recipe.name,
+            "gpu": torch.cuda.get_device_name(),
+            "num_gpus": torch.distributed.get_world_size(),
+            **summarize(self.history, WARMUP_STEPS),
+        }
+        print(f"{SUMMARY_TAG} {json.dumps(summary)}", flush=True)
+        os.makedirs(self.recipe.output_dir, exist_ok=True)
+        with open(os.path.join(self.recipe.output_dir, "metrics.jsonl"), "w") as f:
+            for m in self.history:
+                f.write(m.to_line().split(" ", 1)[1] + "\n")
+
+
+def _mtp_loss(recipe: Recipe) -> float | None:
+    """This step's first MTP layer loss, read before Megatron's own logging resets the tracker."""
+    values = MTPLossLoggingHelper.tracker.get("values") if recipe.model.mtp_num_layers else None
+    if values is None:
+        return None
+    num_microbatches = recipe.train.global_batch_size // (
+        recipe.train.micro_batch_size * recipe.data_parallel_size
+    )
+    return float(values[0]) / num_microbatches
+
+
+def callbacks_for(recipe: Recipe) -> list[Callback]:
+    """Callbacks every run gets, plus the MLPerf logger in MLPerf mode."""
+    callbacks: list[Callback] = [ThroughputCallback(recipe)]
+    return callbacks

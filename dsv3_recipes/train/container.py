@@ -1,0 +1,307 @@
+"""Recipe -> Megatron-Bridge ConfigContainer (train side: imports torch, megatron and TE).
+
+The model provider is built from the recipe's own constants rather than from the Hugging Face config:
+Megatron-Bridge 0.6.2's ``deepseek_v3_pretrain_config()`` downloads that config and fails offline.
+The fixed DSV3 choices (RMSNorm, SwiGLU, no biases, untied embeddings, MLA with YaRN) are the ones
+Bridge's DeepSeekV3Bridge.provider_bridge sets.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from megatron.bridge.models.mla_provider import MLAModelProvider
+from megatron.bridge.training.comm_overlap import CommOverlapConfig
+from megatron.bridge.training.config import (
+    CheckpointConfig,
+    ConfigContainer,
+    DistributedDataParallelConfig,
+    DistributedInitConfig,
+    GPTDatasetConfig,
+    LoggerConfig,
+    MockGPTDatasetConfig,
+    OptimizerConfig,
+    ProfilingConfig,
+    RNGConfig,
+    SchedulerConfig,
+    TrainingConfig,
+    ValidationConfig,
+)
+from megatron.bridge.training.mixed_precision import MixedPrecisionConfig
+from megatron.bridge.training.tokenizers.config import TokenizerConfig
+from megatron.core.datasets.utils import get_blend_from_list
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+from megatron.core.transformer.enums import AttnBackend
+
+from dsv3_recipes.recipe import Recipe
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def model_provider(recipe: Recipe, use_transformer_engine: bool = True) -> MLAModelProvider:
+    """The DSV3 MLA provider with the recipe's sizes, parallelism and kernels."""
+    m = recipe.model
+    pipeline_dtype = torch.bfloat16 if m.pipeline_model_parallel_size > 1 else None
+    return MLAModelProvider(
+        transformer_layer_spec=partial(
+            get_gpt_decoder_block_spec, use_transformer_engine=use_transformer_engine
+        ),
+        transformer_impl="transformer_engine" if use_transformer_engine else "local",
+        # Fixed DeepSeek-V3 architecture.
+        normalization="RMSNorm",
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        share_embeddings_and_output_weights=False,
+        multi_latent_attention=True,
+        position_embedding_type="rope",
+        rope_type="yarn",
+        beta_fast=32,
+        beta_slow=1,
+        attention_softmax_in_fp32=False,
+        bias_activation_fusion=True,
+        bias_dropout_fusion=True,
+        masked_softmax_fusion=True,
+        persist_layer_norm=True,
+        # Sizes.
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        kv_channels=m.qk_head_dim,
+        q_lora_rank=m.q_lora_rank,
+        kv_lora_rank=m.kv_lora_rank,
+        qk_head_dim=m.qk_head_dim,
+        qk_pos_emb_head_dim=m.qk_pos_emb_head_dim,
+        v_head_dim=m.v_head_dim,
+        num_moe_experts=m.num_moe_experts,
+        moe_ffn_hidden_size=m.moe_ffn_hidden_size,
+        moe_shared_expert_intermediate_size=m.moe_shared_expert_intermediate_size,
+        moe_layer_freq=[0] * m.first_k_dense_replace + [1] * (m.num_layers - m.first_k_dense_replace),
+        moe_router_topk=m.moe_router_topk,
+        moe_router_num_groups=m.moe_router_num_groups,
+        moe_router_group_topk=m.moe_router_group_topk,
+        moe_router_topk_scaling_factor=m.moe_router_topk_scaling_factor,
+        moe_router_score_function=m.moe_router_score_function,
+        moe_router_enable_expert_bias=m.moe_router_enable_expert_bias,
+        moe_router_bias_update_rate=m.moe_router_bias_update_rate,
+        moe_router_pre_softmax=m.moe_router_pre_softmax,
+        moe_router_load_balancing_type=m.moe_router_load_balancing_type,
+        moe_aux_loss_coeff=m.moe_aux_loss_coeff,
+        moe_router_dtype=m.moe_router_dtype,
+        vocab_size=m.vocab_size,
+        make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
+        seq_length=m.seq_length,
+        rotary_base=m.rotary_base,
+        rotary_scaling_factor=m.rotary_scaling_factor,
+        original_max_position_embeddings=m.original_max_position_embeddings,
+        mscale=m.mscale,
+        mscale_all_dim=m.mscale_all_dim,
+        layernorm_epsilon=m.norm_epsilon,
+        qk_layernorm=m.qk_layernorm,
+        init_method_std=m.init_method_std,
+        attention_dropout=m.attention_dropout,
+        hidden_dropout=m.hidden_dropout,
+        mtp_num_layers=m.mtp_num_layers,
+        mtp_loss_scaling_factor=m.mtp_loss_scaling_factor,
+        # Parallelism. Megatron-LM turns sequence parallelism off at TP1; do the same.
+        tensor_model_parallel_size=m.tensor_model_parallel_size,
+        pipeline_model_parallel_size=m.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=m.virtual_pipeline_model_parallel_size,
+        pipeline_model_parallel_layout=m.pipeline_model_parallel_layout,
+        pipeline_dtype=pipeline_dtype,
+        context_parallel_size=m.context_parallel_size,
+        expert_model_parallel_size=m.expert_model_parallel_size,
+        expert_tensor_parallel_size=m.expert_tensor_parallel_size,
+        sequence_parallel=m.sequence_parallel and m.tensor_model_parallel_size > 1,
+        account_for_embedding_in_pipeline_split=False,
+        account_for_loss_in_pipeline_split=False,
+        # MoE dispatch and kernels.
+        moe_token_dispatcher_type=m.moe_token_dispatcher_type,
+        moe_flex_dispatcher_backend=m.moe_flex_dispatcher_backend or "deepep",
+        moe_flex_dispatcher_num_sms=m.moe_hybridep_num_sms
+        if m.moe_flex_dispatcher_backend == "hybridep"
+        else None,
+        moe_grouped_gemm=m.moe_grouped_gemm,
+        moe_permute_fusion=m.moe_permute_fusion,
+        moe_router_fusion=m.moe_router_fusion,
+        # The flex dispatcher overlaps the shared expert itself (Bridge's apply_flex_dispatcher_backend).
+        moe_shared_expert_overlap=m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex",
+        moe_router_force_load_balancing=m.moe_router_force_load_balancing,
+        moe_router_padding_for_quantization=m.moe_router_padding_for_quantization,
+        cross_entropy_loss_fusion=m.cross_entropy_loss_fusion,
+        cross_entropy_fusion_impl=m.cross_entropy_fusion_impl,
+        apply_rope_fusion=m.apply_rope_fusion,
+        gradient_accumulation_fusion=m.gradient_accumulation_fusion,
+        attention_backend=AttnBackend[m.attention_backend],
+        recompute_granularity=m.recompute_granularity,
+        recompute_modules=m.recompute_modules,
+        recompute_method=m.recompute_method,
+        recompute_num_layers=m.recompute_num_layers,
+        cuda_graph_impl=m.cuda_graph_impl,
+        cuda_graph_modules=m.cuda_graph_scope,
+        use_te_rng_tracker=m.use_te_rng_tracker,
+    )
+
+
+def dataset_config(recipe: Recipe) -> GPTDatasetConfig:
+    """Mock tokens, or an indexed blend (with an optional separate validation blend)."""
+    d = recipe.dataset
+    blend_per_split = None
+    if d.validation_paths:
+        blend_per_split = [get_blend_from_list(d.data_paths), get_blend_from_list(d.validation_paths), None]
+    dataset_cls = MockGPTDatasetConfig if d.mock else GPTDatasetConfig
+    return dataset_cls(
+        random_seed=recipe.train.seed,
+        seq_length=recipe.model.seq_length,
+        data_path=None if d.mock or blend_per_split else list(d.data_paths),
+        blend_per_split=blend_per_split,
+        split=None if blend_per_split else d.split,
+        path_to_cache=d.data_cache_path,
+        mmap_bin_files=d.mmap_bin_files,
+        num_workers=d.num_workers,
+        create_attention_mask=d.create_attention_mask,
+        skip_getting_attention_mask_from_dataset=not d.create_attention_mask,
+        reset_attention_mask=False,
+        reset_position_ids=False,
+        eod_mask_loss=False,
+        dataloader_type="single",
+        data_sharding=True,
+        num_dataset_builder_threads=1,
+    )
+
+
+def to_config_container(recipe: Recipe) -> ConfigContainer:
+    """Translate every section of the recipe into its Megatron-Bridge config."""
+    m, t, o, s, mp, co = (
+        recipe.model,
+        recipe.train,
+        recipe.optimizer,
+        recipe.scheduler,
+        recipe.mixed_precision,
+        recipe.comm_overlap,
+    )
+    output_dir = os.path.abspath(recipe.output_dir)
+    checkpoint_dir = recipe.checkpoint.save or os.path.join(output_dir, "checkpoints")
+    tensorboard_dir = recipe.logger.tensorboard_dir or os.path.join(output_dir, "tensorboard")
+    fp8 = mp.fp8_recipe is not None
+    return ConfigContainer(
+        model=model_provider(recipe),
+        train=TrainingConfig(
+            micro_batch_size=t.micro_batch_size,
+            global_batch_size=t.global_batch_size,
+            train_iters=t.train_iters,
+            train_samples=t.train_samples,
+            exit_duration_in_mins=t.exit_duration_in_mins,
+            manual_gc=t.manual_gc,
+            manual_gc_interval=t.manual_gc_interval,
+            manual_gc_eval=t.manual_gc_interval,
+        ),
+        validation=ValidationConfig(eval_interval=t.eval_interval, eval_iters=t.eval_iters),
+        optimizer=OptimizerConfig(
+            optimizer=o.optimizer,
+            lr=o.lr,
+            min_lr=o.min_lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2,
+            adam_eps=o.adam_eps,
+            clip_grad=o.clip_grad,
+            bf16=mp.bf16,
+            params_dtype=torch.bfloat16 if mp.bf16 else torch.float32,
+            use_distributed_optimizer=o.use_distributed_optimizer,
+            use_precision_aware_optimizer=o.use_precision_aware_optimizer,
+            main_grads_dtype=DTYPES[o.main_grads_dtype],
+            main_params_dtype=DTYPES[o.main_params_dtype],
+            exp_avg_dtype=DTYPES[o.exp_avg_dtype],
+            exp_avg_sq_dtype=DTYPES[o.exp_avg_sq_dtype],
+            reuse_grad_buf_for_mxfp8_param_ag=mp.reuse_grad_buf_for_mxfp8_param_ag,
+        ),
+        scheduler=SchedulerConfig(
+            lr_decay_style=s.lr_decay_style,
+            lr_wsd_decay_style=s.lr_wsd_decay_style,
+            lr_wsd_decay_iters=s.lr_wsd_decay_iters,
+            lr_warmup_iters=s.lr_warmup_iters,
+            lr_warmup_init=s.lr_warmup_init,
+            lr_decay_iters=s.lr_decay_iters,
+            lr_warmup_samples=s.lr_warmup_samples,
+            lr_decay_samples=s.lr_decay_samples,
+            start_weight_decay=o.weight_decay,
+            end_weight_decay=o.weight_decay,
+        ),
+        ddp=DistributedDataParallelConfig(
+            check_for_nan_in_grad=t.check_for_nan_in_loss_and_grad,
+            grad_reduce_in_fp32=mp.grad_reduce_in_fp32,
+            overlap_grad_reduce=co.overlap_grad_reduce,
+            overlap_param_gather=co.overlap_param_gather,
+            use_distributed_optimizer=o.use_distributed_optimizer,
+            fp8_param_gather=mp.fp8_param_gather,
+            reuse_grad_buf_for_mxfp8_param_ag=mp.reuse_grad_buf_for_mxfp8_param_ag,
+            average_in_collective=True,
+            data_parallel_sharding_strategy="no_shard",
+        ),
+        comm_overlap=CommOverlapConfig(
+            tp_comm_overlap=co.tp_comm_overlap,
+            overlap_grad_reduce=co.overlap_grad_reduce,
+            overlap_param_gather=co.overlap_param_gather,
+            overlap_moe_expert_parallel_comm=co.overlap_moe_expert_parallel_comm,
+            delay_wgrad_compute=co.delay_wgrad_compute,
+        ),
+        mixed_precision=MixedPrecisionConfig(
+            bf16=mp.bf16,
+            params_dtype=torch.bfloat16 if mp.bf16 else torch.float32,
+            pipeline_dtype=torch.bfloat16 if mp.bf16 else torch.float32,
+            autocast_enabled=False,
+            grad_reduce_in_fp32=mp.grad_reduce_in_fp32,
+            fp8="e4m3" if mp.fp8_format == "e4m3" and fp8 else ("hybrid" if fp8 else None),
+            fp8_recipe=mp.fp8_recipe or "tensorwise",
+            fp8_param_gather=mp.fp8_param_gather,
+            reuse_grad_buf_for_mxfp8_param_ag=mp.reuse_grad_buf_for_mxfp8_param_ag,
+        ),
+        dataset=dataset_config(recipe),
+        tokenizer=TokenizerConfig(
+            tokenizer_type=recipe.tokenizer.tokenizer_type,
+            tokenizer_model=recipe.tokenizer.tokenizer_model,
+            vocab_size=m.vocab_size if recipe.tokenizer.tokenizer_type == "NullTokenizer" else None,
+        ),
+        checkpoint=CheckpointConfig(
+            save=checkpoint_dir if recipe.checkpoint.save_interval else recipe.checkpoint.save,
+            load=recipe.checkpoint.load,
+            pretrained_checkpoint=recipe.checkpoint.pretrained_checkpoint,
+            save_interval=recipe.checkpoint.save_interval,
+            save_optim=recipe.checkpoint.save_optim,
+            load_optim=recipe.checkpoint.load_optim,
+            load_rng=recipe.checkpoint.load_rng,
+            async_save=recipe.checkpoint.async_save,
+            dist_ckpt_strictness=recipe.checkpoint.dist_ckpt_strictness,
+            ckpt_format="torch_dist",
+        ),
+        logger=LoggerConfig(
+            log_interval=recipe.logger.log_interval,
+            log_throughput=recipe.logger.log_throughput,
+            tensorboard_dir=tensorboard_dir,
+            log_timers_to_tensorboard=recipe.logger.log_timers_to_tensorboard,
+            log_memory_to_tensorboard=recipe.logger.log_memory_to_tensorboard,
+            log_validation_ppl_to_tensorboard=recipe.logger.log_validation_ppl_to_tensorboard,
+            wandb_project=recipe.logger.wandb_project,
+            wandb_exp_name=recipe.logger.wandb_exp_name,
+            wandb_save_dir=os.path.join(output_dir, "wandb") if recipe.logger.wandb_project else None,
+            logging_level=recipe.logger.logging_level,
+        ),
+        dist=DistributedInitConfig(
+            distributed_timeout_minutes=t.distributed_timeout_minutes,
+            enable_megatron_core_experimental=t.enable_experimental or m.apply_rope_fusion,
+        ),
+        rng=RNGConfig(seed=t.seed, te_rng_tracker=m.use_te_rng_tracker),
+        profiling=ProfilingConfig(
+            use_pytorch_profiler=recipe.profiling.use_pytorch_profiler,
+            use_nsys_profiler=recipe.profiling.use_nsys_profiler,
+            profile_step_start=recipe.profiling.profile_step_start,
+            profile_step_end=recipe.profiling.profile_step_end,
+            profile_ranks=list(recipe.profiling.profile_ranks),
+        ),
+        env_vars=dict(recipe.env_vars),
+    )

@@ -1,0 +1,23 @@
+"""The task every recipe runs: ``pretrain(recipe)`` on each rank. Heavy imports stay inside, so the
+launch side can reference this function in a ``run.Partial`` without torch."""
+
+from __future__ import annotations
+
+import os
+
+from dsv3_recipes.recipe import Recipe
+
+
+def pretrain(recipe: Recipe) -> None:
+    """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step."""
+    for name, value in recipe.env_vars.items():
+        os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
+
+    # Imported here: megatron.bridge.training.pretrain needs nvidia-resiliency-ext (GPU containers only).
+    from megatron.bridge.training.gpt_step import forward_step
+    from megatron.bridge.training.pretrain import pretrain as bridge_pretrain
+
+    from dsv3_recipes.train.callbacks import callbacks_for
+    from dsv3_recipes.train.container import to_config_container
+
+    bridge_pretrain(to_config_container(recipe), forward_step, callbacks=callbacks_for(recipe))
