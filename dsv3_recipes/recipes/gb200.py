@@ -12,7 +12,7 @@ def gb200_mxfp8_256gpu() -> run.Partial:
     """Megatron-Core's GB200 DSV3 guide (seed 000): MXFP8 on 256 GB200, every flag of its launch script."""
     task = dsv3_671b("gb200_mxfp8_256gpu", gpu_type="gb200", num_nodes=64, gpus_per_node=4)
     r = task.recipe
-    """Megatron-Core GB200 DSV3 guide (seed 000): MXFP8 on 256 GB200, every flag of its launch script."""
+    # EP32 all-to-all must stay inside one NVL72 rack; bindpcie wraps every rank (seed 000 sections 3-4).
     r.launch.nvl_segment_nodes = 8
     r.launch.bindpcie = True
 
