@@ -42,7 +42,7 @@ def gb200_mxfp8_256gpu() -> run.Partial:
     m.cross_entropy_fusion_impl = "te"  # seed 000
     # seed 000's --use-flash-attn only switches Megatron's legacy attention; with TE, "auto" picks cuDNN
     # fused attention (NVTE_FUSED_ATTN=1 below), as the seed's launch does.
-    m.attention_backend = "auto"
+    m.attention_backend = "auto"  # seed 000: --use-flash-attn, as explained above
     m.recompute_granularity = "selective"  # seed 000
     m.recompute_modules = ["moe_act", "mlp"]  # seed 000
     m.cuda_graph_impl = "transformer_engine"  # seed 000
@@ -52,7 +52,7 @@ def gb200_mxfp8_256gpu() -> run.Partial:
     t = r.train
     t.micro_batch_size = 1  # seed 000
     t.global_batch_size = 2048  # seed 000
-    t.train_iters = None
+    t.train_iters = None  # seed 000 counts samples (--train-samples), not iterations
     t.train_samples = 585937500  # seed 000
     t.exit_duration_in_mins = 220  # seed 000
     t.check_for_nan_in_loss_and_grad = False  # seed 000: --no-check-for-nan-in-loss-and-grad

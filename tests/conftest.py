@@ -1,0 +1,22 @@
+"""Shared fixtures. GPU tests (`@pytest.mark.gpu`) skip unless CUDA and the train side are present."""
+
+import importlib.util
+import shutil
+import subprocess
+
+import pytest
+
+
+def _cuda_available() -> bool:
+    if shutil.which("nvidia-smi") is None or importlib.util.find_spec("torch") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (results recorded under benchmarks/)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
