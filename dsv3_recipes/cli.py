@@ -64,7 +64,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from dsv3_recipes.report import report
 
-    print(report(args.logdir, plot=not args.no_plot))
+    print(report(args.logdir, plot_png=not args.no_plot))
     return 0
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except RecipeError as e:
+    except (RecipeError, FileNotFoundError, ValueError) as e:
         print(f"dsv3: error: {e}", file=sys.stderr)
         return 2
 

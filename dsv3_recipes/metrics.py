@@ -20,7 +20,6 @@ SUMMARY_TAG = "DSV3_SUMMARY"
 class StepMetrics:
     step: int
     lm_loss: float | None
-    mtp_loss: float | None
     step_time_s: float
     tokens_per_s_per_gpu: float
     model_tflops_per_gpu: float
@@ -36,7 +35,6 @@ def step_metrics(
     *,
     step: int,
     lm_loss: float | None,
-    mtp_loss: float | None,
     step_time_s: float,
     tokens_per_step: int,
     flops_per_token: float,
@@ -53,7 +51,6 @@ def step_metrics(
     return StepMetrics(
         step=step,
         lm_loss=lm_loss,
-        mtp_loss=mtp_loss,
         step_time_s=step_time_s,
         tokens_per_s_per_gpu=tokens_per_s_per_gpu,
         model_tflops_per_gpu=tflops,

@@ -1,4 +1,7 @@
-"""Megatron-Bridge callbacks: per-step throughput, memory and loss lines, and a closing summary."""
+"""Megatron-Bridge callbacks: per-step throughput, memory and loss lines, and a closing summary.
+
+Megatron's own log line for the same step carries its TFLOPS figure and the MTP loss; `dsv3 report`
+joins the two by iteration."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import time
 
 import torch
 from megatron.bridge.training.callbacks import Callback, CallbackContext
-from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
 from dsv3_recipes import hardware
 from dsv3_recipes.flops import model_flops_per_token
@@ -44,7 +46,6 @@ class ThroughputCallback(Callback):
         metrics = step_metrics(
             step=context.state.train_state.step,
             lm_loss=float(loss) if loss is not None else None,
-            mtp_loss=_mtp_loss(self.recipe),
             step_time_s=elapsed,
             tokens_per_step=self.tokens_per_step,
             flops_per_token=self.flops_per_token,
@@ -71,17 +72,6 @@ class ThroughputCallback(Callback):
         with open(os.path.join(self.recipe.output_dir, "metrics.jsonl"), "w") as f:
             for m in self.history:
                 f.write(m.to_line().split(" ", 1)[1] + "\n")
-
-
-def _mtp_loss(recipe: Recipe) -> float | None:
-    """This step's first MTP layer loss, read before Megatron's own logging resets the tracker."""
-    values = MTPLossLoggingHelper.tracker.get("values") if recipe.model.mtp_num_layers else None
-    if values is None:
-        return None
-    num_microbatches = recipe.train.global_batch_size // (
-        recipe.train.micro_batch_size * recipe.data_parallel_size
-    )
-    return float(values[0]) / num_microbatches
 
 
 def callbacks_for(recipe: Recipe) -> list[Callback]:

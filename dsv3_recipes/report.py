@@ -1,0 +1,126 @@
+"""`dsv3 report LOGDIR`: a run's per-step table and a PNG of loss and tokens/s per step.
+
+Reads the log text of a run (NeMo-Run's log files, a tee'd console log, or metrics.jsonl) and joins
+the project's DSV3_METRICS lines with Megatron's own iteration lines (its TFLOPS figure, MTP loss).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsv3_recipes.metrics import METRICS_TAG, SUMMARY_TAG
+
+_MEGATRON_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|(.*)")
+_MEGATRON_FIELD = re.compile(r"\s*([^|:]+?):\s*([-+0-9.eE]+)\s*\|")
+
+
+@dataclass
+class RunLog:
+    steps: dict[int, dict[str, float]] = field(default_factory=dict)
+    summary: dict | None = None
+
+    def rows(self) -> list[dict[str, float]]:
+        return [{"step": s, **self.steps[s]} for s in sorted(self.steps)]
+
+
+def parse_log(text: str) -> RunLog:
+    """Per-step values from any mix of DSV3_METRICS, DSV3_SUMMARY and Megatron iteration lines."""
+    run = RunLog()
+    for line in text.splitlines():
+        if METRICS_TAG in line:
+            data = json.loads(line.split(METRICS_TAG, 1)[1])
+            run.steps.setdefault(data.pop("step"), {}).update(data)
+        elif SUMMARY_TAG in line:
+            run.summary = json.loads(line.split(SUMMARY_TAG, 1)[1])
+        elif match := _MEGATRON_LINE.search(line):
+            values = dict(_MEGATRON_FIELD.findall(match.group(2) + "|"))
+            step = run.steps.setdefault(int(match.group(1)), {})
+            if "throughput per GPU (TFLOP/s/GPU)" in values:
+                step["megatron_tflops_per_gpu"] = float(values["throughput per GPU (TFLOP/s/GPU)"])
+            for key, value in values.items():
+                if key.endswith(" loss"):
+                    step[key.replace(" ", "_")] = float(value)
+    return run
+
+
+def read_run(logdir: str | Path) -> RunLog:
+    """Parse every log under a run directory (or one file)."""
+    path = Path(logdir)
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".txt", ".jsonl")
+        )
+    )
+    if not files:
+        raise FileNotFoundError(f"no .log/.out/.txt/.jsonl files under {path}")
+    text = "\n".join(
+        f"{METRICS_TAG} {line}" if p.suffix == ".jsonl" else line
+        for p in files
+        for line in p.read_text(errors="replace").splitlines()
+    )
+    return parse_log(text)
+
+
+COLUMNS = (
+    ("step", "step", "{:.0f}"),
+    ("lm_loss", "lm loss", "{:.4f}"),
+    ("mtp_1_loss", "mtp loss", "{:.4f}"),
+    ("step_time_s", "step s", "{:.3f}"),
+    ("tokens_per_s_per_gpu", "tok/s/GPU", "{:,.0f}"),
+    ("model_tflops_per_gpu", "TFLOPS/GPU", "{:.1f}"),
+    ("megatron_tflops_per_gpu", "Megatron TFLOPS", "{:.1f}"),
+    ("mfu", "MFU", "{:.1%}"),
+    ("mem_allocated_gib", "alloc GiB", "{:.1f}"),
+)
+
+
+def render_table(run: RunLog) -> str:
+    rows = run.rows()
+    lines = [" | ".join(title for _, title, _ in COLUMNS)]
+    for row in rows:
+        lines.append(" | ".join(fmt.format(row[key]) if key in row else "-" for key, _, fmt in COLUMNS))
+    if run.summary:
+        lines.append("summary: " + json.dumps(run.summary))
+    return "\n".join(lines)
+
+
+def plot(run: RunLog, png: Path) -> Path:
+    """Loss and tokens/s/GPU against the step, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = run.rows()
+    fig, (loss_ax, tput_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("lm_loss", "lm loss"), ("mtp_1_loss", "MTP loss")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            loss_ax.plot(*zip(*points, strict=True), label=label)
+    loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+    loss_ax.legend()
+    points = [(r["step"], r["tokens_per_s_per_gpu"]) for r in rows if "tokens_per_s_per_gpu" in r]
+    if points:
+        tput_ax.plot(*zip(*points, strict=True))
+    tput_ax.set(xlabel="step", ylabel="tokens/s/GPU", title="throughput")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def report(logdir: str, plot_png: bool = True) -> str:
+    run = read_run(logdir)
+    if not run.steps:
+        raise ValueError(f"no training steps found in the logs under {logdir}")
+    text = render_table(run)
+    if plot_png:
+        base = Path(logdir)
+        png = plot(run, (base if base.is_dir() else base.parent) / "report.png")
+        text += f"\nplot: {png}"
+    return text

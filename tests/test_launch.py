@@ -1,0 +1,162 @@
+"""Launch side: dry-run rendering, the refusals before submission, and no torch on the login node."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsv3_recipes import launch, recipes
+from dsv3_recipes.cli import main
+from dsv3_recipes.launch import SlurmOptions, build_task, render_launch, recipe_of
+
+LAUNCH_SIDE_SCRIPT = """
+import sys
+from dsv3_recipes import cli, executors, launch, plan, recipes
+for name in recipes.RECIPES:
+    if name == "torchtitan_bf16":
+        continue
+    task = launch.build_task(name)
+    recipe = launch.recipe_of(task)
+    plan.plan(recipe)
+    launch.render_launch(task, executors.for_recipe("slurm", recipe, account="a"), recipe.name)
+heavy = sorted(m for m in ("torch", "megatron", "transformer_engine") if m in sys.modules)
+print("HEAVY", heavy)
+"""
+
+
+def test_launch_side_never_imports_torch():
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCH_SIDE_SCRIPT], capture_output=True, text=True, check=True
+    )
+    assert "HEAVY []" in out.stdout
+
+
+def _slurm_script(name, *overrides, **options):
+    task = build_task(name, overrides)
+    recipe = recipe_of(task)
+    slurm = SlurmOptions(account="acct", partition="batch", **options)
+    return render_launch(task, launch.make_executor("slurm", recipe, slurm), recipe.name)
+
+
+def test_gb200_sbatch_has_segment_bindpcie_env_and_image(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    script = _slurm_script("gb200_mxfp8_256gpu")
+    assert "#SBATCH --nodes=64" in script and "#SBATCH --ntasks-per-node=4" in script
+    assert "#SBATCH --gpus-per-node=4" in script
+    assert "#SBATCH --segment=8" in script
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert " /usr/local/bin/bindpcie python -m nemo_run.core.runners.fdl_runner" in srun
+    assert "--container-env HF_TOKEN,WANDB_API_KEY" in srun
+    assert "--container-image " in srun and "gb200" in srun.split("--container-image ")[1].split()[0]
+    for line in ("export NVLINK_DOMAIN_SIZE=72", "export NCCL_GRAPH_REGISTER=0", "export NVTE_FUSED_ATTN=1"):
+        assert line in script
+    assert "hf_secret_value_123" not in script
+
+
+def test_torchtitan_slurm_env_knobs_reach_the_script(monkeypatch):
+    for knob in recipes.torchtitan.KNOBS:
+        monkeypatch.delenv(knob, raising=False)
+    monkeypatch.setenv("DATASET_PATH", "/data/c4_text_document")
+    env = {
+        "SBATCH_ACCOUNT": "from_env",
+        "RUN_CONF_IMAGE": "registry/me/titan:1",
+        "RUN_CONF_MOUNTS": "/lustre:/lustre,/data:/data",
+        "ADDITIONAL_SLURM_PARAMS": "reservation=my_res;exclusive",
+    }
+    args = main.__globals__["parser"]().parse_args(["pretrain", "--factory", "h100_bf16_512gpu"])
+    options = SlurmOptions.from_args_and_env(args, env)
+    assert options.account == "from_env" and options.container_mounts == ["/lustre:/lustre", "/data:/data"]
+    assert options.additional_parameters == {"reservation": "my_res", "exclusive": True}
+    task = build_task("h100_bf16_512gpu")
+    recipe = recipe_of(task)
+    script = render_launch(task, launch.make_executor("slurm", recipe, options), recipe.name)
+    assert "#SBATCH --nodes=64" in script and "#SBATCH --reservation=my_res" in script
+    assert "--container-image registry/me/titan:1" in script
+    assert "--container-mounts /lustre:/lustre,/data:/data," in script
+
+
+def test_local_dryrun_renders_torchrun_with_recipe_env(capsys):
+    assert main(["pretrain", "--factory", "proxy_1gpu", "--dryrun"]) == 0
+    out = capsys.readouterr().out
+    assert "torchrun" in out and "--nproc-per-node 1" in out
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in out
+
+
+def test_main_job_without_gpu_fails_fast_pointing_to_dryrun(monkeypatch, capsys):
+    monkeypatch.setattr(launch, "local_gpu_count", lambda: 0)
+    assert main(["pretrain", "--factory", "proxy_1gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "needs 1 GPU(s), this machine has 0" in err and "--dryrun" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["pretrain", "--factory", "proxy_1gpu", "--executor", "k8s", "--dryrun"],
+            "executor: unknown executor 'k8s'",
+        ),
+        (
+            ["pretrain", "--factory", "gb200_mxfp8_256gpu", "--executor", "slurm", "--dryrun"],
+            "dataset.data_paths: empty",
+        ),
+        (
+            [
+                "pretrain",
+                "--factory",
+                "proxy_1gpu",
+                "--dryrun",
+                "dataset.mock=False",
+                "dataset.data_paths=['/nope/x']",
+            ],
+            "dataset.data_paths: /nope/x.bin does not exist",
+        ),
+        (
+            ["pretrain", "--factory", "proxy_1gpu", "--dryrun", "env_vars={'WANDB_API_KEY': 'k'}"],
+            "env_vars.WANDB_API_KEY: looks like a secret",
+        ),
+        (
+            ["pretrain", "--factory", "proxy_1gpu", "--dryrun", "logger.wandb_project='p'"],
+            "logger.wandb_project: is set but WANDB_API_KEY is not exported",
+        ),
+        (
+            ["pretrain", "--factory", "proxy_1gpu", "--executor", "slurm", "--dryrun"],
+            "executor.account: Slurm needs",
+        ),
+    ],
+)
+def test_refusals_before_submission(argv, message, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_show_json_is_the_full_resolved_recipe(capsys):
+    assert main(["show", "proxy_1gpu", "--json", "train.global_batch_size=32"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["train"]["global_batch_size"] == 32
+    assert data["model"]["num_moe_experts"] == 64 and data["launch"]["gpus_per_node"] == 1
+    assert set(data) >= {"model", "train", "optimizer", "scheduler", "dataset", "checkpoint", "env_vars"}
+
+
+def test_list_shows_every_recipe(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in recipes.RECIPES)
+
+
+def test_indexed_data_that_exists_passes(tmp_path):
+    prefix = tmp_path / "c4_text_document"
+    for ext in (".bin", ".idx"):
+        (tmp_path / f"c4_text_document{ext}").write_bytes(b"")
+    argv = [
+        "pretrain",
+        "--factory",
+        "proxy_1gpu",
+        "--dryrun",
+        "dataset.mock=False",
+        f"dataset.data_paths=['{prefix}']",
+    ]
+    assert main(argv) == 0
