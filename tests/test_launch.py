@@ -8,7 +8,7 @@ import pytest
 
 from dsv3_recipes import launch, recipes
 from dsv3_recipes.cli import main
-from dsv3_recipes.launch import SlurmOptions, build_task, render_launch, recipe_of
+from dsv3_recipes.launch import SlurmOptions, build_task, recipe_of, render_launch
 
 LAUNCH_SIDE_SCRIPT = """
 import sys
