@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import nemo_run as run
 
+from dsv3_recipes.images import BINDPCIE_PATH
 from dsv3_recipes.recipe import Recipe, RecipeError
 
 EXECUTORS = ("local", "slurm")
 SECRET_ENV_VARS = ("HF_TOKEN", "WANDB_API_KEY")
-BINDPCIE_IN_IMAGE = "/usr/local/bin/bindpcie"  # where docker/Dockerfile installs mlperf-common's bindpcie
 _SECRET_NAME = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)$")
 
 
@@ -93,7 +93,7 @@ def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:
     if kind == "local":
         return local(gpus=recipe.launch.num_gpus, env_vars=recipe.env_vars)
     if kind == "slurm":
-        bindpcie = options.pop("bindpcie", None) or (BINDPCIE_IN_IMAGE if recipe.launch.bindpcie else None)
+        bindpcie = options.pop("bindpcie", None) or (BINDPCIE_PATH if recipe.launch.bindpcie else None)
         return slurm(
             nodes=recipe.launch.num_nodes,
             gpus_per_node=recipe.launch.gpus_per_node,

@@ -140,13 +140,20 @@ def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.
     slurm = slurm or SlurmOptions()
     if not slurm.account:
         raise RecipeError("executor.account", "Slurm needs an account: --account or $SBATCH_ACCOUNT")
+    image = slurm.container_image or image_for(recipe.launch.gpu_type)
+    if "/" not in image.split(":")[0]:
+        raise RecipeError(
+            "executor.container_image",
+            f"{image} is a local tag the nodes cannot pull: push it (docker/README.md) and set "
+            "$DSV3_IMAGE_REGISTRY, or pass --container-image",
+        )
     return executors.for_recipe(
         "slurm",
         recipe,
         account=slurm.account,
         partition=slurm.partition,
         time=slurm.time,
-        container_image=slurm.container_image or image_for(recipe.launch.gpu_type),
+        container_image=image,
         container_mounts=slurm.container_mounts,
         job_dir=slurm.job_dir,
         ssh_host=slurm.ssh_host,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dsv3_recipes import launch, recipes
+from dsv3_recipes import images, launch, recipes
 from dsv3_recipes.cli import main
 from dsv3_recipes.launch import SlurmOptions, build_task, recipe_of, render_launch
 
@@ -41,6 +41,7 @@ def _slurm_script(name, *overrides, **options):
 
 def test_gb200_sbatch_has_segment_bindpcie_env_and_image(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    monkeypatch.setenv("DSV3_IMAGE_REGISTRY", "reg.example.com/team")
     script = _slurm_script("gb200_mxfp8_256gpu")
     assert "#SBATCH --nodes=64" in script and "#SBATCH --ntasks-per-node=4" in script
     assert "#SBATCH --gpus-per-node=4" in script
@@ -48,7 +49,7 @@ def test_gb200_sbatch_has_segment_bindpcie_env_and_image(monkeypatch):
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     assert " /usr/local/bin/bindpcie python -m nemo_run.core.runners.fdl_runner" in srun
     assert "--container-env HF_TOKEN,WANDB_API_KEY" in srun
-    assert "--container-image " in srun and "gb200" in srun.split("--container-image ")[1].split()[0]
+    assert f"--container-image {images.image_for('gb200', 'reg.example.com/team')} " in srun
     for line in ("export NVLINK_DOMAIN_SIZE=72", "export NCCL_GRAPH_REGISTER=0", "export NVTE_FUSED_ATTN=1"):
         assert line in script
     assert "hf_secret_value_123" not in script
@@ -129,6 +130,7 @@ def test_main_job_without_gpu_fails_fast_pointing_to_dryrun(monkeypatch, capsys)
 def test_refusals_before_submission(argv, message, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
+    monkeypatch.delenv("DSV3_IMAGE_REGISTRY", raising=False)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
