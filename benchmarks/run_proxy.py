@@ -27,7 +27,7 @@ EXCERPT_LINES = 40
 def planner_memory_gib(name: str, overrides: list[str]) -> float | None:
     from dsv3_recipes.plan import plan
 
-    return plan(recipe_of(build_task(name, overrides))).to_dict()["memory"]["total_gib"]
+    return plan(recipe_of(build_task(name, overrides))).to_dict()["memory"]["allocated_gib"]
 
 
 def main() -> int:

@@ -99,11 +99,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("logdir", help="a run's output dir (metrics.jsonl) or a directory of logs")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(func=_cmd_report)
+
+    from conversion.cli import add_arguments as add_convert_arguments
+    from dsv3_recipes import preprocess
+
+    preprocess.add_arguments(sub)
+    add_convert_arguments(sub)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    # argparse ends a `nargs="*"` positional at the first option: `show NAME --json k=v` leaves `k=v` over.
+    if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (RecipeError, FileNotFoundError, ValueError) as e:

@@ -168,6 +168,10 @@ def preflight(recipe: Recipe, executor: str, dryrun: bool) -> None:
     from dsv3_recipes.plan import plan
 
     plan(recipe)
+    if recipe.mlperf.enabled:
+        from dsv3_recipes import mlperf_rules
+
+        mlperf_rules.check(recipe)
     executors.check_no_secrets(recipe.env_vars)
     _check_data(recipe, executor)
     if recipe.logger.wandb_project and "WANDB_API_KEY" not in os.environ:

@@ -1,8 +1,10 @@
 """Shared fixtures. GPU tests (`@pytest.mark.gpu`) skip unless CUDA and the train side are present."""
 
 import importlib.util
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +13,14 @@ def _cuda_available() -> bool:
     if shutil.which("nvidia-smi") is None or importlib.util.find_spec("torch") is None:
         return False
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture(autouse=True)
+def no_stdin(monkeypatch):
+    """NeMo-Run's Slurm dry run shells out through invoke, which reads stdin; a CI run has none."""
+    with open(os.devnull) as devnull:
+        monkeypatch.setattr(sys, "stdin", devnull)
+        yield
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,7 @@ from dsv3_recipes.recipe import RecipeError
 from dsv3_recipes.recipes.b200 import b200_bf16_256gpu
 from dsv3_recipes.recipes.gb200 import gb200_bf16_256gpu, gb200_mxfp8_256gpu
 from dsv3_recipes.recipes.h100 import bridge_default_1024gpu, h100_bf16_512gpu, h100_fp8_blockwise
+from dsv3_recipes.recipes.mlperf import mlperf_gb300_256gpu, mlperf_h100_1024gpu, mlperf_proxy_1gpu
 from dsv3_recipes.recipes.proxy import (
     proxy_1gpu,
     proxy_1gpu_stock,
@@ -40,6 +41,9 @@ RECIPES: dict[str, Callable[[], run.Partial]] = {
         h100_bf16_512gpu,
         b200_bf16_256gpu,
         gb200_bf16_256gpu,
+        mlperf_gb300_256gpu,
+        mlperf_h100_1024gpu,
+        mlperf_proxy_1gpu,
     )
 }
 RECIPES["torchtitan_bf16"] = torchtitan_bf16_from_env

@@ -77,4 +77,8 @@ class ThroughputCallback(Callback):
 def callbacks_for(recipe: Recipe) -> list[Callback]:
     """Callbacks every run gets, plus the MLPerf logger in MLPerf mode."""
     callbacks: list[Callback] = [ThroughputCallback(recipe)]
+    if recipe.mlperf.enabled:
+        from dsv3_recipes.train.mlperf_log import MLPerfCallback, drop_page_cache
+
+        callbacks.append(MLPerfCallback(recipe, cache_cleared=drop_page_cache()))
     return callbacks

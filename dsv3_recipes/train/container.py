@@ -37,6 +37,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 from megatron.core.transformer.enums import AttnBackend
 
 from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.train import mlperf_data
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -188,7 +189,7 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
     checkpoint_dir = recipe.checkpoint.save or os.path.join(output_dir, "checkpoints")
     tensorboard_dir = recipe.logger.tensorboard_dir or os.path.join(output_dir, "tensorboard")
     fp8 = mp.fp8_recipe is not None
-    return ConfigContainer(
+    cfg = ConfigContainer(
         model=model_provider(recipe),
         train=TrainingConfig(
             micro_batch_size=t.micro_batch_size,
@@ -305,3 +306,6 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
         ),
         env_vars=dict(recipe.env_vars),
     )
+    if recipe.mlperf.enabled:
+        mlperf_data.configure(cfg, recipe)
+    return cfg

@@ -1,0 +1,155 @@
+"""Parallel group sizes of a recipe and the divisibility rules Megatron enforces on them.
+
+Megatron-Core builds two rank grids over the same GPUs (parallel_state.initialize_model_parallel):
+dense layers use TP x CP x DP x PP, MoE experts use ETP x EP x expert-DP x PP. The distributed
+optimizer shards dense parameters over DP x CP and expert parameters over expert-DP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsv3_recipes.recipe import Recipe, RecipeError
+
+
+@dataclass(frozen=True)
+class ParallelSizes:
+    world: int
+    tp: int
+    pp: int
+    vpp: int  # model chunks per pipeline rank (1: no interleaving)
+    cp: int
+    ep: int
+    etp: int
+    dp: int  # data-parallel replicas of the dense layers
+    expert_dp: int  # data-parallel replicas of each expert
+    sequence_parallel: bool  # effective: requested and TP > 1, as Megatron-LM does
+    num_microbatches: int  # per pipeline, per optimizer step
+
+    @property
+    def dense_optimizer_shards(self) -> int:
+        """Ranks that share one dense parameter's optimizer state (Megatron's dp-cp group)."""
+        return self.dp * self.cp
+
+    def describe(self) -> str:
+        vpp = f" VPP{self.vpp}" if self.vpp > 1 else ""
+        sp = " SP" if self.sequence_parallel else ""
+        return (
+            f"TP{self.tp}{sp} PP{self.pp}{vpp} CP{self.cp} DP{self.dp} | EP{self.ep} ETP{self.etp} "
+            f"expert-DP{self.expert_dp}"
+        )
+
+
+def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
+    """Group sizes after checking every divisibility Megatron needs; ``vpp`` comes from the layout."""
+    m, t = recipe.model, recipe.train
+    world = recipe.launch.num_gpus
+    for name in (
+        "tensor_model_parallel_size",
+        "pipeline_model_parallel_size",
+        "context_parallel_size",
+        "expert_model_parallel_size",
+        "expert_tensor_parallel_size",
+    ):
+        if getattr(m, name) < 1:
+            raise RecipeError(f"model.{name}", f"must be >= 1, got {getattr(m, name)}")
+    if m.virtual_pipeline_model_parallel_size is not None and m.virtual_pipeline_model_parallel_size < 1:
+        raise RecipeError("model.virtual_pipeline_model_parallel_size", "must be None or >= 1")
+    for name in ("micro_batch_size", "global_batch_size"):
+        if getattr(t, name) < 1:
+            raise RecipeError(f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
+    if world < 1:
+        raise RecipeError("launch.num_nodes", f"num_nodes x gpus_per_node must be >= 1, got {world}")
+
+    tp, pp, cp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.context_parallel_size
+    ep, etp = m.expert_model_parallel_size, m.expert_tensor_parallel_size
+    if world % (tp * pp * cp):
+        raise RecipeError(
+            "launch.num_nodes",
+            f"{world} GPUs not divisible by TP x PP x CP = {tp} x {pp} x {cp} = {tp * pp * cp}",
+        )
+    if m.num_moe_experts % ep:
+        raise RecipeError(
+            "model.expert_model_parallel_size", f"{m.num_moe_experts} experts not divisible by EP={ep}"
+        )
+    if world % (etp * ep * pp):
+        raise RecipeError(
+            "model.expert_model_parallel_size",
+            f"{world} GPUs not divisible by ETP x EP x PP = {etp} x {ep} x {pp} = {etp * ep * pp}",
+        )
+    if m.moe_router_num_groups and m.num_moe_experts % m.moe_router_num_groups:
+        raise RecipeError(
+            "model.moe_router_num_groups",
+            f"{m.num_moe_experts} experts not divisible into {m.moe_router_num_groups} groups",
+        )
+    if m.moe_router_group_topk > m.moe_router_num_groups:
+        raise RecipeError(
+            "model.moe_router_group_topk",
+            f"{m.moe_router_group_topk} exceeds moe_router_num_groups={m.moe_router_num_groups}",
+        )
+    if m.moe_router_topk > m.num_moe_experts:
+        raise RecipeError("model.moe_router_topk", f"{m.moe_router_topk} exceeds {m.num_moe_experts} experts")
+    if m.num_attention_heads % tp:
+        raise RecipeError(
+            "model.tensor_model_parallel_size",
+            f"{m.num_attention_heads} attention heads not divisible by TP={tp}",
+        )
+    if m.ffn_hidden_size % tp or m.moe_shared_expert_intermediate_size % tp:
+        raise RecipeError(
+            "model.tensor_model_parallel_size",
+            f"FFN widths (dense {m.ffn_hidden_size}, shared expert "
+            f"{m.moe_shared_expert_intermediate_size}) not divisible by TP={tp}",
+        )
+    if m.moe_ffn_hidden_size % etp:
+        raise RecipeError(
+            "model.expert_tensor_parallel_size",
+            f"expert FFN width {m.moe_ffn_hidden_size} not divisible by ETP={etp}",
+        )
+    if tp > 1 and m.num_moe_experts and not m.sequence_parallel:
+        raise RecipeError(
+            "model.sequence_parallel", f"MoE with TP={tp} needs sequence parallelism: set it to True"
+        )
+    sequence_parallel = m.sequence_parallel and tp > 1
+    shards = (2 * cp if cp > 1 else 1) * (tp if sequence_parallel else 1)
+    if m.seq_length % shards:
+        raise RecipeError(
+            "model.seq_length",
+            f"{m.seq_length} not divisible by {shards} (2 x CP={cp} for causal load balancing"
+            f"{f', x TP={tp} for sequence parallelism' if sequence_parallel else ''})",
+        )
+    if vpp > 1 and pp == 1:
+        raise RecipeError(
+            "model.virtual_pipeline_model_parallel_size",
+            "the interleaved schedule needs pipeline_model_parallel_size > 1",
+        )
+
+    dp = world // (tp * pp * cp)
+    per_step = t.micro_batch_size * dp
+    if t.global_batch_size % per_step:
+        raise RecipeError(
+            "train.global_batch_size",
+            f"{t.global_batch_size} not divisible by micro_batch_size x DP = "
+            f"{t.micro_batch_size} x {dp} = {per_step}",
+        )
+    num_microbatches = t.global_batch_size // per_step
+    if vpp > 1 and num_microbatches % pp:
+        # Megatron's interleaved schedule runs micro-batches in groups of PP per model chunk
+        # (microbatch_group_size_per_vp_stage) and refuses a partial last group.
+        raise RecipeError(
+            "train.global_batch_size",
+            f"the interleaved schedule needs a multiple of PP={pp} micro-batches per step, got "
+            f"{num_microbatches} (GBS {t.global_batch_size} / (MBS {t.micro_batch_size} x DP {dp}))",
+        )
+    return ParallelSizes(
+        world=world,
+        tp=tp,
+        pp=pp,
+        vpp=vpp,
+        cp=cp,
+        ep=ep,
+        etp=etp,
+        dp=dp,
+        expert_dp=world // (etp * ep * pp),
+        sequence_parallel=sequence_parallel,
+        num_microbatches=num_microbatches,
+    )

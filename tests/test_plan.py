@@ -1,0 +1,174 @@
+"""plan(): the 671B recipes fit their GPUs, bad input is refused naming the field, and the report."""
+
+import dataclasses
+import json
+import time
+
+import pytest
+
+from dsv3_recipes import memory, recipes
+from dsv3_recipes.launch import build_task, recipe_of
+from dsv3_recipes.plan import plan
+from dsv3_recipes.recipe import RecipeError
+
+RECIPES_671B = [
+    "gb200_mxfp8_256gpu",
+    "h100_fp8_blockwise",
+    "bridge_default_1024gpu",
+    "h100_bf16_512gpu",
+    "b200_bf16_256gpu",
+    "gb200_bf16_256gpu",
+]
+
+
+@pytest.fixture(scope="module")
+def gb200():
+    return recipe_of(build_task("gb200_mxfp8_256gpu"))
+
+
+@pytest.fixture(scope="module")
+def bridge_default():
+    return recipe_of(build_task("bridge_default_1024gpu"))
+
+
+def overridden(recipe, **sections):
+    """A copy of the recipe with fields replaced: overridden(r, model={"x": 1}, train={...})."""
+    changes = {
+        name: dataclasses.replace(getattr(recipe, name), **fields) for name, fields in sections.items()
+    }
+    return dataclasses.replace(recipe, **changes)
+
+
+def test_gb200_seed000_layout_and_fit(gb200):
+    p = plan(gb200)
+    s = p.sizes
+    assert (s.world, s.tp, s.pp, s.vpp, s.ep, s.dp, s.expert_dp) == (256, 1, 8, 4, 32, 32, 1)
+    assert s.num_microbatches == 2048 // (1 * 32)
+    assert len(p.stages) == 32 and p.stages[0].layers == ("embedding", "decoder")
+    assert p.memory.total_bytes / memory.GIB < p.gpu.memory_gib
+    assert p.tokens_per_step == 2048 * 4096
+
+
+def test_bridge_default_seed004_fits_h100(bridge_default):
+    p = plan(bridge_default)
+    s = p.sizes
+    assert (s.world, s.tp, s.pp, s.vpp, s.ep, s.dp, s.expert_dp) == (1024, 2, 16, 1, 64, 32, 1)
+    assert p.stages[-1].layers == ("decoder", "mtp", "loss")
+    assert p.memory.total_bytes / memory.GIB < 79.6
+    # PP16 1F1B: the first ranks hold up to 16 micro-batches; rank 15 holds one.
+    assert [r.in_flight for r in p.ranks] == [16 - r for r in range(16)]
+
+
+@pytest.mark.parametrize("name", RECIPES_671B)
+def test_every_671b_recipe_plans_quickly_and_fits(name):
+    recipe = recipe_of(build_task(name))
+    start = time.perf_counter()
+    p = plan(recipe)
+    assert time.perf_counter() - start < 5.0
+    assert max(r.total_bytes for r in p.ranks) / memory.GIB <= p.gpu.memory_gib
+
+
+def test_step_time_at_a_given_mfu(gb200):
+    p = plan(gb200, mfu=0.5)
+    flops_per_step = 2048 * 4096 * p.flops_per_token
+    assert p.step_time_s == pytest.approx(flops_per_step / (256 * 4900e12 * 0.5))  # GB200 dense FP8 peak
+    assert p.tokens_per_s_per_gpu == pytest.approx(2048 * 4096 / p.step_time_s / 256)
+    assert plan(gb200, mfu=0.25).step_time_s == pytest.approx(2 * p.step_time_s)
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"model": {"pipeline_model_parallel_layout": "Et|(tt|)*29L"}},
+            "model.pipeline_model_parallel_layout: 31 stages cannot be spread over",
+        ),
+        (
+            {"model": {"pipeline_model_parallel_layout": "Et|(tt|)*29|ttttL"}},
+            "model.pipeline_model_parallel_layout: has 63 decoder layers 't' but model.num_layers is 61",
+        ),
+        (
+            {"model": {"expert_model_parallel_size": 48}},
+            "model.expert_model_parallel_size: 256 experts not divisible by EP=48",
+        ),
+        (
+            {"model": {"expert_model_parallel_size": 64}},
+            "model.expert_model_parallel_size: 256 GPUs not divisible by ETP x EP x PP",
+        ),
+        (
+            {"train": {"global_batch_size": 2000}},
+            "train.global_batch_size: 2000 not divisible by micro_batch_size x DP = 1 x 32 = 32",
+        ),
+        (
+            {"train": {"global_batch_size": 32 * 12}},
+            "train.global_batch_size: the interleaved schedule needs a multiple of PP=8 micro-batches",
+        ),
+        (
+            {"launch": {"gpu_type": "h100", "gpus_per_node": 8, "num_nodes": 32}},
+            "mixed_precision.fp8_recipe: mxfp8 needs Blackwell tensor cores",
+        ),
+        (
+            {"train": {"micro_batch_size": 8}},
+            "train.micro_batch_size: PP rank .* needs .* GiB but a gb200 has",
+        ),
+        (
+            {"model": {"tensor_model_parallel_size": 2, "sequence_parallel": False}},
+            "model.sequence_parallel: MoE with TP=2 needs sequence parallelism",
+        ),
+        (
+            {"model": {"virtual_pipeline_model_parallel_size": 2}},
+            r"model.pipeline_model_parallel_layout: 32 stages, but PP x VPP = 8 x 2",
+        ),
+        (
+            {"model": {"recompute_modules": ["moe_act", "attn"]}},
+            r"model.recompute_modules: unknown \['attn'\]",
+        ),
+        ({"train": {"micro_batch_size": "2"}}, "train.micro_batch_size: expected int, got str"),
+        (
+            {"optimizer": {"use_precision_aware_optimizer": False}},
+            "optimizer.exp_avg_dtype: bf16 needs optimizer.use_precision_aware_optimizer=True",
+        ),
+        (
+            {"mixed_precision": {"fp8_recipe": None}},
+            "mixed_precision.fp8_param_gather: needs an FP8 recipe",
+        ),
+    ],
+)
+def test_refusals_name_the_field(gb200, sections, message):
+    with pytest.raises(RecipeError, match="^" + message):
+        plan(overridden(gb200, **sections))
+
+
+def test_mfu_must_be_a_fraction(gb200):
+    with pytest.raises(RecipeError, match=r"^mfu: must be in \(0, 1\]"):
+        plan(gb200, mfu=40)
+
+
+def test_to_dict_is_json_and_agrees_with_the_plan(bridge_default):
+    p = plan(bridge_default)
+    data = json.loads(json.dumps(p.to_dict()))
+    assert data["parallel"]["dp"] == 32 and data["parallel"]["expert_dp"] == 1
+    assert len(data["stages"]) == 16 and data["stages"][0]["layers"][0] == "embedding"
+    assert data["memory"]["pp_rank"] == p.memory.pp_rank
+    assert data["memory"]["total_gib"] == pytest.approx(p.memory.total_bytes / memory.GIB)
+    assert data["memory"]["total_gib"] == max(data["memory"]["per_rank_total_gib"])
+    # TP2 pads the vocabulary from 129,280 to 130,560 rows, in the embedding and in the output layer.
+    assert data["parameters"]["main_model"] == 671_026_404_352 + 2 * (130_560 - 129_280) * 7168
+    assert data["flops_per_token"] == p.flops_per_token and data["tokens_per_step"] == 4096 * 4096
+
+
+def test_render_shows_layout_memory_and_speed(gb200):
+    p = plan(gb200)
+    text = p.render()
+    mem = p.memory
+    assert "Plan for gb200_mxfp8_256gpu: 256 x gb200 (184.0 GiB)" in text
+    assert "TP1 PP8 VPP4 CP1 DP32 | EP32 ETP1 expert-DP1" in text
+    assert f"Memory of the most loaded rank (PP rank {mem.pp_rank})" in text
+    assert f"{mem.total_bytes / memory.GIB:.2f}" in text
+    assert f"{p.step_time_s:.2f} s/step" in text
+
+
+def test_every_registered_recipe_plans():
+    for name in recipes.RECIPES:
+        if name != "torchtitan_bf16":
+            plan(recipe_of(build_task(name)))
