@@ -24,10 +24,16 @@ from dsv3_recipes.report import parse_log
 EXCERPT_LINES = 40
 
 
-def planner_memory_gib(name: str, overrides: list[str]) -> float | None:
+STATE_TERMS = ("weights", "grad buffer", "main params", "exp_avg", "exp_avg_sq")
+
+
+def planner_memory_gib(name: str, overrides: list[str]) -> dict[str, float]:
+    """The planner's peak allocated estimate, and its model-state part (measured before step 0)."""
     from dsv3_recipes.plan import plan
 
-    return plan(recipe_of(build_task(name, overrides))).to_dict()["memory"]["allocated_gib"]
+    memory = plan(recipe_of(build_task(name, overrides))).to_dict()["memory"]
+    static = sum(v for k, v in memory["terms_gib"].items() if k in STATE_TERMS)
+    return {"planner_mem_gib": memory["allocated_gib"], "planner_static_mem_gib": static}
 
 
 def main() -> int:
@@ -37,8 +43,9 @@ def main() -> int:
     p.add_argument("--label", help="result name (default: the recipe name)")
     p.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--compare-to", help="result JSON of the stock run, for speedup_vs_stock")
+    p.add_argument("--full-log", help="also write the whole training log here")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
 
     label = args.label or args.recipe
     out_dir = Path(args.results_dir)
@@ -47,6 +54,8 @@ def main() -> int:
     command = [sys.executable, "-m", "dsv3_recipes.cli", "pretrain", "--factory", args.recipe, *overrides]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     log = proc.stdout + proc.stderr
+    if args.full_log:
+        Path(args.full_log).write_text(log)
     run = parse_log(log)
     if proc.returncode != 0 or run.summary is None:
         (out_dir / f"{label}.failed.log").write_text(log[-200_000:])
@@ -76,7 +85,9 @@ def main() -> int:
         "mfu": run.summary["mfu"],
         "peak_mem_allocated_gib": run.summary["peak_mem_allocated_gib"],
         "peak_mem_reserved_gib": run.summary["peak_mem_reserved_gib"],
-        "planner_mem_gib": planner_memory_gib(args.recipe, args.overrides),
+        "static_mem_allocated_gib": run.summary.get("static_mem_allocated_gib"),
+        "memory_after_step1_gib": run.summary.get("memory_after_step1_gib"),
+        **planner_memory_gib(args.recipe, args.overrides),
         "first_lm_loss": rows[0].get("lm_loss"),
         "last_lm_loss": rows[-1].get("lm_loss"),
         "last_mtp_loss": next((r["mtp_1_loss"] for r in reversed(rows) if "mtp_1_loss" in r), None),

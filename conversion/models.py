@@ -50,6 +50,7 @@ def _parallel_overrides(parallel: Parallelism) -> dict:
         "sequence_parallel": parallel.tp > 1,  # Megatron requires it for MoE with TP > 1
         "pipeline_dtype": DTYPE,
         "params_dtype": DTYPE,
+        "gradient_accumulation_fusion": False,  # no backward here; the fused wgrad kernel needs apex
     }
 
 

@@ -190,7 +190,7 @@ def _check_data(recipe: Recipe, executor: str) -> None:
     if not d.data_paths:
         raise RecipeError(
             "dataset.data_paths",
-            "empty: give .bin/.idx prefixes ('dataset.data_paths=[/data/c4_text_document]') "
+            "empty: give .bin/.idx prefixes ('dataset.data_paths=[\"/data/c4_text_document\"]') "
             "or set dataset.mock=True",
         )
     if executor != "local":

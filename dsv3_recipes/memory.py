@@ -13,13 +13,13 @@ distributed optimizer makes for its step do not add to them.
 
 Modelled precisely (from the Megatron-Core source): which weights TP splits or replicates, expert
 weights over EP x ETP, the distributed optimizer's sharding over DP x CP (dense) and expert-DP
-(experts), precision-aware optimizer dtypes (TE FusedAdam stores the fp32 master weight as a 16-bit
-remainder beside the bf16 weight), FP8 weight storage, the grad buffer dtype, the saved tensors of
-MLA and MoE layers with TP/SP/CP/ETP, selective and full recompute, and the micro-batches in flight
-on each rank of the 1F1B and interleaved schedules. Approximations are named where they are made;
-the ones that apply everywhere: bf16 activations, balanced expert routing (no imbalance factor), CP
-splits the sequence without counting ring-attention K/V buffers, CUDA-graph static buffers are not
-counted.
+(experts), precision-aware optimizer dtypes, TE FusedAdam's fp32 masters and step copies (measured
+on the 1-GPU proxy: benchmarks/planner_vs_measured.md), FP8 weight storage, the grad buffer dtype,
+the saved tensors of MLA and MoE layers with TP/SP/CP/ETP, selective and full recompute, and the
+micro-batches in flight on each rank of the 1F1B and interleaved schedules. Approximations are
+named where they are made; the ones that apply everywhere: bf16 activations, balanced expert routing
+(no imbalance factor), CP splits the sequence without counting ring-attention K/V buffers,
+CUDA-graph static buffers are not counted.
 """
 
 from __future__ import annotations
@@ -175,13 +175,14 @@ def te_keeps_master_weights(recipe: Recipe) -> bool:
 
 
 def main_param_bytes_per_param(recipe: Recipe) -> float:
-    """Master weights, before optimizer sharding. TE stores an fp32 master as the 16-bit remainder
-    beside the bf16 weight (store_param_remainders, Megatron's default)."""
+    """Master weights, before optimizer sharding. TE's fp32 masters take the full 4 B/param: the 1-GPU
+    proxy holds 4 B/param beside weights and grads before its first step, although Megatron asks TE
+    to keep only 16-bit remainders (store_param_remainders)."""
     o, mp = recipe.optimizer, recipe.mixed_precision
     if not mp.bf16:
         return 0.0  # fp32 weights are their own master copy
     if te_keeps_master_weights(recipe):
-        return 2.0 if o.main_params_dtype == "fp32" else DTYPE_BYTES[o.main_params_dtype]
+        return DTYPE_BYTES[o.main_params_dtype]
     return 4.0
 
 
@@ -191,12 +192,15 @@ def moment_bytes_per_param(recipe: Recipe, dtype: str) -> float:
 
 
 def optimizer_step_bytes_per_param(recipe: Recipe) -> float:
-    """fp32 gradient copies the optimizer makes for its step (shard_main_param.grad = grad.float());
-    none when TE reads the bf16 grads directly or the grad buffer is already fp32."""
-    mp = recipe.mixed_precision
-    if not mp.bf16 or te_keeps_master_weights(recipe) or grad_buffer_bytes_per_param(recipe) == 4.0:
+    """fp32 copies the optimizer step makes: Megatron's gradient copies for its own masters
+    (shard_main_param.grad = grad.float()), or, when TE holds the masters, TE FusedAdam's fp32 working
+    copies of 16-bit moments (4 B/param measured on the 1-GPU proxy after its first step)."""
+    o, mp = recipe.optimizer, recipe.mixed_precision
+    if not mp.bf16:
         return 0.0
-    return 4.0
+    if te_keeps_master_weights(recipe):
+        return 4.0 if "fp32" not in (o.exp_avg_dtype, o.exp_avg_sq_dtype) else 0.0
+    return 0.0 if grad_buffer_bytes_per_param(recipe) == 4.0 else 4.0
 
 
 def optimizer_shards(recipe: Recipe, sizes: ParallelSizes) -> tuple[int, int]:
@@ -478,7 +482,7 @@ def rank_memory(recipe: Recipe, sizes: ParallelSizes, stages: list[Stage], pp_ra
         backward_working_set_bytes(recipe, sizes, chunks),
         "largest layer, unrecomputed",
     )
-    step = MemoryTerm("optimizer step", step_bytes, "fp32 grad copies; not alongside activations")
+    step = MemoryTerm("optimizer step", step_bytes, "fp32 step copies; not alongside activations")
     no_overhead = MemoryTerm("overhead", 0.0, "")
     partial = RankMemory(pp_rank, weights, tuple(states), activations, working, step, no_overhead, in_flight)
     overhead = MemoryTerm(

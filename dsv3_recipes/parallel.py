@@ -87,6 +87,13 @@ def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
             "model.moe_router_group_topk",
             f"{m.moe_router_group_topk} exceeds moe_router_num_groups={m.moe_router_num_groups}",
         )
+    if m.moe_router_fusion and m.moe_router_group_topk and m.moe_router_topk % m.moe_router_group_topk:
+        # TE's fused top-k kernel asserts this (measured on the 1-GPU proxy, benchmarks/proxy_1gpu_tuning.md).
+        raise RecipeError(
+            "model.moe_router_fusion",
+            f"TE's fused router needs moe_router_topk={m.moe_router_topk} divisible by "
+            f"moe_router_group_topk={m.moe_router_group_topk}: set it to False",
+        )
     if m.moe_router_topk > m.num_moe_experts:
         raise RecipeError("model.moe_router_topk", f"{m.moe_router_topk} exceeds {m.num_moe_experts} experts")
     if m.num_attention_heads % tp:

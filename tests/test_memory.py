@@ -123,7 +123,8 @@ def test_plain_adam_on_one_gpu_bytes_per_parameter():
     assert rank.allocated_bytes == 16 * n + 4 * n
 
 
-def test_precision_aware_bf16_moments_keep_16_bit_master_remainders():
+def test_precision_aware_bf16_moments_as_measured_on_the_1gpu_proxy():
+    """benchmarks/planner_vs_measured.md: 12 B/param through the step, 4 B/param more at the step."""
     optimizer = OptimizerConfig(
         use_precision_aware_optimizer=True,
         main_grads_dtype="bf16",
@@ -133,10 +134,11 @@ def test_precision_aware_bf16_moments_keep_16_bit_master_remainders():
     rank = one_rank(proxy_recipe(optimizer))
     n = flops.parameter_counts(proxy_recipe().model).total
     t = terms(rank)
-    assert t["main params"] == 2 * n  # TE FusedAdam store_param_remainders: fp32 = bf16 weight + int16
+    assert t["main params"] == 4 * n  # TE FusedAdam's full fp32 master
     assert t["exp_avg"] == 2 * n and t["exp_avg_sq"] == 2 * n
-    assert t["optimizer step"] == 0  # TE reads the bf16 grad buffer directly (decoupled_grad)
-    assert rank.allocated_bytes == 10 * n + t["activations"] + t["backward working set"]
+    assert t["optimizer step"] == 4 * n  # fp32 working copies of the bf16 moments
+    training = t["activations"] + t["backward working set"]
+    assert rank.allocated_bytes == 12 * n + max(training, 4 * n)
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,11 @@ def test_step_time_at_a_given_mfu(gb200):
             {"model": {"recompute_modules": ["moe_act", "attn"]}},
             r"model.recompute_modules: unknown \['attn'\]",
         ),
+        (
+            {"model": {"moe_router_topk": 6}},
+            "model.moe_router_fusion: TE's fused router needs moe_router_topk=6 divisible by "
+            "moe_router_group_topk=4",
+        ),
         ({"train": {"micro_batch_size": "2"}}, "train.micro_batch_size: expected int, got str"),
         (
             {"optimizer": {"use_precision_aware_optimizer": False}},

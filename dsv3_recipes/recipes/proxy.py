@@ -54,7 +54,18 @@ def proxy_1gpu_stock() -> run.Partial:
 def proxy_1gpu() -> run.Partial:
     """3.53B proxy on one H100, with the fastest settings measured (benchmarks/proxy_1gpu_tuning.md)."""
     task = proxy_1gpu_stock()
-    task.recipe.name = "proxy_1gpu"
+    r = task.recipe
+    r.name = "proxy_1gpu"
+    # One micro-batch per step: 8x fewer kernel launches and 8x larger expert GEMMs (2.5x alone).
+    r.train.micro_batch_size = 8
+    # ... which fits in 80 GB only when these cheap-to-recompute activations are dropped.
+    r.model.recompute_granularity = "selective"
+    r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]
+    # With EP=1 the all-gather dispatcher skips all-to-all's host-side split bookkeeping.
+    r.model.moe_token_dispatcher_type = "allgather"
+    r.model.moe_shared_expert_overlap = False  # no EP communication to hide the shared expert behind
+    r.model.apply_rope_fusion = True  # Megatron's fused MLA RoPE kernels
+    r.train.check_for_nan_in_loss_and_grad = False  # a host sync per step; the loss is logged anyway
     return task
 
 

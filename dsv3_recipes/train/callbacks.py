@@ -16,6 +16,7 @@ from dsv3_recipes import hardware
 from dsv3_recipes.flops import model_flops_per_token
 from dsv3_recipes.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize
 from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.train.memory_census import census_gib
 
 WARMUP_STEPS = 3
 
@@ -29,6 +30,12 @@ class ThroughputCallback(Callback):
         self.tokens_per_step = recipe.train.global_batch_size * recipe.model.seq_length
         self.history: list[StepMetrics] = []
         self._start = 0.0
+        self._static_mem_gib = 0.0
+        self._census: dict[str, float] = {}
+
+    def on_train_start(self, context: CallbackContext) -> None:
+        # Weights and buffers before step 1 (optimizer state is created lazily by the first step).
+        self._static_mem_gib = torch.cuda.memory_allocated() / 2**30
 
     def _is_reporting_rank(self) -> bool:
         return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
@@ -40,11 +47,14 @@ class ThroughputCallback(Callback):
     def on_train_step_end(self, context: CallbackContext) -> None:
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - self._start
+        if not self._census and context.optimizer is not None:
+            # After the first step every model-state tensor exists and no activation is alive.
+            self._census = census_gib(context.model, context.optimizer)
         if not self._is_reporting_rank():
             return
         loss = (context.loss_dict or {}).get("lm loss")
         metrics = step_metrics(
-            step=context.state.train_state.step,
+            step=context.state.train_state.step + 1,  # Bridge counts the step after this hook
             lm_loss=float(loss) if loss is not None else None,
             step_time_s=elapsed,
             tokens_per_step=self.tokens_per_step,
@@ -65,6 +75,8 @@ class ThroughputCallback(Callback):
             "recipe": self.recipe.name,
             "gpu": torch.cuda.get_device_name(),
             "num_gpus": torch.distributed.get_world_size(),
+            "static_mem_allocated_gib": self._static_mem_gib,
+            "memory_after_step1_gib": self._census,
             **summarize(self.history, WARMUP_STEPS),
         }
         print(f"{SUMMARY_TAG} {json.dumps(summary)}", flush=True)
