@@ -4,7 +4,7 @@
 #   source benchmarks/gpu_env.sh && bash benchmarks/proxy_2gpu.sh OUT_DIR
 # Writes OUT_DIR/proxy_2gpu.tgz (results/*.json and log excerpts) after every run, so a run cut off by
 # the machine's time limit still returns what finished.
-set -u
+set -uo pipefail  # a failed run_proxy.py, not the tail after it, decides "failed"
 OUT=${1:?usage: proxy_2gpu.sh OUT_DIR}
 STEPS=${STEPS:-8}
 WORK=${WORK:-/tmp/proxy_2gpu}

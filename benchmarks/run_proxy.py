@@ -24,16 +24,14 @@ from dsv3_recipes.report import parse_log
 EXCERPT_LINES = 40
 
 
-STATE_TERMS = ("weights", "grad buffer", "main params", "exp_avg", "exp_avg_sq")
-
-
 def planner_memory_gib(name: str, overrides: list[str]) -> dict[str, float]:
     """The planner's peak allocated estimate, and its model-state part (measured before step 0)."""
+    from dsv3_recipes.memory import GIB
     from dsv3_recipes.plan import plan
 
-    memory = plan(recipe_of(build_task(name, overrides))).to_dict()["memory"]
-    static = sum(v for k, v in memory["terms_gib"].items() if k in STATE_TERMS)
-    return {"planner_mem_gib": memory["allocated_gib"], "planner_static_mem_gib": static}
+    rank = plan(recipe_of(build_task(name, overrides))).memory
+    static = sum(t.bytes for t in rank.states)
+    return {"planner_mem_gib": rank.allocated_bytes / GIB, "planner_static_mem_gib": static / GIB}
 
 
 def main() -> int:

@@ -14,6 +14,7 @@ from megatron.bridge.training.callbacks import Callback, CallbackContext
 
 from dsv3_recipes import hardware
 from dsv3_recipes.flops import model_flops_per_token
+from dsv3_recipes.memory import GIB
 from dsv3_recipes.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize
 from dsv3_recipes.recipe import Recipe
 from dsv3_recipes.train.memory_census import census_gib
@@ -35,7 +36,7 @@ class ThroughputCallback(Callback):
 
     def on_train_start(self, context: CallbackContext) -> None:
         # Weights and buffers before step 1 (optimizer state is created lazily by the first step).
-        self._static_mem_gib = torch.cuda.memory_allocated() / 2**30
+        self._static_mem_gib = torch.cuda.memory_allocated() / GIB
 
     def _is_reporting_rank(self) -> bool:
         return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
@@ -47,11 +48,11 @@ class ThroughputCallback(Callback):
     def on_train_step_end(self, context: CallbackContext) -> None:
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - self._start
+        if not self._is_reporting_rank():
+            return
         if not self._census and context.optimizer is not None:
             # After the first step every model-state tensor exists and no activation is alive.
             self._census = census_gib(context.model, context.optimizer)
-        if not self._is_reporting_rank():
-            return
         loss = (context.loss_dict or {}).get("lm loss")
         metrics = step_metrics(
             step=context.state.train_state.step + 1,  # Bridge counts the step after this hook

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-GIB = 2**30
+from dsv3_recipes.memory import GIB
 
 
 def _storage(t: torch.Tensor) -> tuple[int, int]:
