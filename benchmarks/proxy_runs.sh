@@ -12,7 +12,8 @@ RUNS=${RUNS:-proxy_2gpu_ep2 proxy_2gpu_pp2 proxy_2gpu_ep2:indexed}
 STEPS=${STEPS:-8}
 WORK=${WORK:-/tmp/proxy_runs}
 DSV3=${DSV3:-python3 -m dsv3_recipes.cli}
-INDEXED=(dataset.mock=False "dataset.data_paths=[\"$WORK/data/c4-train_text_document\"]"
+DOCS=$WORK/data/c4-train_text_document  # what `dsv3 preprocess -o $WORK/data/c4-train` writes (.bin/.idx)
+INDEXED=(dataset.mock=False "dataset.data_paths=[\"$DOCS\"]"
   "dataset.data_cache_path=$WORK/cache" tokenizer.tokenizer_type=HuggingFaceTokenizer
   "tokenizer.tokenizer_model=$WORK/corpus/tokenizer")
 mkdir -p "$WORK/results" "$OUT"
@@ -35,7 +36,7 @@ for run in $RUNS; do
   if [ "$run" = "$recipe" ]; then
     bench "$recipe"
   else
-    [ -f "$WORK/data/c4-train_text_document.idx" ] || indexed_data
+    [ -f "$DOCS.idx" ] || indexed_data
     bench "$recipe" --label "${recipe}_indexed" "${INDEXED[@]}"
   fi
 done
