@@ -13,6 +13,13 @@ def _add_recipe_args(p: argparse.ArgumentParser, positional: bool = True) -> Non
     if positional:
         p.add_argument("name", help="recipe name (see `dsv3 list`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.global_batch_size=16")
+    p.add_argument(
+        "--shrink",
+        type=int,
+        metavar="N",
+        help="the same recipe at a size that runs on N GPUs of launch.gpu_type (only sizes change; "
+        "substitutions are listed)",
+    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -27,9 +34,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     from dsv3_recipes.launch import build_task, recipe_of, to_dict
 
-    recipe = recipe_of(build_task(args.name, args.overrides))
+    recipe = recipe_of(build_task(args.name, args.overrides, args.shrink))
     data = to_dict(recipe)
-    print(json.dumps(data, indent=2, sort_keys=True) if args.json else _render_tree(data))
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    if recipe.shrink:
+        from dsv3_recipes.shrink import summary
+
+        print(summary(recipe.shrink) + "\n")
+    print(_render_tree(data))
     return 0
 
 
@@ -48,7 +62,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from dsv3_recipes.launch import build_task, recipe_of
     from dsv3_recipes.plan import plan
 
-    report = plan(recipe_of(build_task(args.name, args.overrides)), mfu=args.mfu)
+    report = plan(recipe_of(build_task(args.name, args.overrides, args.shrink)), mfu=args.mfu)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
@@ -57,7 +71,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from dsv3_recipes.launch import SlurmOptions, launch
 
     slurm = SlurmOptions.from_args_and_env(args)
-    launch(args.factory, args.overrides, executor=args.executor, dryrun=args.dryrun, slurm=slurm)
+    launch(
+        args.factory,
+        args.overrides,
+        executor=args.executor,
+        dryrun=args.dryrun,
+        slurm=slurm,
+        shrink_gpus=args.shrink,
+    )
     return 0
 
 

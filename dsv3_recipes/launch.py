@@ -24,14 +24,22 @@ from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
 from dsv3_recipes import executors, recipes
 from dsv3_recipes.recipe import Recipe, RecipeError, check_types, describe_type
+from dsv3_recipes.shrink import Capabilities
 
 EXECUTORS = executors.EXECUTORS
 
 
-def build_task(name: str, overrides: Sequence[str] = ()) -> run.Partial:
-    """The named recipe's task with ``key=value`` overrides applied to its recipe."""
+def build_task(
+    name: str,
+    overrides: Sequence[str] = (),
+    shrink_gpus: int | None = None,
+    capabilities: Capabilities | None = None,
+) -> run.Partial:
+    """The named recipe's task with ``key=value`` overrides applied to its recipe, then shrunk to
+    ``shrink_gpus`` GPUs if given (fields the overrides set stay as set)."""
     task = recipes.get(name)
     logging.getLogger("nemo_run.cli.cli_parser").setLevel(logging.CRITICAL)  # we report errors ourselves
+    keys = []
     for arg in overrides:
         if "=" not in arg:
             raise RecipeError(arg, "overrides are key=value (e.g. train.global_batch_size=16)")
@@ -42,6 +50,9 @@ def build_task(name: str, overrides: Sequence[str] = ()) -> run.Partial:
             parse_cli_args(task.recipe, [arg])
         except CLIException:
             raise RecipeError(key, f"expected {describe_type(annotation)}, got {value!r}") from None
+        keys.append(key)
+    if shrink_gpus is not None:
+        task = recipes.shrink(task, gpus=shrink_gpus, capabilities=capabilities, keep=keys)
     return task
 
 
@@ -225,7 +236,7 @@ def _check_local_machine(recipe: Recipe) -> None:
     found = local_gpu_count()
     if found < needed:
         raise RecipeError(
-            "launch.gpus_per_node",
+            "shrink" if recipe.shrink else "launch.gpus_per_node",
             f"recipe {recipe.name} needs {needed} GPU(s), this machine has {found}; "
             "use --dryrun to render the launch, or --executor slurm",
         )
@@ -242,11 +253,17 @@ def launch(
     executor: str = "local",
     dryrun: bool = False,
     slurm: SlurmOptions | None = None,
+    shrink_gpus: int | None = None,
 ) -> None:
-    """Build, check and run (or dry-run) a recipe on an executor."""
+    """Build, check and run (or dry-run) a recipe on an executor, shrunk to ``shrink_gpus`` if given."""
     if executor not in EXECUTORS:
         raise RecipeError("executor", f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
-    task = build_task(name, overrides)
+    capabilities = None
+    if shrink_gpus is not None and executor != "local":
+        # A cluster job runs in the project's image, not on this login node.
+        gpu_type = recipe_of(build_task(name, overrides)).launch.gpu_type
+        capabilities = Capabilities.image(gpu_type)
+    task = build_task(name, overrides, shrink_gpus, capabilities)
     recipe = recipe_of(task)
     preflight(recipe, executor, dryrun)
     chosen = make_executor(executor, recipe, slurm)

@@ -164,3 +164,65 @@ def pipeline_stages(model: ModelConfig) -> list[Stage]:
 def stages_of_rank(stages: list[Stage], pp_rank: int) -> list[Stage]:
     """The model chunks one pipeline rank holds, in virtual-stage order."""
     return sorted((s for s in stages if s.pp_rank == pp_rank), key=lambda s: s.vp_rank)
+
+
+def render_layout(stages: list[list[str]]) -> str:
+    """The layout string of a stage list, in Megatron's notation: ``[[E, t], [t, t] x 6, [L]]`` is
+    ``"Et|(tt|)*6L"``. Runs of identical stages before the last one become ``(...|)*n``."""
+    symbol_of = {kind: symbol for symbol, kind in SYMBOLS.items()}
+
+    def stage_text(stage: list[str]) -> str:
+        parts: list[str] = []
+        i = 0
+        while i < len(stage):
+            j = i
+            while j < len(stage) and stage[j] == stage[i]:
+                j += 1
+            n = j - i
+            parts.append(symbol_of[stage[i]] * n if n <= 2 else f"{symbol_of[stage[i]]}*{n}")
+            i = j
+        return "".join(parts)
+
+    texts = [stage_text(s) for s in stages]
+    out: list[str] = []
+    i = 0
+    while i < len(texts) - 1:
+        j = i
+        while j + 1 < len(texts) - 1 and texts[j + 1] == texts[i]:
+            j += 1
+        n = j - i + 1
+        out.append(f"({texts[i]}|)*{n}" if n > 1 else texts[i] + "|")
+        i = j + 1
+    out.append(texts[-1])
+    return "".join(out)
+
+
+MAX_SHRUNK_DECODERS_PER_STAGE = 2
+
+
+def shrink_layout(layout: str, num_stages: int) -> str:
+    """The same layout pattern over ``num_stages`` stages with few decoder layers in each.
+
+    The first and the last stage keep their place and their embedding, MTP and loss; the middle stages
+    are the parent's middle stages in order (repeated if more are needed, the leading ones kept if fewer);
+    each stage's decoder count is divided by one factor, so that no stage holds more than two decoders,
+    while a stage with none keeps none and a stage with some keeps at least one.
+    """
+    stages = parse_layout(layout)
+    if num_stages < 2 or len(stages) < 2:
+        raise RecipeError(LAYOUT_FIELD, f"{layout!r}: a pipeline layout needs at least 2 stages")
+    first, middle, last = stages[0], stages[1:-1], stages[-1]
+    # A two-stage parent has no middle stage: further stages repeat the first one's decoders.
+    pool = middle or [[kind for kind in first if kind == "decoder"]]
+    shrunk = [first, *(pool[i % len(pool)] for i in range(num_stages - 2)), last]
+    most = max(stage.count("decoder") for stage in shrunk)
+    factor = max(1, -(-most // MAX_SHRUNK_DECODERS_PER_STAGE))
+
+    def scaled(stage: list[str]) -> list[str]:
+        n = stage.count("decoder")  # contiguous: embedding before, MTP and loss after (validate_stages)
+        if not n:
+            return stage
+        start = stage.index("decoder")
+        return [*stage[:start], *["decoder"] * -(-n // factor), *stage[start + n :]]
+
+    return render_layout([scaled(s) for s in shrunk])

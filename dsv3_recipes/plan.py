@@ -227,6 +227,44 @@ def check_recompute(recipe: Recipe) -> None:
         )
 
 
+def check_moe_overlap_and_graphs(recipe: Recipe) -> None:
+    """Megatron-Core's rules for EP overlap and partial CUDA graphs (TransformerConfig.__post_init__
+    and the alltoall dispatcher's sync points), which the shrink's substitutions can otherwise break."""
+    m, co = recipe.model, recipe.comm_overlap
+    scope = m.cuda_graph_scope or []
+    if m.cuda_graph_impl == "transformer_engine" and "moe_preprocess" in scope:
+        if "moe_router" not in scope:
+            raise RecipeError("model.cuda_graph_scope", "'moe_preprocess' needs 'moe_router' in it too")
+        if m.moe_token_dispatcher_type == "alltoall" and m.moe_router_padding_for_quantization:
+            # Megatron 0.19's config check tests the old name moe_router_padding_for_fp8 and misses this;
+            # the dispatcher then asserts "cuda_sync_point must be after cuda_dtoh_point" at step 1.
+            raise RecipeError(
+                "model.cuda_graph_scope",
+                "'moe_preprocess' cannot be graphed with the alltoall dispatcher and "
+                "moe_router_padding_for_quantization (a host sync inside the graphed step): drop it "
+                "or use the flex dispatcher",
+            )
+    if co.overlap_moe_expert_parallel_comm:
+        where = "comm_overlap.overlap_moe_expert_parallel_comm"
+        if m.expert_model_parallel_size == 1:
+            raise RecipeError(where, "needs model.expert_model_parallel_size > 1 (nothing to overlap)")
+        if m.moe_token_dispatcher_type not in ("alltoall", "flex"):
+            raise RecipeError(where, "needs model.moe_token_dispatcher_type 'alltoall' or 'flex'")
+        pipelined = m.pipeline_model_parallel_size > 1
+        if pipelined and not (m.virtual_pipeline_model_parallel_size or m.pipeline_model_parallel_layout):
+            raise RecipeError(where, "with PP > 1 needs a virtual pipeline (VPP or a layout)")
+        if m.recompute_granularity == "full" or "moe" in (m.recompute_modules or []):
+            raise RecipeError(where, "cannot overlap with full recompute or 'moe' recompute")
+        if m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex":
+            raise RecipeError(where, "cannot run with model.moe_shared_expert_overlap=True")
+        if (m.mtp_num_layers or 0) > 1:
+            raise RecipeError(where, "supports at most one MTP layer")
+    elif co.delay_wgrad_compute:
+        raise RecipeError(
+            "comm_overlap.delay_wgrad_compute", "needs comm_overlap.overlap_moe_expert_parallel_comm=True"
+        )
+
+
 def memory_lever(rank: memory.RankMemory) -> str:
     """The field whose change shrinks the dominant memory term of a rank that does not fit."""
     states = sum(t.bytes for t in rank.states)
@@ -258,6 +296,7 @@ def plan(recipe: Recipe, mfu: float = 0.4) -> Plan:
     gpu = hardware.gpu(recipe.launch.gpu_type)
     check_precision(recipe, gpu)
     check_recompute(recipe)
+    check_moe_overlap_and_graphs(recipe)
     stages = pipeline_stages(recipe.model)
     sizes = parallel_sizes(recipe, vpp=max(st.vp_rank for st in stages) + 1)
     ranks = memory.all_ranks(recipe, sizes, stages)

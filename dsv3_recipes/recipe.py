@@ -26,6 +26,7 @@ class RecipeError(ValueError):
     def __init__(self, path: str, problem: str):
         super().__init__(f"{path}: {problem}")
         self.path = path
+        self.problem = problem
 
 
 @dataclass
@@ -291,6 +292,30 @@ class MLPerfConfig:
 
 
 @dataclass
+class FieldChange:
+    """One field a transform changed: old and new values as JSON text, and why."""
+
+    field: str
+    parent: str
+    value: str
+    reason: str
+
+
+@dataclass
+class ShrinkRecord:
+    """What ``recipes.shrink`` did to a parent recipe: sizes changed, features substituted (with why).
+
+    Every field not listed here equals the parent's, so a shrunk run vouches for the parent's flag set.
+    """
+
+    shrunk_from: str
+    gpus: int
+    gpu_type: GpuType
+    changed: list[FieldChange] = field(default_factory=list)
+    substituted: list[FieldChange] = field(default_factory=list)
+
+
+@dataclass
 class Recipe:
     """A whole pretraining run. Factories in ``dsv3_recipes.recipes`` return ``run.Config[Recipe]``."""
 
@@ -310,6 +335,7 @@ class Recipe:
     mlperf: MLPerfConfig = field(default_factory=MLPerfConfig)
     env_vars: dict[str, str] = field(default_factory=dict)
     output_dir: str = "nemo_experiments"
+    shrink: Optional[ShrinkRecord] = None  # set by recipes.shrink: this run is a parent recipe, shrunk
 
     @property
     def data_parallel_size(self) -> int:

@@ -24,6 +24,7 @@ from dsv3_recipes.recipes.proxy import (
     proxy_8gpu_pp2ep4,
 )
 from dsv3_recipes.recipes.torchtitan import torchtitan_bf16_from_env
+from dsv3_recipes.shrink import shrink
 
 RECIPES: dict[str, Callable[[], run.Partial]] = {
     f.__name__: f
@@ -58,4 +59,4 @@ def get(name: str) -> run.Partial:
     return factory()
 
 
-__all__ = ["RECIPES", "get", *(f.__name__ for f in RECIPES.values())]
+__all__ = ["RECIPES", "get", "shrink", *(f.__name__ for f in RECIPES.values())]

@@ -4,14 +4,23 @@ launch side can reference this function in a ``run.Partial`` without torch."""
 from __future__ import annotations
 
 import os
+import sys
 
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.recipe import Recipe, RecipeError
 
 
 def pretrain(recipe: Recipe) -> None:
     """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step."""
     for name, value in recipe.env_vars.items():
         os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
+
+    from dsv3_recipes.train.preflight import check_container
+
+    try:
+        check_container(recipe)
+    except RecipeError as err:  # one line per rank, and a failed job
+        print(f"dsv3: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
     # Imported here: megatron.bridge.training.pretrain needs nvidia-resiliency-ext (GPU containers only).
     from megatron.bridge.training.gpt_step import forward_step
