@@ -30,7 +30,7 @@ variants=("$@")
 mkdir -p "$WORK/results" "$WORK/full" "$OUT"
 for v in "${variants[@]}"; do
   # shellcheck disable=SC2086  # the overrides are separate words
-  python3 benchmarks/run_proxy.py proxy_1gpu_stock --steps "$STEPS" --label "tune-$v" \
+  python3 benchmarks/run_recipe.py proxy_1gpu_stock --steps "$STEPS" --label "tune-$v" \
     --results-dir "$WORK/results" --full-log "$WORK/full/tune-$v.log" ${VARIANT[$v]} ${EXTRA:-} \
     || echo "variant $v failed"
   tar czf "$OUT/sweep.tgz" -C "$WORK" .

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proxy runs through benchmarks/run_proxy.py, on mock data or (`RECIPE:indexed`) on a Megatron indexed
+# Proxy runs through benchmarks/run_recipe.py, on mock data or (`RECIPE:indexed`) on a Megatron indexed
 # dataset that `dsv3 preprocess` makes from a generated C4-style corpus and tokenizer
 # (dsv3_recipes.proxy_data). The default is issue 4's 2-GPU set.
 #   source benchmarks/gpu_env.sh && bash benchmarks/proxy_runs.sh OUT_DIR
@@ -19,7 +19,7 @@ INDEXED=(dataset.mock=False "dataset.data_paths=[\"$DOCS\"]"
 mkdir -p "$WORK/results" "$OUT"
 
 bench() {
-  timeout 300 python3 benchmarks/run_proxy.py "$@" --steps "$STEPS" --results-dir "$WORK/results" \
+  timeout 300 python3 benchmarks/run_recipe.py "$@" --steps "$STEPS" --results-dir "$WORK/results" \
     | tail -c 600 || echo "run $* failed"
   tar czf "$OUT/proxy_runs.tgz" -C "$WORK" results
 }

@@ -122,9 +122,10 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     from conversion.cli import add_arguments as add_convert_arguments
-    from dsv3_recipes import preprocess
+    from dsv3_recipes import preprocess, text_corpus
 
     preprocess.add_arguments(sub)
+    text_corpus.add_arguments(sub)
     add_convert_arguments(sub)
     return top
 

@@ -1,7 +1,8 @@
 """Megatron-Bridge callbacks: per-step throughput, memory and loss lines, and a closing summary.
 
 Megatron's own log line for the same step carries its TFLOPS figure and the MTP loss; `dsv3 report`
-joins the two by iteration."""
+joins the two by iteration. The summary also says how evenly the last step routed its tokens: the
+throughput of an MoE model depends on it (Megatron's mock data routes very unevenly)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,50 @@ from dsv3_recipes.train.memory_census import census_gib
 WARMUP_STEPS = 3
 
 
+class ExpertLoad:
+    """Tokens each router sent to each expert during the current step (forward hooks on the routers).
+
+    Counted only with grad enabled, as Megatron counts for its expert bias, so recomputed forwards are
+    not counted twice. Routers inside a CUDA graph are not seen by hooks at replay: then nothing is
+    counted and no load is reported.
+    """
+
+    def __init__(self, routers: list[torch.nn.Module], experts: int, device: str = "cuda"):
+        self.counts = torch.zeros(len(routers), experts, dtype=torch.float32, device=device)
+        for i, router in enumerate(routers):
+            router.register_forward_hook(self._hook(i))
+
+    @classmethod
+    def of_model(cls, model: list[torch.nn.Module], experts: int) -> ExpertLoad:
+        from megatron.core.transformer.moe.router import TopKRouter
+
+        return cls([m for chunk in model for m in chunk.modules() if isinstance(m, TopKRouter)], experts)
+
+    def _hook(self, index: int):
+        def count(_module, _inputs, output) -> None:
+            if torch.is_grad_enabled():
+                self.counts[index] += output[1].sum(dim=0)  # routing_map: [tokens, experts]
+
+        return count
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+    def summary(self) -> dict[str, float] | None:
+        """Min/mean/max tokens per expert over every (router, expert), and the worst router's max/mean."""
+        counted = self.counts[self.counts.sum(dim=1) > 0]
+        if counted.numel() == 0:
+            return None
+        mean = counted.mean(dim=1)
+        return {
+            "routers": counted.shape[0],
+            "tokens_per_expert_min": counted.min().item(),
+            "tokens_per_expert_mean": counted.mean().item(),
+            "tokens_per_expert_max": counted.max().item(),
+            "worst_router_max_over_mean": (counted.max(dim=1).values / mean).max().item(),
+        }
+
+
 class ThroughputCallback(Callback):
     """Times each optimizer step and prints one metrics line from the last rank (which holds the loss)."""
 
@@ -33,15 +78,20 @@ class ThroughputCallback(Callback):
         self._start = 0.0
         self._static_mem_gib = 0.0
         self._census: dict[str, float] = {}
+        self._expert_load: ExpertLoad | None = None
 
     def on_train_start(self, context: CallbackContext) -> None:
         # Weights and buffers before step 1 (optimizer state is created lazily by the first step).
         self._static_mem_gib = torch.cuda.memory_allocated() / GIB
+        if self._is_reporting_rank():
+            self._expert_load = ExpertLoad.of_model(context.model, self.recipe.model.num_moe_experts)
 
     def _is_reporting_rank(self) -> bool:
         return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
 
     def on_train_step_start(self, context: CallbackContext) -> None:
+        if self._expert_load is not None:
+            self._expert_load.reset()  # at the end it holds the last step's routing
         torch.cuda.synchronize()
         self._start = time.perf_counter()
 
@@ -78,6 +128,7 @@ class ThroughputCallback(Callback):
             "num_gpus": torch.distributed.get_world_size(),
             "static_mem_allocated_gib": self._static_mem_gib,
             "memory_after_step1_gib": self._census,
+            "expert_load_last_step": self._expert_load.summary() if self._expert_load else None,
             **summarize(self.history, WARMUP_STEPS),
         }
         print(f"{SUMMARY_TAG} {json.dumps(summary)}", flush=True)

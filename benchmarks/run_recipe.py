@@ -1,0 +1,158 @@
+"""Run a recipe for N steps through `dsv3 pretrain` and record the result under the benchmark protocol.
+
+    python benchmarks/run_recipe.py proxy_1gpu --steps 12 [--shrink 1] [--compare-to stock.json] [k=v ...]
+
+Writes <results-dir>/<date>-<gpu>-<label>.json and <...>.log (the command, then the first and last
+lines of the training output). Every result says what the throughput depends on (benchmarks/README.md,
+"Protocol"): its data (mock, or the text corpus with its token count), its routing (natural or
+force-balanced), the per-expert load of the last step, and, for a shrunk recipe, what the shrink changed
+and substituted. Also: tokens/s, TFLOPS (ours and Megatron's), MFU, peak memory, the memory census, the
+planner's memory estimate, losses, and speedup_vs_stock against --compare-to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from dsv3_recipes import hardware
+from dsv3_recipes.launch import build_task, recipe_of
+from dsv3_recipes.mlperf_rules import idx_token_count, train_prefixes
+from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.report import parse_log
+from dsv3_recipes.shrink import Capabilities
+
+EXCERPT_LINES = 40
+
+
+def data_condition(recipe: Recipe, corpus: str | None) -> dict[str, object]:
+    """``{"kind": "mock"}`` or the text corpus: its name and how many tokens it holds."""
+    if recipe.dataset.mock:
+        return {"kind": "mock"}
+    prefixes = train_prefixes(recipe.dataset.data_paths)
+    return {
+        "kind": "text",
+        "corpus": corpus or ",".join(os.path.basename(p) for p in prefixes),
+        "tokens": sum(idx_token_count(p + ".idx") for p in prefixes),
+        "tokenizer": recipe.tokenizer.tokenizer_model,
+    }
+
+
+def routing_condition(recipe: Recipe) -> str:
+    return "force_balanced" if recipe.model.moe_router_force_load_balancing else "natural"
+
+
+def planner_memory_gib(recipe: Recipe) -> dict[str, float]:
+    """The planner's peak allocated estimate, and its model-state part (measured before step 0)."""
+    from dsv3_recipes.memory import GIB
+    from dsv3_recipes.plan import plan
+
+    rank = plan(recipe).memory
+    static = sum(t.bytes for t in rank.states)
+    return {"planner_mem_gib": rank.allocated_bytes / GIB, "planner_static_mem_gib": static / GIB}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe")
+    p.add_argument("--steps", type=int, help="train.train_iters (default 30; a shrunk run takes 10)")
+    p.add_argument("--shrink", type=int, help="run the recipe shrunk to this many GPUs (dsv3 --shrink)")
+    p.add_argument("--label", help="result name (default: the recipe name)")
+    p.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--compare-to", help="result JSON of the stock run, for speedup_vs_stock")
+    p.add_argument("--corpus", help="name of the text corpus, for the result's data condition")
+    p.add_argument(
+        "--concurrent", type=int, default=1, help="runs sharing the GPU with this one (recorded: timings)"
+    )
+    p.add_argument("--timeout", type=int, default=900, help="seconds before the run is killed")
+    p.add_argument("--full-log", help="also write the whole training log here")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_intermixed_args()
+
+    label = args.label or args.recipe
+    out_dir = Path(args.results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.shrink and args.steps is not None:
+        p.error("--steps: a shrunk run takes the shrink's 10 steps (some recipes count samples)")
+    steps = [] if args.shrink else [f"train.train_iters={args.steps or 30}"]
+    overrides = [*steps, f"output_dir=/tmp/dsv3-bench/{label}", *args.overrides]
+    shrink = ["--shrink", str(args.shrink)] if args.shrink else []
+    dsv3_args = ["pretrain", "--factory", args.recipe, *shrink, *overrides]
+    recipe = recipe_of(build_task(args.recipe, overrides, args.shrink, Capabilities.here()))
+    command = [sys.executable, "-m", "dsv3_recipes.cli", *dsv3_args]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.timeout)
+        log, returncode = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as err:
+        log = (err.stdout or b"").decode(errors="replace") + (err.stderr or b"").decode(errors="replace")
+        returncode = f"timeout after {args.timeout} s"
+    if args.full_log:
+        Path(args.full_log).write_text(log)
+    run = parse_log(log)
+    if returncode != 0 or run.summary is None:
+        header = f"$ {shlex.join(['dsv3', *dsv3_args])}\n"
+        (out_dir / f"{label}.failed.log").write_text(header + log[-200_000:])
+        print(log[-4000:])
+        print(f"FAILED {label} (exit {returncode})")
+        return 1
+
+    rows = run.rows()
+    steady = [r for r in rows if r["step"] > 3]
+    gpu = hardware.detect(run.summary["gpu"]).name
+    megatron_tflops = [r["megatron_tflops_per_gpu"] for r in steady if "megatron_tflops_per_gpu" in r]
+    result = {
+        "recipe": args.recipe,
+        "label": label,
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{run.summary['num_gpus']} x {run.summary['gpu']}",
+        "gpu": run.summary["gpu"],
+        "num_gpus": run.summary["num_gpus"],
+        "command": shlex.join(["dsv3", *dsv3_args]),
+        "data": data_condition(recipe, args.corpus),
+        "routing": routing_condition(recipe),
+        "expert_load_last_step": run.summary.get("expert_load_last_step"),
+        "concurrent_runs": args.concurrent,
+        "steps": len(rows),
+        "step_time_s": run.summary["step_time_s"],
+        "tokens_per_s_per_gpu": run.summary["tokens_per_s_per_gpu"],
+        "model_tflops_per_gpu": run.summary["model_tflops_per_gpu"],
+        "megatron_tflops_per_gpu": statistics.median(megatron_tflops) if megatron_tflops else None,
+        "mfu": run.summary["mfu"],
+        "peak_mem_allocated_gib": run.summary["peak_mem_allocated_gib"],
+        "peak_mem_reserved_gib": run.summary["peak_mem_reserved_gib"],
+        "static_mem_allocated_gib": run.summary.get("static_mem_allocated_gib"),
+        "memory_after_step1_gib": run.summary.get("memory_after_step1_gib"),
+        **planner_memory_gib(recipe),
+        "first_lm_loss": rows[0].get("lm_loss"),
+        "last_lm_loss": rows[-1].get("lm_loss"),
+        "last_mtp_loss": next((r["mtp_1_loss"] for r in reversed(rows) if "mtp_1_loss" in r), None),
+    }
+    if args.concurrent > 1:
+        result["timing_note"] = f"{args.concurrent} runs shared the GPU: times are not throughput figures"
+    if recipe.shrink:
+        result["shrunk_from"] = recipe.shrink.shrunk_from
+        result["changed"] = len(recipe.shrink.changed)
+        result["substituted"] = [dataclasses.asdict(c) for c in recipe.shrink.substituted]
+    if args.compare_to:
+        stock = json.loads(Path(args.compare_to).read_text())
+        result["speedup_vs_stock"] = result["tokens_per_s_per_gpu"] / stock["tokens_per_s_per_gpu"]
+        result["stock_result"] = Path(args.compare_to).name
+    stem = f"{result['date']}-{gpu}-{label}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [line for line in log.splitlines() if "iteration" in line or "DSV3_" in line or "Error" in line]
+    excerpt = lines[: EXCERPT_LINES // 2] + ["..."] + lines[-EXCERPT_LINES // 2 :]
+    (out_dir / f"{stem}.log").write_text("$ " + result["command"] + "\n" + "\n".join(excerpt) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The routing balance every result reports: tokens per expert of the last step, from router hooks."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("megatron.bridge", reason="needs the train extra")
+
+from dsv3_recipes.train.callbacks import ExpertLoad  # noqa: E402
+
+
+class Router(torch.nn.Module):
+    """Returns (probs, routing_map) like Megatron's TopKRouter: token i goes to expert ``route[i]``."""
+
+    def forward(self, route):
+        routing_map = torch.nn.functional.one_hot(route, num_classes=4).bool()
+        return routing_map.float(), routing_map
+
+
+def test_counts_tokens_per_expert_and_the_worst_routers_skew():
+    routers = [Router(), Router()]
+    load = ExpertLoad(routers, experts=4, device="cpu")
+    routers[0](torch.tensor([0, 1, 2, 3]))  # balanced: 1 each
+    routers[1](torch.tensor([0, 0, 0, 1]))  # skewed: 3, 1, 0, 0
+    summary = load.summary()
+    assert summary == {
+        "routers": 2,
+        "tokens_per_expert_min": 0.0,
+        "tokens_per_expert_mean": 1.0,
+        "tokens_per_expert_max": 3.0,
+        "worst_router_max_over_mean": 3.0,
+    }
+
+
+def test_recomputed_forwards_and_earlier_steps_are_not_counted():
+    router = Router()
+    load = ExpertLoad([router], experts=4, device="cpu")
+    router(torch.tensor([3, 3]))
+    load.reset()  # a new step
+    router(torch.tensor([0, 1]))
+    with torch.no_grad():  # Megatron's checkpointed first forward (full recompute) and evaluation
+        router(torch.tensor([0, 0]))
+    assert load.counts.tolist() == [[1.0, 1.0, 0.0, 0.0]]
+
+
+def test_no_counts_no_summary():
+    assert ExpertLoad([Router()], experts=4, device="cpu").summary() is None
