@@ -91,7 +91,7 @@ def slurm(
 def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:
     """The executor a recipe needs: its GPU count, env vars, NVL segment and bindpcie."""
     if kind == "local":
-        return local(gpus=recipe.launch.num_gpus, env_vars=recipe.env_vars)
+        return local(gpus=recipe.launch.num_gpus, env_vars=recipe.run_env_vars)
     if kind == "slurm":
         bindpcie = options.pop("bindpcie", None) or (BINDPCIE_PATH if recipe.launch.bindpcie else None)
         return slurm(
@@ -99,7 +99,7 @@ def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:
             gpus_per_node=recipe.launch.gpus_per_node,
             segment=recipe.launch.nvl_segment_nodes,
             bindpcie=bindpcie,  # type: ignore[arg-type]
-            env_vars=recipe.env_vars,
+            env_vars=recipe.run_env_vars,
             **options,  # type: ignore[arg-type]
         )
     raise RecipeError("executor", f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")

@@ -20,6 +20,15 @@ Dtype = Literal["fp32", "bf16", "fp16"]
 GpuType = Literal["h100", "h200", "b200", "gb200", "gb300"]
 
 
+# What Megatron-Bridge's apply_determinism_overrides (recipes/utils/determinism_utils.py) puts in the
+# environment. The launcher must export them: TE and NCCL read them when they start, before Bridge runs.
+DETERMINISTIC_ENV_VARS = {
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+    "NCCL_ALGO": "Ring",
+    "NVTE_ALLOW_NONDETERMINISTIC_ALGO": "0",
+}
+
+
 class RecipeError(ValueError):
     """Bad recipe input. The message starts with the offending field's dotted path."""
 
@@ -127,6 +136,9 @@ class TrainConfig:
     check_for_nan_in_loss_and_grad: bool = True
     distributed_timeout_minutes: int = 60
     enable_experimental: bool = False
+    # Bit-identical reruns and resumes: Megatron's deterministic mode and the env of DETERMINISTIC_ENV_VARS
+    # (deterministic cuDNN attention and cuBLAS workspaces, a fixed NCCL algorithm, no fused cross entropy).
+    deterministic: bool = False
 
 
 @dataclass
@@ -336,6 +348,11 @@ class Recipe:
     env_vars: dict[str, str] = field(default_factory=dict)
     output_dir: str = "nemo_experiments"
     shrink: Optional[ShrinkRecord] = None  # set by recipes.shrink: this run is a parent recipe, shrunk
+
+    @property
+    def run_env_vars(self) -> dict[str, str]:
+        """The environment every rank starts with: the recipe's, and what its switches require."""
+        return {**self.env_vars, **(DETERMINISTIC_ENV_VARS if self.train.deterministic else {})}
 
     @property
     def data_parallel_size(self) -> int:

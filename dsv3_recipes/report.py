@@ -40,6 +40,8 @@ def parse_log(text: str) -> RunLog:
             step = run.steps.setdefault(int(match.group(1)), {})
             if "throughput per GPU (TFLOP/s/GPU)" in values:
                 step["megatron_tflops_per_gpu"] = float(values["throughput per GPU (TFLOP/s/GPU)"])
+            if "learning rate" in values:
+                step["learning_rate"] = float(values["learning rate"])
             for key, value in values.items():
                 if key.endswith(" loss"):
                     step[key.replace(" ", "_")] = float(value)

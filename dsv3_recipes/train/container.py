@@ -304,8 +304,12 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             profile_step_end=recipe.profiling.profile_step_end,
             profile_ranks=list(recipe.profiling.profile_ranks),
         ),
-        env_vars=dict(recipe.env_vars),
+        env_vars=dict(recipe.run_env_vars),
     )
+    if t.deterministic:
+        from megatron.bridge.recipes.utils.determinism_utils import apply_determinism_overrides
+
+        apply_determinism_overrides(cfg)  # deterministic_mode, no fused cross entropy, and the env
     if recipe.mlperf.enabled:
         mlperf_data.configure(cfg, recipe)
     return cfg

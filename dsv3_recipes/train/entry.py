@@ -11,7 +11,7 @@ from dsv3_recipes.recipe import Recipe, RecipeError
 
 def pretrain(recipe: Recipe) -> None:
     """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step."""
-    for name, value in recipe.env_vars.items():
+    for name, value in recipe.run_env_vars.items():
         os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
 
     from dsv3_recipes.train.preflight import check_container

@@ -1,0 +1,242 @@
+"""Kill a run with SIGKILL right after a checkpoint, relaunch the identical command, compare the losses.
+
+    python benchmarks/fault_resume.py [--cases deterministic default async save_kill mlperf]
+
+Every case trains the 1-GPU proxy shrunk (`--shrink 1`) for 8 steps with a checkpoint every 4 into
+its own directory (``checkpoint.save`` = ``checkpoint.load``, so the first launch starts fresh and the
+relaunch resumes). The first launch is killed -- SIGKILL to every process of the job, as a node failure
+would -- when its log says the iteration-4 checkpoint was written (``save_kill``: when the iteration-8
+save has begun, so that the partial checkpoint must not be picked up). The relaunch must resume from
+iteration 4 and its losses for steps 5-8 are compared with an uninterrupted run of the same command:
+
+- ``deterministic`` (``train.deterministic=True``): bit-identical;
+- ``default``, ``async`` (``checkpoint.async_save=True``), ``save_kill``: within twice the band between
+  two uninterrupted default runs (the default kernels are not deterministic);
+- ``mlperf`` (the MLPerf proxy, relaunched with ``checkpoint.load`` as RESUME=1 does): the step count
+  and the learning rate of steps 5-8 equal the uninterrupted run's.
+
+The cases run at the same time on one GPU (their times are not throughput figures). Writes
+<results-dir>/<date>-<gpu>-resume.json and one log per launch under <work>/; exits 1 if a case fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsv3_recipes.report import parse_log
+
+STEPS = 8
+SAVE_INTERVAL = 4
+DETERMINISTIC = ["train.deterministic=True"]
+SAVED = re.compile(rf"successfully saved checkpoint from iteration\s+{SAVE_INTERVAL}\b")
+SAVING_LAST = re.compile(rf"saving checkpoint at iteration\s+{STEPS}\b")
+LOADED = re.compile(r"successfully loaded checkpoint from .* at iteration (\d+)")
+
+
+@dataclass
+class Launch:
+    """One `dsv3 pretrain` process: its per-step rows, how it ended, where it resumed from."""
+
+    command: list[str]
+    returncode: int | None = None
+    wall_s: float = 0.0
+    killed_at_s: float | None = None
+    rows: dict[int, dict[str, float]] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the launcher, torchrun, the ranks), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def launch(command: list[str], log: Path, kill_on: re.Pattern[str] | None = None) -> Launch:
+    """Run the command, tee its output to ``log``; SIGKILL the whole job when ``kill_on`` matches."""
+    result = Launch(command)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    with log.open("w") as out:
+        out.write(f"$ {shlex.join(command)}\n")
+        for line in proc.stdout:  # type: ignore[union-attr]
+            out.write(line)
+            if kill_on is not None and result.killed_at_s is None and kill_on.search(line):
+                for pid in [*_descendants(proc.pid), proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                result.killed_at_s = time.perf_counter() - start
+                out.write(f"### fault_resume: SIGKILL to the job at {result.killed_at_s:.1f} s\n")
+    result.returncode = proc.wait()
+    result.wall_s = time.perf_counter() - start
+    text = log.read_text()
+    result.rows = parse_log(text).steps
+    if match := LOADED.search(text):
+        result.resumed_from = int(match.group(1))
+    return result
+
+
+@dataclass
+class Case:
+    name: str
+    recipe: str
+    overrides: list[str]
+    kill_on: re.Pattern[str]
+    compare: str  # "exact" | "band" | "learning_rate"
+
+
+CASES = {
+    "deterministic": Case("deterministic", "proxy_1gpu", DETERMINISTIC, SAVED, "exact"),
+    "default": Case("default", "proxy_1gpu", [], SAVED, "band"),
+    "async": Case("async", "proxy_1gpu", ["checkpoint.async_save=True"], SAVED, "band"),
+    "save_kill": Case("save_kill", "proxy_1gpu", [], SAVING_LAST, "band"),
+    # A target below reach keeps the proxy from stopping early on mock tokens: all 8 steps run.
+    "mlperf": Case("mlperf", "mlperf_proxy_1gpu", ["mlperf.target_log_ppl=0.1"], SAVED, "learning_rate"),
+}
+
+
+def reference(case: Case) -> tuple[str, str, tuple[str, ...]]:
+    """The uninterrupted run a case is compared with: same recipe and mode, nothing about saving."""
+    mode = [o for o in case.overrides if o != "checkpoint.async_save=True"]
+    return (f"ref-{case.recipe}-{'det' if mode == DETERMINISTIC else 'plain'}", case.recipe, tuple(mode))
+
+
+def command(recipe: str, overrides: list[str], work: Path, name: str, resume: bool = True) -> list[str]:
+    ckpt = work / name / "checkpoints"
+    return [
+        sys.executable, "-m", "dsv3_recipes.cli", "pretrain", "--factory", recipe, "--shrink", "1",
+        f"train.train_iters={STEPS}", f"checkpoint.save={ckpt}", f"checkpoint.save_interval={SAVE_INTERVAL}",
+        *([f"checkpoint.load={ckpt}"] if resume else []), f"output_dir={work / name / 'run'}", *overrides,
+    ]  # fmt: skip
+
+
+def losses(run: Launch, steps: range, key: str = "lm_loss") -> list[float | None]:
+    return [run.rows.get(s, {}).get(key) for s in steps]
+
+
+def max_abs_diff(a: list[float | None], b: list[float | None]) -> float | None:
+    if None in a or None in b:
+        return None
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))  # type: ignore[operator]
+
+
+def run_cases(names: list[str], work: Path) -> dict[str, object]:
+    """Each case's chain (reference, killed launch, relaunch) in its own thread, all at once."""
+    launches: dict[str, Launch] = {}
+
+    def chain(key: str, *steps: tuple[list[str], re.Pattern[str] | None]) -> None:
+        for i, (cmd, kill_on) in enumerate(steps):
+            launches[f"{key}#{i}"] = launch(cmd, work / f"{key}-{i}.log", kill_on)
+
+    jobs = []
+    needs_band = any(CASES[n].compare == "band" for n in names)
+    # Uninterrupted references: one per recipe and mode, and a second default run for the band.
+    refs = {reference(CASES[n]) for n in names} | ({("ref-band", "proxy_1gpu", ())} if needs_band else set())
+    for key, recipe, overrides in refs:
+        cmd = command(recipe, list(overrides), work, key, resume=False)
+        jobs.append(threading.Thread(target=chain, args=(key, (cmd, None))))
+    for name in names:
+        case = CASES[name]
+        first = command(case.recipe, case.overrides, work, name, resume=case.recipe != "mlperf_proxy_1gpu")
+        again = command(case.recipe, case.overrides, work, name)  # RESUME=1 adds checkpoint.load
+        jobs.append(threading.Thread(target=chain, args=(name, (first, case.kill_on), (again, None))))
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+
+    after = range(SAVE_INTERVAL + 1, STEPS + 1)
+    band = None
+    if needs_band:
+        plain = launches[f"{reference(CASES['default'])[0]}#0"]
+        band = max_abs_diff(losses(plain, after), losses(launches["ref-band#0"], after))
+    results: dict[str, object] = {"band_default_mode": band, "steps_compared": list(after)}
+    for name in names:
+        case = CASES[name]
+        killed, resumed = launches[f"{name}#0"], launches[f"{name}#1"]
+        ref = launches[f"{reference(case)[0]}#0"]
+        diff = max_abs_diff(losses(resumed, after), losses(ref, after))
+        entry: dict[str, object] = {
+            "command": shlex.join(["dsv3", *resumed.command[3:]]),
+            "kill_point": f"after log line /{case.kill_on.pattern}/",
+            "killed_at_s": killed.killed_at_s,
+            "killed_steps_logged": sorted(killed.rows),
+            "resumed_from_iteration": resumed.resumed_from,
+            "resumed_steps_logged": sorted(resumed.rows),
+            "resumed_lm_loss": losses(resumed, after),
+            "reference_lm_loss": losses(ref, after),
+            "max_abs_loss_diff": diff,
+            "time_lost_s": killed.wall_s + resumed.wall_s - ref.wall_s,
+            "exit_codes": [killed.returncode, resumed.returncode, ref.returncode],
+        }
+        ok = killed.killed_at_s is not None and resumed.returncode == 0 and ref.returncode == 0
+        ok = ok and resumed.resumed_from == SAVE_INTERVAL and sorted(resumed.rows) == list(after)
+        if case.compare == "exact":
+            ok = ok and diff == 0.0
+        elif case.compare == "band":
+            ok = ok and diff is not None and band is not None and diff <= 2 * band
+        else:
+            lr_resumed, lr_ref = losses(resumed, after, "learning_rate"), losses(ref, after, "learning_rate")
+            entry["resumed_learning_rate"], entry["reference_learning_rate"] = lr_resumed, lr_ref
+            ok = ok and None not in lr_ref and lr_resumed == lr_ref
+        entry["passed"] = ok
+        results[name] = entry
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--work", default="/tmp/dsv3-fault-resume")
+    p.add_argument("--gpu", default="h200", help="GPU name for the result file")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "gpu": args.gpu,
+        "data": {"kind": "mock"},
+        "routing": "natural",
+        "concurrent_runs": "every case and reference at once on one GPU",
+        **run_cases(args.cases, work),
+    }
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{results['date']}-{args.gpu}-resume.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    failed = [n for n in args.cases if not results[n]["passed"]]  # type: ignore[index]
+    print(json.dumps(results, indent=1))
+    print(f"fault_resume: {'FAILED ' + ', '.join(failed) if failed else 'all cases passed'} -> {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""benchmarks/fault_resume.py: the kill reaches every process of the job, and the logs are read back.
+The GPU run itself is tests/test_fault_resume_gpu.py (results under benchmarks/results/)."""
+
+import re
+import sys
+import textwrap
+import time
+
+from benchmarks import fault_resume
+
+TRAINER = textwrap.dedent(
+    """
+    import json, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print("CHILD", child.pid, flush=True)
+    for step in range(1, 9):
+        print("DSV3_METRICS " + json.dumps({"step": step, "lm_loss": 10.0 - step}), flush=True)
+        if step == 4:
+            print("  successfully saved checkpoint from iteration       4 to /ckpt", flush=True)
+            time.sleep(30)
+    """
+)
+
+
+def test_sigkill_reaches_the_whole_job_after_the_checkpoint_line(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    start = time.perf_counter()
+    run = fault_resume.launch([sys.executable, str(script)], tmp_path / "run.log", fault_resume.SAVED)
+    assert time.perf_counter() - start < 20, "the kill must not wait for the job"
+    assert run.returncode == -9 and run.killed_at_s is not None
+    assert sorted(run.rows) == [1, 2, 3, 4] and run.rows[4]["lm_loss"] == 6.0
+    child = int(re.search(r"CHILD (\d+)", (tmp_path / "run.log").read_text()).group(1))
+    time.sleep(0.2)
+    assert _dead(child), "the grandchild must die with the job"
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for a reaper: /proc/PID/stat's state is Z."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_resumed_iteration_and_band_arithmetic(tmp_path):
+    script = tmp_path / "resumed.py"
+    script.write_text(
+        "print('  successfully loaded checkpoint from /c [ t 0/1, p 0/1 ] at iteration 4')\n"
+        'print(\'DSV3_METRICS {"step": 5, "lm_loss": 5.5}\')\n'
+    )
+    run = fault_resume.launch([sys.executable, str(script)], tmp_path / "r.log")
+    assert run.resumed_from == 4 and run.returncode == 0 and run.killed_at_s is None
+    assert fault_resume.max_abs_diff([1.0, 2.5], [1.25, 2.0]) == 0.5
+    assert fault_resume.max_abs_diff([1.0, None], [1.0, 2.0]) is None
+
+
+def test_every_case_is_compared_with_a_reference_of_its_own_mode():
+    refs = {name: fault_resume.reference(case) for name, case in fault_resume.CASES.items()}
+    assert refs["async"] == refs["default"] == refs["save_kill"]  # async only changes how it saves
+    assert refs["deterministic"][2] == tuple(fault_resume.DETERMINISTIC)
+    assert refs["mlperf"][1] == "mlperf_proxy_1gpu"
