@@ -13,7 +13,9 @@ iteration 4 and its losses for steps 5-8 are compared with an uninterrupted run 
 - ``default``, ``async`` (``checkpoint.async_save=True``), ``save_kill``: within twice the band between
   two uninterrupted default runs (the default kernels are not deterministic);
 - ``mlperf`` (the MLPerf proxy, relaunched with ``checkpoint.load`` as RESUME=1 does): the step count
-  and the learning rate of steps 5-8 equal the uninterrupted run's.
+  and the learning rate of steps 5-8 equal the uninterrupted run's;
+- ``extend``: a finished 8-step run relaunched with ``train.train_iters=12`` and
+  ``scheduler.override_opt_param_scheduler=True`` resumes from iteration 8 and trains steps 9-12.
 
 The cases run at the same time on one GPU (their times are not throughput figures). Writes
 <results-dir>/<date>-<gpu>-resume.json and one log per launch under <work>/; exits 1 if a case fails.
@@ -41,6 +43,7 @@ from dsv3_recipes.report import parse_log
 STEPS = 8
 SAVE_INTERVAL = 4
 DETERMINISTIC = ["train.deterministic=True"]
+EXTEND = ["train.train_iters=12", "scheduler.override_opt_param_scheduler=True"]
 SAVED = re.compile(rf"successfully saved checkpoint from iteration\s+{SAVE_INTERVAL}\b")
 SAVING_LAST = re.compile(rf"saving checkpoint at iteration\s+{STEPS}\b")
 LOADED = re.compile(r"successfully loaded checkpoint from .* at iteration (\d+)")
@@ -120,6 +123,7 @@ CASES = {
     # A target below reach keeps the proxy from stopping early on mock tokens: all 8 steps run.
     "mlperf": Case("mlperf", "mlperf_proxy_1gpu", ["mlperf.target_log_ppl=0.1"], SAVED, "learning_rate"),
 }
+CHOICES = [*CASES, "extend"]
 
 
 def reference(case: Case) -> tuple[str, str, tuple[str, ...]]:
@@ -156,13 +160,17 @@ def run_cases(names: list[str], work: Path) -> dict[str, object]:
             launches[f"{key}#{i}"] = launch(cmd, work / f"{key}-{i}.log", kill_on)
 
     jobs = []
-    needs_band = any(CASES[n].compare == "band" for n in names)
+    needs_band = any(n in CASES and CASES[n].compare == "band" for n in names)
     # Uninterrupted references: one per recipe and mode, and a second default run for the band.
-    refs = {reference(CASES[n]) for n in names} | ({("ref-band", "proxy_1gpu", ())} if needs_band else set())
+    refs = {reference(CASES[n]) for n in names if n in CASES}
+    refs |= {("ref-band", "proxy_1gpu", ())} if needs_band else set()
     for key, recipe, overrides in refs:
         cmd = command(recipe, list(overrides), work, key, resume=False)
         jobs.append(threading.Thread(target=chain, args=(key, (cmd, None))))
-    for name in names:
+    if "extend" in names:
+        first = command("proxy_1gpu", [], work, "extend")
+        jobs.append(threading.Thread(target=chain, args=("extend", (first, None), (first + EXTEND, None))))
+    for name in (n for n in names if n != "extend"):
         case = CASES[name]
         first = command(case.recipe, case.overrides, work, name, resume=case.recipe != "mlperf_proxy_1gpu")
         again = command(case.recipe, case.overrides, work, name)  # RESUME=1 adds checkpoint.load
@@ -178,7 +186,21 @@ def run_cases(names: list[str], work: Path) -> dict[str, object]:
         plain = launches[f"{reference(CASES['default'])[0]}#0"]
         band = max_abs_diff(losses(plain, after), losses(launches["ref-band#0"], after))
     results: dict[str, object] = {"band_default_mode": band, "steps_compared": list(after)}
-    for name in names:
+    if "extend" in names:
+        done, extended = launches["extend#0"], launches["extend#1"]
+        results["extend"] = {
+            "command": shlex.join(["dsv3", *extended.command[3:]]),
+            "first_run_steps_logged": sorted(done.rows),
+            "resumed_from_iteration": extended.resumed_from,
+            "extended_steps_logged": sorted(extended.rows),
+            "extended_learning_rate": [extended.rows[s].get("learning_rate") for s in sorted(extended.rows)],
+            "exit_codes": [done.returncode, extended.returncode],
+            "passed": done.returncode == 0
+            and extended.returncode == 0
+            and extended.resumed_from == STEPS
+            and sorted(extended.rows) == list(range(STEPS + 1, 13)),
+        }
+    for name in (n for n in names if n != "extend"):
         case = CASES[name]
         killed, resumed = launches[f"{name}#0"], launches[f"{name}#1"]
         ref = launches[f"{reference(case)[0]}#0"]
@@ -213,7 +235,7 @@ def run_cases(names: list[str], work: Path) -> dict[str, object]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--cases", nargs="+", choices=CHOICES, default=CHOICES)
     p.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--work", default="/tmp/dsv3-fault-resume")
     p.add_argument("--gpu", default="h200", help="GPU name for the result file")

@@ -173,6 +173,9 @@ class SchedulerConfig:
     lr_wsd_decay_iters: Optional[int] = None  # WSD: length of the final decay
     lr_warmup_samples: int = 0  # sample-based schedule, for recipes that use --train-samples
     lr_decay_samples: Optional[int] = None
+    # On resume, take this schedule instead of the checkpoint's (Megatron's --override-opt_param-scheduler):
+    # what extending a run to more train_iters needs.
+    override_opt_param_scheduler: bool = False
 
 
 @dataclass

@@ -61,3 +61,28 @@ def test_every_case_is_compared_with_a_reference_of_its_own_mode():
     assert refs["async"] == refs["default"] == refs["save_kill"]  # async only changes how it saves
     assert refs["deterministic"][2] == tuple(fault_resume.DETERMINISTIC)
     assert refs["mlperf"][1] == "mlperf_proxy_1gpu"
+
+
+def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
+    """run_cases with stand-in launches: a resume that matches passes, one that drifts fails."""
+
+    def fake(command, log, kill_on=None):
+        text = " ".join(command)
+        resumed = "checkpoint.load" in text and kill_on is None and "ref-" not in text
+        extended = "train.train_iters=12" in text
+        first = 9 if extended else (5 if resumed else 1)
+        last = 12 if extended else 8
+        drift = 0.5 if "save_kill" in text and resumed else 0.0
+        rows = {s: {"lm_loss": 10.0 - s + drift, "learning_rate": 1e-4 * s} for s in range(first, last + 1)}
+        run = fault_resume.Launch(command, returncode=0, rows=rows)
+        run.resumed_from = (8 if extended else 4) if resumed or extended else None
+        run.killed_at_s = 1.0 if kill_on is not None else None
+        run.returncode = -9 if kill_on is not None else 0
+        return run
+
+    monkeypatch.setattr(fault_resume, "launch", fake)
+    results = fault_resume.run_cases(fault_resume.CHOICES, tmp_path)
+    assert results["band_default_mode"] == 0.0
+    assert results["deterministic"]["passed"] and results["default"]["passed"]
+    assert results["mlperf"]["passed"] and results["extend"]["passed"]
+    assert not results["save_kill"]["passed"] and results["save_kill"]["max_abs_loss_diff"] == 0.5

@@ -230,6 +230,7 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             lr_decay_iters=s.lr_decay_iters,
             lr_warmup_samples=s.lr_warmup_samples,
             lr_decay_samples=s.lr_decay_samples,
+            override_opt_param_scheduler=s.override_opt_param_scheduler,
             start_weight_decay=o.weight_decay,
             end_weight_decay=o.weight_decay,
         ),
