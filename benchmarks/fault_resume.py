@@ -42,6 +42,9 @@ from dsv3_recipes.report import parse_log
 
 STEPS = 8
 SAVE_INTERVAL = 4
+# Micro-batch 2 instead of the proxy's 8: about 5 GiB a run, so that every case and reference fit on one
+# GPU at once (at 8, nine runs of 16 GiB ran out of memory on a 141 GB H200).
+MICRO_BATCH = "train.micro_batch_size=2"
 DETERMINISTIC = ["train.deterministic=True"]
 EXTEND = ["train.train_iters=12", "scheduler.override_opt_param_scheduler=True"]
 SAVED = re.compile(rf"successfully saved checkpoint from iteration\s+{SAVE_INTERVAL}\b")
@@ -136,7 +139,8 @@ def command(recipe: str, overrides: list[str], work: Path, name: str, resume: bo
     ckpt = work / name / "checkpoints"
     return [
         sys.executable, "-m", "dsv3_recipes.cli", "pretrain", "--factory", recipe, "--shrink", "1",
-        f"train.train_iters={STEPS}", f"checkpoint.save={ckpt}", f"checkpoint.save_interval={SAVE_INTERVAL}",
+        f"train.train_iters={STEPS}", MICRO_BATCH,
+        f"checkpoint.save={ckpt}", f"checkpoint.save_interval={SAVE_INTERVAL}",
         *([f"checkpoint.load={ckpt}"] if resume else []), f"output_dir={work / name / 'run'}", *overrides,
     ]  # fmt: skip
 

@@ -231,6 +231,12 @@ def check_moe_overlap_and_graphs(recipe: Recipe) -> None:
     """Megatron-Core's rules for EP overlap and partial CUDA graphs (TransformerConfig.__post_init__
     and the alltoall dispatcher's sync points), which the shrink's substitutions can otherwise break."""
     m, co = recipe.model, recipe.comm_overlap
+    if m.moe_router_padding_for_quantization and m.moe_token_dispatcher_type == "allgather":
+        # Megatron's MoE layer refuses it at model build (measured: benchmarks/proxy_1gpu_tuning.md).
+        raise RecipeError(
+            "model.moe_router_padding_for_quantization",
+            "the allgather dispatcher does not support it: use alltoall or flex, or set it to False",
+        )
     scope = m.cuda_graph_scope or []
     if m.cuda_graph_impl == "transformer_engine" and "moe_preprocess" in scope:
         if "moe_router" not in scope:

@@ -26,15 +26,20 @@ class RunLog:
         return [{"step": s, **self.steps[s]} for s in sorted(self.steps)]
 
 
+def _json_after(tag: str, line: str) -> dict:
+    """The JSON object after ``tag``; text glued on behind it (another stream's output) is ignored."""
+    return json.JSONDecoder().raw_decode(line.split(tag, 1)[1].lstrip())[0]
+
+
 def parse_log(text: str) -> RunLog:
     """Per-step values from any mix of DSV3_METRICS, DSV3_SUMMARY and Megatron iteration lines."""
     run = RunLog()
     for line in text.splitlines():
         if METRICS_TAG in line:
-            data = json.loads(line.split(METRICS_TAG, 1)[1])
+            data = _json_after(METRICS_TAG, line)
             run.steps.setdefault(data.pop("step"), {}).update(data)
         elif SUMMARY_TAG in line:
-            run.summary = json.loads(line.split(SUMMARY_TAG, 1)[1])
+            run.summary = _json_after(SUMMARY_TAG, line)
         elif match := _MEGATRON_LINE.search(line):
             values = dict(_MEGATRON_FIELD.findall(match.group(2) + "|"))
             step = run.steps.setdefault(int(match.group(1)), {})
