@@ -319,22 +319,13 @@ def test_run_script_renders_both_configs_resume_and_refusal(data_dir, tmp_path):
 
 
 PROXY_LOG = SCRIPTS.parents[1] / "benchmarks/results/mlperf/2026-11-23-h100-mlperf_proxy_1gpu-mlperf_log.txt"
-LOGIN_NODE_CHECK = f"""
-import sys
-class LoginNode:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "megatron", "transformer_engine", "transformers"):
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, LoginNode())
+
+
+def test_mlperf_check_passes_the_committed_proxy_log_on_a_login_node(on_login_node):
+    out = on_login_node(f"""
 from dsv3_recipes.cli import main
 sys.exit(main(["mlperf-check", "{PROXY_LOG}", "--recipe", "mlperf_proxy_1gpu", "train.train_iters=40"]))
-"""
-
-
-def test_mlperf_check_passes_the_committed_proxy_log_on_a_login_node():
-    out = subprocess.run(
-        [sys.executable, "-c", LOGIN_NODE_CHECK], capture_output=True, text=True, check=False
-    )
+""")
     assert out.returncode == 0, out.stderr[-2000:]
     # the train.train_iters override reaches no checked value: it is parsed and accepted like the run's own
     assert out.stdout.startswith(f"PASSED: {PROXY_LOG} against mlperf-logging training_6.1.0/common.yaml")
