@@ -2,17 +2,14 @@
 Megatron-Bridge, run as NeMo-Run tasks on this machine (torchrun) or as a Slurm job.
 
 The conversion runs on PP x lcm(TP, EP) GPUs. Megatron's torch_dist checkpoints reshard on load, so
-TP/PP/EP only choose how many GPUs share the conversion. ``python -m conversion.cli import ...`` is
-the same as ``dsv3 convert import ...``.
+TP/PP/EP only choose how many GPUs share the conversion. Without the ``dsv3`` script (a container
+running a checkout), ``python -m dsv3_recipes.cli convert import ...`` is the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-
-from dsv3_recipes.recipe import RecipeError
 
 
 def _positive_int(text: str) -> int:
@@ -123,18 +120,3 @@ def run(args: argparse.Namespace) -> int:
     )
     launch.submit(job, executor, args.dryrun)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="dsv3")
-    add_arguments(top.add_subparsers(dest="command", required=True))
-    args = top.parse_args(["convert", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (RecipeError, FileNotFoundError, ValueError) as e:
-        print(f"dsv3 convert: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

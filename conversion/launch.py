@@ -7,7 +7,6 @@ absolute, and are checked here when this machine sees them (a shared file system
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from conversion import checks, tasks
 from conversion.checks import Parallelism
 from dsv3_recipes import executors
 from dsv3_recipes.images import image_for
-from dsv3_recipes.launch import SlurmOptions, local_gpu_count, render_launch
+from dsv3_recipes.launch import SlurmOptions, check_local_machine, render_launch
 from dsv3_recipes.recipe import RecipeError
 
 EXECUTORS = executors.EXECUTORS
@@ -181,7 +180,7 @@ def make_executor(
     """torchrun with one process per rank here, or a Slurm job of ceil(ranks / GPUs per node) nodes."""
     if kind == "local":
         if not dryrun:
-            _check_local_machine(world_size)
+            check_local_machine(world_size, "the conversion (PP x lcm(TP, EP))", "--tp/--pp/--ep")
         return executors.local(gpus=world_size)
     if kind != "slurm":
         raise RecipeError("--executor", f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
@@ -212,21 +211,6 @@ def make_executor(
         ssh_user=slurm.ssh_user,
         additional_parameters=slurm.additional_parameters,
     )
-
-
-def _check_local_machine(world_size: int) -> None:
-    found = local_gpu_count()
-    if found < world_size:
-        raise RecipeError(
-            "--tp/--pp/--ep",
-            f"the conversion needs {world_size} GPU(s) (PP x lcm(TP, EP)), this machine has {found}; "
-            "use --dryrun to render the launch, or --executor slurm",
-        )
-    if importlib.util.find_spec("megatron.bridge") is None:
-        raise RecipeError(
-            "--executor",
-            "the train side is not installed here: `uv sync --extra train`, or run in the container",
-        )
 
 
 def submit(job: ConversionJob, executor: run.Executor, dryrun: bool) -> None:

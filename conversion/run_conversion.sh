@@ -18,4 +18,4 @@ fi
 
 # run from a checkout too (relative paths stay the caller's): the package root goes on PYTHONPATH
 PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" \
-  exec "${PYTHON:-python3}" -m conversion.cli "${args[@]}" "$@"
+  exec "${PYTHON:-python3}" -m dsv3_recipes.cli convert "${args[@]}" "$@"

@@ -82,6 +82,23 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mlperf_check(args: argparse.Namespace) -> int:
+    from dsv3_recipes.mlperf_compliance import RULES, ProxyScale, check_log
+
+    proxy = None
+    if args.recipe:
+        from dsv3_recipes.launch import build_task, recipe_of
+
+        recipe = recipe_of(build_task(args.recipe, args.overrides))
+        proxy = ProxyScale.of(recipe) if recipe.mlperf.proxy else None
+    passed, messages = check_log(args.log, proxy)
+    for message in messages:
+        print(message, file=sys.stderr)
+    rules = f"{RULES} + proxy overrides" if proxy else RULES
+    print(f"{'PASSED' if passed else 'FAILED'}: {args.log} against mlperf-logging {rules}")
+    return 0 if passed else 1
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from dsv3_recipes.report import report
 
@@ -115,6 +132,12 @@ def parser() -> argparse.ArgumentParser:
     SlurmOptions.add_arguments(p)
     _add_recipe_args(p, positional=False)
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("mlperf-check", help="mlperf-logging's compliance check of an mllog file")
+    p.add_argument("log", help="mllog file (or a job log that contains the :::MLLOG lines)")
+    p.add_argument("--recipe", help="the recipe that wrote the log; a proxy recipe gets the proxy checks")
+    _add_recipe_args(p, positional=False)
+    p.set_defaults(func=_cmd_mlperf_check)
 
     p = sub.add_parser("report", help="table and plot of a run's per-step metrics")
     p.add_argument("logdir", help="a run's output dir (metrics.jsonl) or a directory of logs")

@@ -191,7 +191,8 @@ def preflight(recipe: Recipe, executor: str, dryrun: bool) -> None:
             "is set but WANDB_API_KEY is not exported (or set logger.wandb_project=None)",
         )
     if executor == "local" and not dryrun:
-        _check_local_machine(recipe)
+        field = "shrink" if recipe.shrink else "launch.gpus_per_node"
+        check_local_machine(recipe.launch.num_gpus, f"recipe {recipe.name}", field)
 
 
 def _check_data(recipe: Recipe, executor: str) -> None:
@@ -231,13 +232,13 @@ def local_gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
 
 
-def _check_local_machine(recipe: Recipe) -> None:
-    needed = recipe.launch.num_gpus
+def check_local_machine(gpus: int, what: str, field: str) -> None:
+    """Refuse a local run this machine cannot hold: fewer GPUs than ``what`` needs, or no train side."""
     found = local_gpu_count()
-    if found < needed:
+    if found < gpus:
         raise RecipeError(
-            "shrink" if recipe.shrink else "launch.gpus_per_node",
-            f"recipe {recipe.name} needs {needed} GPU(s), this machine has {found}; "
+            field,
+            f"{what} needs {gpus} GPU(s), this machine has {found}; "
             "use --dryrun to render the launch, or --executor slurm",
         )
     if importlib.util.find_spec("megatron.bridge") is None:

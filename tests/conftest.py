@@ -23,6 +23,31 @@ def no_stdin(monkeypatch):
         yield
 
 
+# A login node has no train stack: these imports fail in a script run by `on_login_node`.
+TRAIN_STACK = ("torch", "megatron", "transformer_engine", "transformers")
+LOGIN_NODE = f"""
+import sys
+class LoginNode:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {TRAIN_STACK!r}:
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, LoginNode())
+"""
+
+
+@pytest.fixture
+def on_login_node():
+    """Run a Python script in a fresh interpreter that cannot import the train stack."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", LOGIN_NODE + script]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     if _cuda_available():
         return

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_conversion_checks import CONFIG, write_checkpoint
 
-from conversion.cli import main
+from dsv3_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = ["--executor", "slurm", "--account", "acct", "--container-image", "nvcr.io/team/dsv3:1"]
@@ -26,7 +26,7 @@ def empty_stdin(monkeypatch):
 
 
 def convert(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    code = main(["convert", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -81,7 +81,20 @@ def test_bad_layouts_and_executors_are_refused(tmp_path, capsys, monkeypatch, ar
         *argv,
     )
     assert (code, out) == (2, "")
-    assert err.startswith(f"dsv3 convert: error: {message}")
+    assert err.startswith(f"dsv3: error: {message}")
+
+
+def test_local_conversion_needs_its_gpus_here(tmp_path, capsys, monkeypatch):
+    """The same machine check as `dsv3 pretrain`: the conversion's ranks, or a pointer to --dryrun."""
+    from dsv3_recipes import launch
+
+    monkeypatch.setattr(launch, "local_gpu_count", lambda: 2)
+    write_checkpoint(tmp_path / "hf")
+    argv = ["import", "--hf-path", str(tmp_path / "hf"), "--megatron-path", str(tmp_path / "mg"), "--ep", "4"]
+    code, out, err = convert(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("dsv3: error: --tp/--pp/--ep: the conversion (PP x lcm(TP, EP)) needs 4 GPU(s)")
+    assert "this machine has 2; use --dryrun" in err
 
 
 def test_bad_paths_are_refused(tmp_path, capsys):
@@ -102,7 +115,7 @@ def test_bad_paths_are_refused(tmp_path, capsys):
     ]  # fmt: skip
     for argv, arg, problem in cases:
         code, _, err = convert(capsys, *argv, "--dryrun")
-        assert code == 2 and err.startswith(f"dsv3 convert: error: {arg}") and problem in err, err
+        assert code == 2 and err.startswith(f"dsv3: error: {arg}") and problem in err, err
 
 
 def _run_conversion(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -140,23 +153,13 @@ def test_run_conversion_sh_renders_the_slurm_job_from_the_environment(tmp_path):
     assert missing.returncode != 0 and "set HF_CKPT" in missing.stderr
 
 
-def test_launch_side_runs_without_the_train_stack(tmp_path):
+def test_launch_side_runs_without_the_train_stack(tmp_path, on_login_node):
     """With torch, megatron, TE and transformers unimportable (a login node), a dry run still works."""
     write_checkpoint(tmp_path / "hf")
-    script = f"""
-import sys
-class NoTrainStack:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "megatron", "transformer_engine", "transformers"):
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, NoTrainStack())
-from conversion.cli import main
-sys.exit(main(["import", "--hf-path", "{tmp_path / "hf"}", "--megatron-path", "{tmp_path / "mg"}",
+    out = on_login_node(f"""
+from dsv3_recipes.cli import main
+sys.exit(main(["convert", "import", "--hf-path", "{tmp_path / "hf"}", "--megatron-path", "{tmp_path / "mg"}",
               "--dryrun"]))
-"""
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    }
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+""")
     assert out.returncode == 0, out.stderr
     assert "import_hf(" in out.stdout and "torchrun" in out.stdout

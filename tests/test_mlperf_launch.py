@@ -316,3 +316,27 @@ def test_run_script_renders_both_configs_resume_and_refusal(data_dir, tmp_path):
     out, err = runs["small_gbs"].communicate(timeout=300)
     assert runs["small_gbs"].returncode == 2 and "#SBATCH" not in out
     assert err.strip().splitlines()[-1].startswith("dsv3: error: train.global_batch_size: 8192 is below")
+
+
+PROXY_LOG = SCRIPTS.parents[1] / "benchmarks/results/mlperf/2026-11-23-h100-mlperf_proxy_1gpu-mlperf_log.txt"
+
+
+def test_mlperf_check_passes_the_committed_proxy_log_on_a_login_node(on_login_node):
+    out = on_login_node(f"""
+from dsv3_recipes.cli import main
+sys.exit(main(["mlperf-check", "{PROXY_LOG}", "--recipe", "mlperf_proxy_1gpu", "train.train_iters=40"]))
+""")
+    assert out.returncode == 0, out.stderr[-2000:]
+    # the train.train_iters override reaches no checked value: it is parsed and accepted like the run's own
+    assert out.stdout.startswith(f"PASSED: {PROXY_LOG} against mlperf-logging training_6.1.0/common.yaml")
+    assert "+ proxy overrides" in out.stdout
+
+
+def test_mlperf_check_fails_a_proxy_log_against_the_benchmark_rules(capsys):
+    from dsv3_recipes.cli import main
+
+    assert main(["mlperf-check", str(PROXY_LOG)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("FAILED: ") and "CHECK for 'global_batch_size'" in err
+    other_gbs = ["--recipe", "mlperf_proxy_1gpu", "train.global_batch_size=16"]
+    assert main(["mlperf-check", str(PROXY_LOG), *other_gbs]) == 1  # the proxy rules pin the recipe's GBS

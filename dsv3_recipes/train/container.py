@@ -1,18 +1,17 @@
 """Recipe -> Megatron-Bridge ConfigContainer (train side: imports torch, megatron and TE).
 
-The model provider is built from the recipe's own constants rather than from the Hugging Face config:
-Megatron-Bridge 0.6.2's ``deepseek_v3_pretrain_config()`` downloads that config and fails offline.
-The fixed DSV3 choices (RMSNorm, SwiGLU, no biases, untied embeddings, MLA with YaRN) are the ones
-Bridge's DeepSeekV3Bridge.provider_bridge sets.
+The model provider is Megatron-Bridge's own DeepSeek-V3 mapping (``DeepSeekV3Bridge.provider_bridge``)
+applied offline to a Hugging Face config written from the recipe, not read from the Hub: Bridge 0.6.2's
+``deepseek_v3_pretrain_config()`` downloads that config and fails offline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from functools import partial
 
 import torch
-import torch.nn.functional as F
+from megatron.bridge.models.conversion.auto_bridge import AutoBridge
 from megatron.bridge.models.mla_provider import MLAModelProvider
 from megatron.bridge.training.comm_overlap import CommOverlapConfig
 from megatron.bridge.training.config import (
@@ -33,119 +32,84 @@ from megatron.bridge.training.config import (
 from megatron.bridge.training.mixed_precision import MixedPrecisionConfig
 from megatron.bridge.training.tokenizers.config import TokenizerConfig
 from megatron.core.datasets.utils import get_blend_from_list
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 from megatron.core.transformer.enums import AttnBackend
+from transformers import DeepseekV3Config
 
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.recipe import ModelConfig, Recipe
 from dsv3_recipes.train import mlperf_data
 
+DEEPSEEK_V3_ARCHITECTURE = "DeepseekV3ForCausalLM"  # picks DeepSeekV3Bridge
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def model_provider(recipe: Recipe, use_transformer_engine: bool = True) -> MLAModelProvider:
-    """The DSV3 MLA provider with the recipe's sizes, parallelism and kernels."""
-    m = recipe.model
-    pipeline_dtype = torch.bfloat16 if m.pipeline_model_parallel_size > 1 else None
-    return MLAModelProvider(
-        transformer_layer_spec=partial(
-            get_gpt_decoder_block_spec, use_transformer_engine=use_transformer_engine
-        ),
-        transformer_impl="transformer_engine" if use_transformer_engine else "local",
-        # Fixed DeepSeek-V3 architecture.
-        normalization="RMSNorm",
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
-        share_embeddings_and_output_weights=False,
-        multi_latent_attention=True,
-        position_embedding_type="rope",
-        rope_type="yarn",
-        beta_fast=32,
-        beta_slow=1,
-        attention_softmax_in_fp32=False,
-        bias_activation_fusion=True,
-        bias_dropout_fusion=True,
-        masked_softmax_fusion=True,
-        persist_layer_norm=True,
-        # Sizes.
-        num_layers=m.num_layers,
+def hf_config(m: ModelConfig) -> DeepseekV3Config:
+    """The recipe's architecture as DeepSeek-V3's Hugging Face config, in that config's names."""
+    return DeepseekV3Config(
+        architectures=[DEEPSEEK_V3_ARCHITECTURE],
+        num_hidden_layers=m.num_layers,
         hidden_size=m.hidden_size,
-        ffn_hidden_size=m.ffn_hidden_size,
+        intermediate_size=m.ffn_hidden_size,
         num_attention_heads=m.num_attention_heads,
-        kv_channels=m.qk_head_dim,
         q_lora_rank=m.q_lora_rank,
         kv_lora_rank=m.kv_lora_rank,
-        qk_head_dim=m.qk_head_dim,
-        qk_pos_emb_head_dim=m.qk_pos_emb_head_dim,
+        qk_nope_head_dim=m.qk_head_dim,
+        qk_rope_head_dim=m.qk_pos_emb_head_dim,
         v_head_dim=m.v_head_dim,
-        num_moe_experts=m.num_moe_experts,
-        moe_ffn_hidden_size=m.moe_ffn_hidden_size,
-        moe_shared_expert_intermediate_size=m.moe_shared_expert_intermediate_size,
-        moe_layer_freq=[0] * m.first_k_dense_replace + [1] * (m.num_layers - m.first_k_dense_replace),
-        moe_router_topk=m.moe_router_topk,
-        moe_router_num_groups=m.moe_router_num_groups,
-        moe_router_group_topk=m.moe_router_group_topk,
-        moe_router_topk_scaling_factor=m.moe_router_topk_scaling_factor,
-        moe_router_score_function=m.moe_router_score_function,
-        moe_router_enable_expert_bias=m.moe_router_enable_expert_bias,
-        moe_router_bias_update_rate=m.moe_router_bias_update_rate,
-        moe_router_pre_softmax=m.moe_router_pre_softmax,
-        moe_router_load_balancing_type=m.moe_router_load_balancing_type,
-        moe_aux_loss_coeff=m.moe_aux_loss_coeff,
-        moe_router_dtype=m.moe_router_dtype,
+        n_routed_experts=m.num_moe_experts,
+        moe_intermediate_size=m.moe_ffn_hidden_size,
+        n_shared_experts=m.moe_shared_expert_intermediate_size // m.moe_ffn_hidden_size,
+        first_k_dense_replace=m.first_k_dense_replace,
+        num_experts_per_tok=m.moe_router_topk,
+        n_group=m.moe_router_num_groups,
+        topk_group=m.moe_router_group_topk,
+        routed_scaling_factor=m.moe_router_topk_scaling_factor,
         vocab_size=m.vocab_size,
-        make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
-        seq_length=m.seq_length,
-        rotary_base=m.rotary_base,
-        rotary_scaling_factor=m.rotary_scaling_factor,
-        original_max_position_embeddings=m.original_max_position_embeddings,
-        mscale=m.mscale,
-        mscale_all_dim=m.mscale_all_dim,
-        layernorm_epsilon=m.norm_epsilon,
-        qk_layernorm=m.qk_layernorm,
-        init_method_std=m.init_method_std,
+        max_position_embeddings=m.seq_length,  # Bridge's source of seq_length
+        rms_norm_eps=m.norm_epsilon,
+        initializer_range=m.init_method_std,
         attention_dropout=m.attention_dropout,
-        hidden_dropout=m.hidden_dropout,
-        mtp_num_layers=m.mtp_num_layers,
-        mtp_loss_scaling_factor=m.mtp_loss_scaling_factor,
-        # Parallelism. Megatron-LM turns sequence parallelism off at TP1; do the same.
-        tensor_model_parallel_size=m.tensor_model_parallel_size,
-        pipeline_model_parallel_size=m.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=m.virtual_pipeline_model_parallel_size,
-        pipeline_model_parallel_layout=m.pipeline_model_parallel_layout,
-        pipeline_dtype=pipeline_dtype,
-        context_parallel_size=m.context_parallel_size,
-        expert_model_parallel_size=m.expert_model_parallel_size,
-        expert_tensor_parallel_size=m.expert_tensor_parallel_size,
+        num_nextn_predict_layers=m.mtp_num_layers or 0,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": m.rotary_base,
+            "factor": m.rotary_scaling_factor,
+            "original_max_position_embeddings": m.original_max_position_embeddings,
+            "beta_fast": 32.0,  # DeepSeek-V3's config.json
+            "beta_slow": 1.0,
+            "mscale": m.mscale,
+            "mscale_all_dim": m.mscale_all_dim,
+        },
+    )
+
+
+def recipe_choices(m: ModelConfig) -> dict[str, object]:
+    """The recipe's model fields as provider fields: they win over Bridge's. The recipe uses Megatron's
+    names, so most pass as they are; the few below Megatron spells, types or gates differently."""
+    choices = dataclasses.asdict(m)
+    del choices["first_k_dense_replace"], choices["norm_epsilon"]  # in the HF config, in Bridge's terms
+    hybridep_num_sms = choices.pop("moe_hybridep_num_sms")  # deprecated in Megatron-Core 0.19
+    choices.update(
+        attention_backend=AttnBackend[m.attention_backend],
+        # Megatron-LM turns sequence parallelism off at TP1; do the same.
         sequence_parallel=m.sequence_parallel and m.tensor_model_parallel_size > 1,
-        account_for_embedding_in_pipeline_split=False,
-        account_for_loss_in_pipeline_split=False,
-        # MoE dispatch and kernels.
-        moe_token_dispatcher_type=m.moe_token_dispatcher_type,
-        moe_flex_dispatcher_backend=m.moe_flex_dispatcher_backend or "deepep",
-        moe_flex_dispatcher_num_sms=m.moe_hybridep_num_sms
-        if m.moe_flex_dispatcher_backend == "hybridep"
-        else None,
-        moe_grouped_gemm=m.moe_grouped_gemm,
-        moe_permute_fusion=m.moe_permute_fusion,
-        moe_router_fusion=m.moe_router_fusion,
         # The flex dispatcher overlaps the shared expert itself (Bridge's apply_flex_dispatcher_backend).
         moe_shared_expert_overlap=m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex",
-        moe_router_force_load_balancing=m.moe_router_force_load_balancing,
-        moe_router_padding_for_quantization=m.moe_router_padding_for_quantization,
-        cross_entropy_loss_fusion=m.cross_entropy_loss_fusion,
-        cross_entropy_fusion_impl=m.cross_entropy_fusion_impl,
-        apply_rope_fusion=m.apply_rope_fusion,
-        gradient_accumulation_fusion=m.gradient_accumulation_fusion,
-        attention_backend=AttnBackend[m.attention_backend],
-        recompute_granularity=m.recompute_granularity,
-        recompute_modules=m.recompute_modules,
-        recompute_method=m.recompute_method,
-        recompute_num_layers=m.recompute_num_layers,
-        cuda_graph_impl=m.cuda_graph_impl,
-        cuda_graph_modules=m.cuda_graph_scope,
-        use_te_rng_tracker=m.use_te_rng_tracker,
+        moe_flex_dispatcher_backend=m.moe_flex_dispatcher_backend or "deepep",
+        moe_flex_dispatcher_num_sms=hybridep_num_sms if m.moe_flex_dispatcher_backend == "hybridep" else None,
+        cuda_graph_modules=choices.pop("cuda_graph_scope"),  # cuda_graph_scope is deprecated in 0.19
+        pipeline_dtype=torch.bfloat16 if m.pipeline_model_parallel_size > 1 else None,
     )
+    return choices
+
+
+def model_provider(recipe: Recipe) -> MLAModelProvider:
+    """Megatron-Bridge's DeepSeek-V3 provider (DeepSeekV3Bridge.provider_bridge, offline from a local
+    config) for the recipe's architecture, with the recipe's own choices on top."""
+    bridge = AutoBridge.from_hf_config(hf_config(recipe.model))
+    provider = bridge.to_megatron_provider(load_weights=False)
+    for name, value in recipe_choices(recipe.model).items():
+        setattr(provider, name, value)
+    return provider
 
 
 def dataset_config(recipe: Recipe) -> GPTDatasetConfig:

@@ -40,5 +40,6 @@ overrides=(
 $DSV3 pretrain --factory mlperf_proxy_1gpu "${overrides[@]}" 2>&1 | tee "$OUT/train.log"
 grep -q '"key": "run_stop".*"status": "success"' "$OUT/mlperf_log.txt" \
   || { echo "proxy_gpu: the run did not reach its target (run_stop is not success)"; exit 1; }
-python3 -m dsv3_recipes.train.mlperf_compliance "$OUT/mlperf_log.txt" --recipe mlperf_proxy_1gpu \
+# shellcheck disable=SC2086
+$DSV3 mlperf-check "$OUT/mlperf_log.txt" --recipe mlperf_proxy_1gpu \
   "${overrides[@]}" 2>&1 | tee "$OUT/compliance.txt"

@@ -8,15 +8,12 @@ overrides pin those keys to the proxy recipe's own values and require the proxy 
 checker's own override mechanism (a later rule for a key replaces the earlier rule's verdict) applies
 them. Everything else, the quality target included, is the package's rule.
 
-    python -m dsv3_recipes.train.mlperf_compliance LOG [--recipe NAME [key=value ...]]
+Launch side (mlperf-logging, no torch), run as ``dsv3 mlperf-check LOG [--recipe NAME [key=value ...]]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -91,28 +88,3 @@ def check_log(path: str, proxy: ProxyScale | None = None) -> tuple[bool, list[st
             checker.check_loglines(loglines, overrides)  # an absolute path: the checker joins it as is
     messages = [*checker.overwritable.values(), *checker.not_overwritable]
     return not messages, messages
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("log", help="mllog file (or a job log that contains the :::MLLOG lines)")
-    p.add_argument("--recipe", help="the recipe that wrote the log; a proxy recipe gets the proxy checks")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="the run's recipe overrides")
-    args = p.parse_intermixed_args(argv)  # overrides may follow --recipe
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    proxy = None
-    if args.recipe:
-        from dsv3_recipes.launch import build_task, recipe_of
-
-        recipe = recipe_of(build_task(args.recipe, args.overrides))
-        proxy = ProxyScale.of(recipe) if recipe.mlperf.proxy else None
-    passed, messages = check_log(args.log, proxy)
-    for message in messages:
-        print(message, file=sys.stderr)
-    rules = f"{RULES} + proxy overrides" if proxy else RULES
-    print(f"{'PASSED' if passed else 'FAILED'}: {args.log} against mlperf-logging {rules}")
-    return 0 if passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

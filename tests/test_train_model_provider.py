@@ -1,0 +1,120 @@
+"""The model provider is Megatron-Bridge's DeepSeek-V3 mapping (DeepSeekV3Bridge.provider_bridge) of a
+Hugging Face config written from the recipe, with the recipe's own fields on top, built without network."""
+
+import dataclasses
+import functools
+import socket
+
+import pytest
+
+pytest.importorskip("megatron.bridge", reason="needs the train extra")
+
+from megatron.bridge.models.conversion.auto_bridge import AutoBridge  # noqa: E402
+
+from dsv3_recipes import recipes  # noqa: E402
+from dsv3_recipes.launch import recipe_of  # noqa: E402
+from dsv3_recipes.train.container import hf_config, model_provider, recipe_choices  # noqa: E402
+
+# torchtitan_bf16 reads GPU_TYPE from the environment; its named variants are in the list.
+NAMES = [n for n in recipes.RECIPES if n != "torchtitan_bf16"]
+# Recipe fields the HF config carries, which Bridge's mapping alone must already give.
+ARCHITECTURE = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_head_dim",
+    "qk_pos_emb_head_dim",
+    "v_head_dim",
+    "num_moe_experts",
+    "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size",
+    "moe_router_topk",
+    "moe_router_num_groups",
+    "moe_router_group_topk",
+    "moe_router_topk_scaling_factor",
+    "vocab_size",
+    "seq_length",
+    "rotary_base",
+    "rotary_scaling_factor",
+    "original_max_position_embeddings",
+    "mscale",
+    "mscale_all_dim",
+    "init_method_std",
+    "attention_dropout",
+    "mtp_num_layers",
+)
+# DeepSeek-V3 choices Bridge's mapping fixes and every recipe states the same way.
+DSV3_FIXED = (
+    "moe_router_score_function",
+    "moe_router_enable_expert_bias",
+    "moe_router_pre_softmax",
+    "moe_router_load_balancing_type",
+    "moe_router_dtype",
+    "qk_layernorm",
+    "hidden_dropout",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection attempt fails the test: the provider must come from local data only."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def refuse(self, address):
+        raise AssertionError(f"network access to {address} while building a model provider")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def bridge_mapping(recipe):
+    """Bridge's provider for the recipe's HF config, before the recipe's fields are applied."""
+    return AutoBridge.from_hf_config(hf_config(recipe.model)).to_megatron_provider(load_weights=False)
+
+
+def same(a, b) -> bool:
+    """Equal, with layer-spec partials (a new object per provider) compared by function and arguments."""
+    if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+        return (a.func, a.args, a.keywords) == (b.func, b.args, b.keywords)
+    return a is b or a == b
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bridge_maps_the_recipe_architecture(name):
+    recipe = recipe_of(recipes.get(name))
+    m, provider = recipe.model, bridge_mapping(recipe)
+    expected = {f: getattr(m, f) for f in (*ARCHITECTURE, *DSV3_FIXED)}
+    dense = m.first_k_dense_replace
+    expected["moe_layer_freq"] = [0] * dense + [1] * (m.num_layers - dense)
+    expected["layernorm_epsilon"] = m.norm_epsilon
+    assert {f: getattr(provider, f) for f in expected} == expected
+    assert (provider.multi_latent_attention, provider.normalization, provider.gated_linear_unit) == (
+        True,
+        "RMSNorm",
+        True,
+    )
+    assert (provider.add_bias_linear, provider.share_embeddings_and_output_weights) == (False, False)
+    assert (provider.beta_fast, provider.beta_slow) == (32.0, 1.0)  # YaRN as in DeepSeek-V3's config.json
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_provider_is_bridges_but_for_the_recipe_fields(name):
+    recipe = recipe_of(recipes.get(name))
+    provider, bridge, choices = model_provider(recipe), bridge_mapping(recipe), recipe_choices(recipe.model)
+    fields = [f.name for f in dataclasses.fields(provider)]
+    assert set(choices) <= set(fields), "a recipe field with no provider field of its name"
+    for field in fields:
+        want = choices[field] if field in choices else getattr(bridge, field)
+        assert same(getattr(provider, field), want), field
+
+
+def test_recipe_fields_win_over_bridges_dsv3_choices():
+    """Where a recipe differs from Bridge's DeepSeek-V3 defaults, the recipe's value is the one used."""
+    recipe = recipe_of(recipes.get("mlperf_proxy_1gpu"))
+    bridge, provider = bridge_mapping(recipe), model_provider(recipe)
+    assert (bridge.moe_aux_loss_coeff, provider.moe_aux_loss_coeff) == (1e-4, 0.01)  # the MLPerf rule
+    assert (bridge.make_vocab_size_divisible_by, provider.make_vocab_size_divisible_by) == (1280, 128)
+    assert (bridge.gradient_accumulation_fusion, provider.gradient_accumulation_fusion) == (True, False)
+    assert (bridge.moe_token_dispatcher_type, provider.moe_token_dispatcher_type) == ("alltoall", "allgather")
