@@ -22,7 +22,7 @@ import fiddle as fdl
 import nemo_run as run
 from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
-from dsv3_recipes import executors, recipes
+from dsv3_recipes import executors, hardware, recipes
 from dsv3_recipes.recipe import Recipe, RecipeError, check_types, describe_type
 from dsv3_recipes.shrink import Capabilities
 
@@ -37,7 +37,11 @@ def build_task(
 ) -> run.Partial:
     """The named recipe's task with ``key=value`` overrides applied to its recipe, then shrunk to
     ``shrink_gpus`` GPUs if given (fields the overrides set stay as set)."""
-    task = recipes.get(name)
+    # GPU-dependent defaults follow launch.gpu_type; an unknown one is refused by the override below.
+    gpu_type = next(
+        (a.split("=", 1)[1].strip("'\"") for a in overrides if a.startswith("launch.gpu_type=")), None
+    )
+    task = recipes.get(name, gpu_type if gpu_type in hardware.GPUS else None)
     logging.getLogger("nemo_run.cli.cli_parser").setLevel(logging.CRITICAL)  # we report errors ourselves
     keys = []
     for arg in overrides:

@@ -236,3 +236,16 @@ def test_cli_refuses_zero_and_more_gpus_than_this_machine_has():
     out = _dsv3("pretrain", "-f", "h100_fp8_blockwise", "--shrink", "64", "launch.gpu_type=h200")
     assert out.returncode != 0
     assert "dsv3: error: shrink: recipe h100_fp8_blockwise_shrunk64 needs 64 GPU(s)" in out.stderr
+
+
+def test_proxy_defaults_follow_the_gpu_type():
+    """Recompute only where the planner says MBS 8 does not fit without it (80 GB: yes; 141 GB: no)."""
+    h100 = recipe_of(build_task("proxy_1gpu", []))
+    h200 = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200"]))
+    assert h100.model.recompute_granularity == "selective" and h200.model.recompute_granularity is None
+    assert recipe_of(recipes.proxy_1gpu(gpu_type="h200")).model.recompute_modules is None
+    assert (
+        recipe_of(build_task("mlperf_proxy_1gpu", ["launch.gpu_type=h200"])).model.recompute_granularity
+        is None
+    )
+    plan(h100), plan(h200)  # both fit their GPU

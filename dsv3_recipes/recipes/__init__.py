@@ -5,6 +5,7 @@ A variant calls its parent and overrides fields; ``task.recipe`` is the recipe t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import nemo_run as run
@@ -50,12 +51,18 @@ RECIPES: dict[str, Callable[[], run.Partial]] = {
 RECIPES["torchtitan_bf16"] = torchtitan_bf16_from_env
 
 
-def get(name: str) -> run.Partial:
-    """Build the named recipe task; an unknown name fails with the list of known ones."""
+def get(name: str, gpu_type: str | None = None) -> run.Partial:
+    """Build the named recipe task; an unknown name fails with the list of known ones.
+
+    ``gpu_type`` reaches factories whose defaults depend on the GPU (they take a ``gpu_type``
+    argument, e.g. proxy_1gpu); the other recipes are made for the GPU their source names.
+    """
     try:
         factory = RECIPES[name]
     except KeyError:
         raise RecipeError("factory", f"unknown recipe {name!r}; allowed: {', '.join(RECIPES)}") from None
+    if gpu_type is not None and "gpu_type" in inspect.signature(factory).parameters:
+        return factory(gpu_type=gpu_type)
     return factory()
 
 

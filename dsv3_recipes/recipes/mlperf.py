@@ -118,9 +118,9 @@ def mlperf_h100_1024gpu() -> run.Partial:
     return task
 
 
-def mlperf_proxy_1gpu() -> run.Partial:
+def mlperf_proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
     """MLPerf code path on one GPU: the 3.5B proxy with the benchmark's rules, proxy-scale numbers."""
-    task = proxy_1gpu()
+    task = proxy_1gpu(gpu_type)
     r = task.recipe
     r.name = "mlperf_proxy_1gpu"
     apply_rules(r)

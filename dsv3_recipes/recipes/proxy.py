@@ -7,10 +7,13 @@ measured against. ``proxy_1gpu`` starts from it and applies the settings measure
 
 from __future__ import annotations
 
+import copy
+
+import fiddle as fdl
 import nemo_run as run
 
 from dsv3_recipes import models
-from dsv3_recipes.recipe import LaunchConfig
+from dsv3_recipes.recipe import LaunchConfig, RecipeError
 from dsv3_recipes.recipes.common import pretrain_task, recipe_config
 
 # What Bridge's recipes export on every launch (COMMON_RECIPE_ENV_VARS in Megatron-Bridge 0.6.2).
@@ -46,27 +49,43 @@ def _proxy(name: str, model: run.Config, gpu_type: str, gpus: int) -> run.Partia
     return pretrain_task(r)
 
 
-def proxy_1gpu_stock() -> run.Partial:
-    """3.53B proxy on one H100 with Bridge's stock DSV3 settings (the speed-up baseline)."""
-    return _proxy("proxy_1gpu_stock", models.proxy_1gpu(), gpu_type="h100", gpus=1)
+def proxy_1gpu_stock(gpu_type: str = "h100") -> run.Partial:
+    """3.53B proxy on one GPU with Bridge's stock DSV3 settings (the speed-up baseline)."""
+    return _proxy("proxy_1gpu_stock", models.proxy_1gpu(), gpu_type=gpu_type, gpus=1)
 
 
-def proxy_1gpu() -> run.Partial:
-    """3.53B proxy on one H100, with the fastest settings measured (benchmarks/proxy_1gpu_tuning.md)."""
-    task = proxy_1gpu_stock()
+def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
+    """3.53B proxy on one GPU, with the fastest settings measured there (benchmarks/proxy_1gpu_tuning.md).
+
+    ``gpu_type`` (``launch.gpu_type=`` on the CLI) picks what depends on the GPU: selective recompute
+    only where the planner says the step does not fit without it (80 GB H100: yes; 141 GB H200: no).
+    """
+    task = proxy_1gpu_stock(gpu_type)
     r = task.recipe
     r.name = "proxy_1gpu"
     # One micro-batch per step: 8x fewer kernel launches and 8x larger expert GEMMs (2.5x alone).
     r.train.micro_batch_size = 8
-    # ... which fits in 80 GB only when these cheap-to-recompute activations are dropped.
-    r.model.recompute_granularity = "selective"
-    r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]
     # With EP=1 the all-gather dispatcher skips all-to-all's host-side split bookkeeping.
     r.model.moe_token_dispatcher_type = "allgather"
     r.model.moe_shared_expert_overlap = False  # no EP communication to hide the shared expert behind
     r.model.apply_rope_fusion = True  # Megatron's fused MLA RoPE kernels
     r.train.check_for_nan_in_loss_and_grad = False  # a host sync per step; the loss is logged anyway
+    if not _fits(task):
+        # MBS 8 fits in 80 GB only when these cheap-to-recompute activations are dropped.
+        r.model.recompute_granularity = "selective"
+        r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]
     return task
+
+
+def _fits(task: run.Partial) -> bool:
+    """The planner's verdict on the task's memory (the planner is within 2% of the measured peaks)."""
+    from dsv3_recipes.plan import plan
+
+    try:
+        plan(fdl.build(copy.deepcopy(task.recipe)))
+    except RecipeError:
+        return False
+    return True
 
 
 def proxy_2gpu_ep2() -> run.Partial:
