@@ -23,7 +23,8 @@ WARMUP_STEPS = 3
 
 
 class ThroughputCallback(Callback):
-    """Times each optimizer step and prints one metrics line from the last rank (which holds the loss)."""
+    """Times each optimizer step and prints one metrics line from ``logger.log_rank`` (default: the last
+    rank); validate.check_log_rank keeps it on the last pipeline stage, which holds the loss."""
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -39,7 +40,9 @@ class ThroughputCallback(Callback):
         self._static_mem_gib = torch.cuda.memory_allocated() / GIB
 
     def _is_reporting_rank(self) -> bool:
-        return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
+        chosen = self.recipe.logger.log_rank
+        last = torch.distributed.get_world_size() - 1
+        return torch.distributed.get_rank() == (last if chosen is None else chosen)
 
     def on_train_step_start(self, context: CallbackContext) -> None:
         torch.cuda.synchronize()

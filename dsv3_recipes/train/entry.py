@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import os
 
+from dsv3_recipes.checkpoints import check_resume
 from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.validate import validate
 
 
 def pretrain(recipe: Recipe) -> None:
-    """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step."""
+    """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step.
+
+    The recipe is validated again first (the same ``validate`` the launch ran): a task built on the
+    node, or a recipe edited after its launch was checked, fails here before any GPU work.
+    """
+    validate(recipe)
+    check_resume(recipe)
     for name, value in recipe.env_vars.items():
         os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
 
