@@ -205,6 +205,16 @@ def test_checkpoint_of_another_size_is_refused(data_dir):
     assert "num_layers=27" in str(refusal(lambda: gb300(data_dir)))
 
 
+def test_checkpoint_with_another_embedding_size_is_refused(data_dir):
+    config = {**DSV3_HF_CONFIG, "vocab_size": 128256}  # re-embedded for the Llama 3.1 tokenizer
+    (data_dir / "ckpt" / "config.json").write_text(json.dumps(config))
+    error = refusal(lambda: gb300(data_dir))
+    assert error.path == "checkpoint.pretrained_checkpoint"
+    assert "vocab_size=128256" in str(error) and "another embedding size" in str(error)
+    (data_dir / "ckpt" / "config.json").write_text(json.dumps({**config, "vocab_size": 129280}))
+    rules.check(gb300(data_dir))
+
+
 def test_megatron_checkpoint_is_checked_through_its_run_config(data_dir):
     ckpt = data_dir / "megatron"
     (ckpt / "iter_0000050").mkdir(parents=True)
