@@ -89,6 +89,20 @@ def test_first_sequences_refuse_a_validation_file_that_is_too_short(corpus):
         FirstSequences(corpus["valid"], seq_length=4096, count=1024, length=1024)
 
 
+def proxy_on_corpus(corpus, cache):
+    """mlperf_proxy_1gpu on the generated C4-style data; 8 evaluation sequences fit its validation file."""
+    task = mlperf_proxy_1gpu()
+    r = task.recipe
+    r.dataset.mock = False
+    r.dataset.data_paths = [corpus["train"]]
+    r.dataset.validation_paths = [corpus["valid"]]
+    r.dataset.data_cache_path = str(cache)
+    r.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
+    r.tokenizer.tokenizer_model = corpus["tokenizer"]
+    r.mlperf.eval_samples = 8
+    return task
+
+
 def test_mlperf_container_evaluates_the_first_sequences_every_step(corpus, monkeypatch, tmp_path):
     from megatron.bridge.data.loaders import get_train_valid_test_num_samples
     from megatron.bridge.data.utils import get_dataset_provider
@@ -97,15 +111,8 @@ def test_mlperf_container_evaluates_the_first_sequences_every_step(corpus, monke
 
     from dsv3_recipes.train.container import to_config_container
 
-    task = mlperf_proxy_1gpu()
+    task = proxy_on_corpus(corpus, tmp_path / "index_cache")
     r = task.recipe
-    r.dataset.mock = False
-    r.dataset.data_paths = [corpus["train"]]
-    r.dataset.validation_paths = [corpus["valid"]]
-    r.dataset.data_cache_path = str(tmp_path / "index_cache")
-    r.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
-    r.tokenizer.tokenizer_model = corpus["tokenizer"]
-    r.mlperf.eval_samples = 8  # 8 x 4096 + 1 tokens: the small validation file holds them
     r.mlperf.eval_set = "first"  # the README's wording; the reference's own draw is tested below
     recipe = recipe_of(task)
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -140,17 +147,10 @@ def test_reference_eval_set_reads_what_the_reference_reads(corpus, monkeypatch, 
     from dsv3_recipes.train.container import to_config_container
     from dsv3_recipes.train.mlperf_data import ReferenceEvalOrder
 
-    task = mlperf_proxy_1gpu()
+    task = proxy_on_corpus(corpus, tmp_path / "ours")
     r = task.recipe
     r.launch.gpus_per_node = 2  # two data-parallel ranks: the draw depends on the rank's bucket
     r.train.micro_batch_size = 1
-    r.dataset.mock = False
-    r.dataset.data_paths = [corpus["train"]]
-    r.dataset.validation_paths = [corpus["valid"]]
-    r.dataset.data_cache_path = str(tmp_path / "ours")
-    r.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
-    r.tokenizer.tokenizer_model = corpus["tokenizer"]
-    r.mlperf.eval_samples = 8
     recipe = recipe_of(task)
     assert recipe.mlperf.eval_set == "reference"  # the default
     monkeypatch.setenv("WORLD_SIZE", "2")
