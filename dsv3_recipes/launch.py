@@ -141,7 +141,7 @@ class SlurmOptions:
 
 
 def parse_additional_slurm_params(text: str) -> dict[str, object]:
-    """Seed 003's ADDITIONAL_SLURM_PARAMS: ``key=value`` pairs and bare flags separated by ``;``."""
+    """[titan-dsv3]'s ADDITIONAL_SLURM_PARAMS: ``key=value`` pairs and bare flags separated by ``;``."""
     params: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in text.split(";"))):
         key, sep, value = item.partition("=")

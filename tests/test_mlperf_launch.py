@@ -50,7 +50,7 @@ def write_tokenizer_json(directory, vocab_size, added=256):
 
 @pytest.fixture
 def data_dir(tmp_path):
-    """A DATA_DIR with seed 002's file names, a full-length validation index and a 128k tokenizer."""
+    """A DATA_DIR with [mlperf-dsv3]'s file names, a full-length validation index and a 128k tokenizer."""
     for name, lengths in (
         ("c4-train.en_6_text_document", [5000, 7000]),
         ("c4-validation-91205-samples.en_text_document", [3_000_000, 1_194_305]),

@@ -222,7 +222,7 @@ def test_gb200_mxfp8_cluster_and_environment():
     }
 
 
-# [mcore-h100]'s flags beyond seed 000's map, and the ones its text names without setting.
+# [mcore-h100]'s flags beyond [mcore-gb200]'s map, and the ones its text names without setting.
 SEED001_FIELD_OF_FLAG = {
     **FIELD_OF_FLAG,
     "--moe-enable-deepep": ("model.moe_flex_dispatcher_backend", "deepep"),
