@@ -182,3 +182,12 @@ def test_indexed_data_that_exists_passes(tmp_path):
         f"dataset.data_paths=['{prefix}']",
     ]
     assert main(argv) == 0
+
+
+def test_recipe_task_renders_to_yaml_like_any_partial():
+    """NeMo-Run writes <job>_config.yaml with YamlSerializer; the recipe task is a run.Partial there."""
+    from nemo_run.core.serialization.yaml import YamlSerializer
+
+    text = YamlSerializer().serialize(recipes.get("proxy_1gpu"))
+    assert "_target_: dsv3_recipes.train.entry.pretrain" in text and "_partial_: true" in text
+    assert "_target_: dsv3_recipes.recipe.Recipe" in text

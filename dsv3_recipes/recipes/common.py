@@ -6,6 +6,8 @@ import dataclasses
 import typing
 
 import nemo_run as run
+import nemo_run.core.serialization.yaml  # noqa: F401  (registers run.Partial's YAML representer)
+import yaml
 
 from dsv3_recipes import models
 from dsv3_recipes.plan import check_launch
@@ -62,6 +64,11 @@ class PretrainTask(run.Partial):
     def clone(self) -> PretrainTask:
         check_launch(build(self.recipe))
         return super().clone()
+
+
+# NeMo-Run writes each job's task as YAML with representers registered per exact class: give this one
+# run.Partial's (else the job directory gets no <name>_config.yaml).
+yaml.SafeDumper.add_representer(PretrainTask, yaml.SafeDumper.yaml_representers[run.Partial])
 
 
 def pretrain_task(recipe: run.Config[Recipe]) -> PretrainTask:
