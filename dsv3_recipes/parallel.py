@@ -44,11 +44,8 @@ def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
     """Group sizes after checking every divisibility Megatron needs; ``vpp`` comes from the layout."""
     m, t = recipe.model, recipe.train
     world = recipe.launch.num_gpus
-    # Each size is >= 1 and the model's own rules (experts over EP, router groups) hold: ModelConfig
-    # and TrainConfig check them when built (recipe.Section).
-    if world < 1:
-        raise RecipeError("launch.num_nodes", f"num_nodes x gpus_per_node must be >= 1, got {world}")
-
+    # Each size is >= 1 and the model's own rules (experts over EP, router groups) hold: the sections
+    # check them when built (recipe.Section), and validate.validate re-checks them before this runs.
     tp, pp, cp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.context_parallel_size
     ep, etp = m.expert_model_parallel_size, m.expert_tensor_parallel_size
     if world % (tp * pp * cp):

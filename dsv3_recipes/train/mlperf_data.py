@@ -177,6 +177,9 @@ def configure(cfg: ConfigContainer, recipe: Recipe) -> None:
         random_seed=t.seed,
         eval_set=ml.eval_set,
         # Bridge v0.3.0 sizes validation with the training GBS: (train_iters // interval + 1) x iters x GBS.
+        # The draw is the reference's exactly when that covers every evaluation (GBS >= eval_samples, as
+        # in every benchmark config); a proxy evaluating more sequences than its GBS gets the same
+        # mechanism over the larger set Bridge 0.6.2 asks for.
         reference_valid_samples=(t.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size,
         data_parallel_size=recipe.data_parallel_size,
         micro_batch_size=t.micro_batch_size,
