@@ -15,7 +15,7 @@ class Gpu:
     supports_mxfp8: bool  # Blackwell tensor cores; Hopper has blockwise/tensorwise FP8 only
 
 
-# Peaks for H100, B200 and GB200 are the TorchTitan DSV3 recipe's table (seed 003); H200 shares the
+# Peaks for H100, B200 and GB200 are the TorchTitan DSV3 recipe's table ([titan-dsv3]); H200 shares the
 # H100's tensor cores; GB300's are NVIDIA's GB300 NVL72 datasheet (dense, per GPU).
 GPUS: dict[str, Gpu] = {
     "h100": Gpu("h100", 989.0, 1979.0, 79.6, 8, False),

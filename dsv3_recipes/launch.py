@@ -7,6 +7,7 @@ layout, a missing dataset or an absent GPU fails in seconds with the field it co
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib.util
 import logging
@@ -18,12 +19,11 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import fiddle as fdl
 import nemo_run as run
 from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
-from dsv3_recipes import executors, hardware, recipes
-from dsv3_recipes.recipe import Recipe, RecipeError, check_types, describe_type
+from dsv3_recipes import executors, hardware, mlperf_rules, recipes, validate
+from dsv3_recipes.recipe import Recipe, RecipeError, blend_prefixes, describe_type
 from dsv3_recipes.shrink import Capabilities
 
 EXECUTORS = executors.EXECUTORS
@@ -36,7 +36,11 @@ def build_task(
     capabilities: Capabilities | None = None,
 ) -> run.Partial:
     """The named recipe's task with ``key=value`` overrides applied to its recipe, then shrunk to
-    ``shrink_gpus`` GPUs if given (fields the overrides set stay as set)."""
+    ``shrink_gpus`` GPUs if given (fields the overrides set stay as set).
+
+    ``env_vars={...}`` merges into the recipe's variables (NeMo-Run's ``env_vars|={...}``) instead of
+    replacing them; a ``None`` value removes that variable (``env_vars={'NCCL_DEBUG': None}``).
+    """
     # GPU-dependent defaults follow launch.gpu_type; an unknown one is refused by the override below.
     gpu_type = next(
         (a.split("=", 1)[1].strip("'\"") for a in overrides if a.startswith("launch.gpu_type=")), None
@@ -49,15 +53,29 @@ def build_task(
             raise RecipeError(arg, "overrides are key=value (e.g. train.global_batch_size=16)")
         key, value = arg.split("=", 1)
         key = key.rstrip("+-*/|&")
+        keys.append(key)
+        if key == "env_vars" and arg.startswith("env_vars="):
+            _merge_env_vars(task, value)
+            continue
         annotation = field_annotation(key)
         try:
             parse_cli_args(task.recipe, [arg])
         except CLIException:
             raise RecipeError(key, f"expected {describe_type(annotation)}, got {value!r}") from None
-        keys.append(key)
     if shrink_gpus is not None:
         task = recipes.shrink(task, gpus=shrink_gpus, capabilities=capabilities, keep=keys)
     return task
+
+
+def _merge_env_vars(task: run.Partial, value: str) -> None:
+    try:
+        changes = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        changes = None
+    if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
+        raise RecipeError("env_vars", f"expected a dict of name -> str (None removes a name), got {value!r}")
+    merged = {**task.recipe.env_vars, **changes}
+    task.recipe.env_vars = {k: v for k, v in merged.items() if v is not None}
 
 
 def field_annotation(key: str) -> object:
@@ -69,18 +87,17 @@ def field_annotation(key: str) -> object:
         if not dataclasses.is_dataclass(cls):
             raise RecipeError(".".join(parts[:i]), f"{describe_type(annotation)} has no fields")
         hints = typing.get_type_hints(cls)
-        if part not in hints:
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        if part not in names:
             where = ".".join(parts[:i]) or "recipe"
-            raise RecipeError(key, f"unknown field of {where}; allowed: {', '.join(hints)}")
+            raise RecipeError(key, f"unknown field of {where}; allowed: {', '.join(names)}")
         annotation = cls = hints[part]
     return annotation
 
 
 def recipe_of(task: run.Partial) -> Recipe:
-    """Build the recipe dataclass and check every field's type."""
-    recipe = fdl.build(task.recipe)
-    check_types(recipe)
-    return recipe
+    """Build the recipe dataclass and validate it (``validate.build``)."""
+    return validate.build(task.recipe)
 
 
 def to_dict(recipe: Recipe) -> dict:
@@ -89,7 +106,7 @@ def to_dict(recipe: Recipe) -> dict:
 
 @dataclass
 class SlurmOptions:
-    """Slurm job options: flags first, then seed 003's environment (SBATCH_*, RUN_CONF_*)."""
+    """Slurm job options: flags first, then [titan-dsv3]'s environment (SBATCH_*, RUN_CONF_*)."""
 
     account: str | None = None
     partition: str | None = None
@@ -139,7 +156,7 @@ class SlurmOptions:
 
 
 def parse_additional_slurm_params(text: str) -> dict[str, object]:
-    """Seed 003's ADDITIONAL_SLURM_PARAMS: ``key=value`` pairs and bare flags separated by ``;``."""
+    """[titan-dsv3]'s ADDITIONAL_SLURM_PARAMS: ``key=value`` pairs and bare flags separated by ``;``."""
     params: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in text.split(";"))):
         key, sep, value = item.partition("=")
@@ -180,52 +197,26 @@ def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.
 
 def preflight(recipe: Recipe, executor: str, dryrun: bool) -> None:
     """Refuse, before submission, anything that would fail once the job starts."""
-    from dsv3_recipes.plan import plan
+    from dsv3_recipes.plan import check_launch
 
-    plan(recipe)
-    if recipe.mlperf.enabled:
-        from dsv3_recipes import mlperf_rules
-
-        mlperf_rules.check(recipe)
-    executors.check_no_secrets(recipe.env_vars)
-    _check_data(recipe, executor)
-    if recipe.logger.wandb_project and "WANDB_API_KEY" not in os.environ:
-        raise RecipeError(
-            "logger.wandb_project",
-            "is set but WANDB_API_KEY is not exported (or set logger.wandb_project=None)",
-        )
-    if executor == "local" and not dryrun:
-        field = "shrink" if recipe.shrink else "launch.gpus_per_node"
-        check_local_machine(recipe.launch.num_gpus, f"recipe {recipe.name}", field)
+    check_launch(recipe)
+    if executor == "local":
+        _check_local_data(recipe)  # cluster paths are only visible inside the job's mounts
+        if not dryrun:
+            field = "shrink" if recipe.shrink else "launch.gpus_per_node"
+            check_local_machine(recipe.launch.num_gpus, f"recipe {recipe.name}", field)
 
 
-def _check_data(recipe: Recipe, executor: str) -> None:
+def _check_local_data(recipe: Recipe) -> None:
     d = recipe.dataset
     if d.mock:
         return
-    if not d.data_paths:
-        raise RecipeError(
-            "dataset.data_paths",
-            "empty: give .bin/.idx prefixes ('dataset.data_paths=[\"/data/c4_text_document\"]') "
-            "or set dataset.mock=True",
-        )
-    if executor != "local":
-        return  # cluster paths are only visible inside the job's mounts
-    for section, paths in (("data_paths", d.data_paths), ("validation_paths", d.validation_paths)):
-        for prefix in paths:
-            if _is_weight(prefix):
-                continue
+    for section in ("data_paths", "validation_paths"):
+        for prefix in blend_prefixes(getattr(d, section), f"dataset.{section}"):
             missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
             if missing:
                 raise RecipeError(f"dataset.{section}", f"{prefix}{missing[0]} does not exist")
-
-
-def _is_weight(item: str) -> bool:
-    try:
-        float(item)
-    except ValueError:
-        return False
-    return True
+            mlperf_rules.idx_token_count(prefix + ".idx", f"dataset.{section}")  # a readable index
 
 
 def local_gpu_count() -> int:

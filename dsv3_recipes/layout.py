@@ -132,9 +132,7 @@ def validate_stages(
 
 def pipeline_stages(model: ModelConfig) -> list[Stage]:
     """The model's stages in layer order: its layout if set, else Megatron's even split."""
-    pp = model.pipeline_model_parallel_size
-    if pp < 1:
-        raise RecipeError("model.pipeline_model_parallel_size", f"must be >= 1, got {pp}")
+    pp = model.pipeline_model_parallel_size  # >= 1: ModelConfig checks its sizes when built
     mtp_layers = model.mtp_num_layers or 0
     if model.pipeline_model_parallel_layout:
         kinds = parse_layout(model.pipeline_model_parallel_layout)

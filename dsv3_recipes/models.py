@@ -90,11 +90,3 @@ def proxy_node() -> run.Config[ModelConfig]:
     model.num_moe_experts = 128
     model.moe_router_topk = 8
     return model
-
-
-MODELS = {
-    "deepseek_v3_671b": deepseek_v3_671b,
-    "proxy_1gpu": proxy_1gpu,
-    "proxy_multi_gpu": proxy_multi_gpu,
-    "proxy_node": proxy_node,
-}

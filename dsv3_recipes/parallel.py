@@ -44,23 +44,8 @@ def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
     """Group sizes after checking every divisibility Megatron needs; ``vpp`` comes from the layout."""
     m, t = recipe.model, recipe.train
     world = recipe.launch.num_gpus
-    for name in (
-        "tensor_model_parallel_size",
-        "pipeline_model_parallel_size",
-        "context_parallel_size",
-        "expert_model_parallel_size",
-        "expert_tensor_parallel_size",
-    ):
-        if getattr(m, name) < 1:
-            raise RecipeError(f"model.{name}", f"must be >= 1, got {getattr(m, name)}")
-    if m.virtual_pipeline_model_parallel_size is not None and m.virtual_pipeline_model_parallel_size < 1:
-        raise RecipeError("model.virtual_pipeline_model_parallel_size", "must be None or >= 1")
-    for name in ("micro_batch_size", "global_batch_size"):
-        if getattr(t, name) < 1:
-            raise RecipeError(f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
-    if world < 1:
-        raise RecipeError("launch.num_nodes", f"num_nodes x gpus_per_node must be >= 1, got {world}")
-
+    # Each size is >= 1 and the model's own rules (experts over EP, router groups) hold: the sections
+    # check them when built (recipe.Section), and validate.validate re-checks them before this runs.
     tp, pp, cp = m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.context_parallel_size
     ep, etp = m.expert_model_parallel_size, m.expert_tensor_parallel_size
     if world % (tp * pp * cp):
@@ -68,24 +53,10 @@ def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
             "launch.num_nodes",
             f"{world} GPUs not divisible by TP x PP x CP = {tp} x {pp} x {cp} = {tp * pp * cp}",
         )
-    if m.num_moe_experts % ep:
-        raise RecipeError(
-            "model.expert_model_parallel_size", f"{m.num_moe_experts} experts not divisible by EP={ep}"
-        )
     if world % (etp * ep * pp):
         raise RecipeError(
             "model.expert_model_parallel_size",
             f"{world} GPUs not divisible by ETP x EP x PP = {etp} x {ep} x {pp} = {etp * ep * pp}",
-        )
-    if m.moe_router_num_groups and m.num_moe_experts % m.moe_router_num_groups:
-        raise RecipeError(
-            "model.moe_router_num_groups",
-            f"{m.num_moe_experts} experts not divisible into {m.moe_router_num_groups} groups",
-        )
-    if m.moe_router_group_topk > m.moe_router_num_groups:
-        raise RecipeError(
-            "model.moe_router_group_topk",
-            f"{m.moe_router_group_topk} exceeds moe_router_num_groups={m.moe_router_num_groups}",
         )
     if m.moe_router_fusion and m.moe_router_group_topk and m.moe_router_topk % m.moe_router_group_topk:
         # TE's fused top-k kernel asserts this (measured on the 1-GPU proxy, benchmarks/proxy_1gpu_tuning.md).
@@ -94,8 +65,6 @@ def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
             f"TE's fused router needs moe_router_topk={m.moe_router_topk} divisible by "
             f"moe_router_group_topk={m.moe_router_group_topk}: set it to False",
         )
-    if m.moe_router_topk > m.num_moe_experts:
-        raise RecipeError("model.moe_router_topk", f"{m.moe_router_topk} exceeds {m.num_moe_experts} experts")
     if m.num_attention_heads % tp:
         raise RecipeError(
             "model.tensor_model_parallel_size",

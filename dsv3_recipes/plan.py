@@ -1,23 +1,25 @@
 """Preflight: refuse an impossible recipe before submission, and say what a possible one will cost.
 
-``plan(recipe)`` checks field types, precision and recompute settings against the GPU and
-Megatron-Core's rules, the pipeline layout, every parallel divisibility and that the most loaded
-rank fits in GPU memory; it then reports parameters, per-rank memory, FLOPs per token and the step
-time the recipe would have at a given MFU. Everything raises ``RecipeError`` naming the field.
+``plan(recipe)`` runs ``validate.validate`` (types, ranges, schedule, precision and recompute against
+the GPU and Megatron-Core, the pipeline layout, every parallel divisibility, the MLPerf rules) and
+checks that the most loaded rank fits in GPU memory; it then reports parameters, per-rank memory,
+FLOPs per token and the step time the recipe would have at a given MFU. ``check_launch(recipe)``
+adds what a launch needs wherever it runs: data, the MLPerf data, tokenizer and checkpoints, a
+resumable checkpoint, no secrets in the environment. Everything raises ``RecipeError`` naming the field.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 
-from dsv3_recipes import flops, hardware, memory
+from dsv3_recipes import checkpoints, executors, flops, hardware, memory, mlperf_rules
 from dsv3_recipes.hardware import Gpu
 from dsv3_recipes.layout import Stage, pipeline_stages
-from dsv3_recipes.parallel import ParallelSizes, parallel_sizes
-from dsv3_recipes.recipe import Recipe, RecipeError, check_types
-
-RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
+from dsv3_recipes.parallel import ParallelSizes
+from dsv3_recipes.recipe import Recipe, RecipeError
+from dsv3_recipes.validate import validate
 
 
 @dataclass(frozen=True)
@@ -152,125 +154,6 @@ class Plan:
         return out.getvalue()
 
 
-def check_precision(recipe: Recipe, gpu: Gpu) -> None:
-    """FP8 recipe against the GPU generation, and the optimizer dtypes Megatron accepts."""
-    mp, o, m = recipe.mixed_precision, recipe.optimizer, recipe.model
-    supported = "'tensorwise', 'delayed', 'blockwise'" + (", 'mxfp8'" if gpu.supports_mxfp8 else "")
-    if mp.fp8_recipe == "mxfp8" and not gpu.supports_mxfp8:
-        raise RecipeError(
-            "mixed_precision.fp8_recipe",
-            f"mxfp8 needs Blackwell tensor cores (b200, gb200, gb300); {gpu.name} supports {supported}",
-        )
-    if mp.fp8_recipe and not mp.bf16:
-        raise RecipeError(
-            "mixed_precision.fp8_recipe", "FP8 recipes run on top of bf16: set mixed_precision.bf16=True"
-        )
-    if mp.fp8_param_gather and mp.fp8_recipe is None:
-        raise RecipeError(
-            "mixed_precision.fp8_param_gather", "needs an FP8 recipe (mixed_precision.fp8_recipe)"
-        )
-    if mp.reuse_grad_buf_for_mxfp8_param_ag and not (mp.fp8_recipe == "mxfp8" and mp.fp8_param_gather):
-        raise RecipeError(
-            "mixed_precision.reuse_grad_buf_for_mxfp8_param_ag",
-            "only with fp8_recipe='mxfp8' and fp8_param_gather=True",
-        )
-    if m.moe_router_padding_for_quantization and mp.fp8_recipe is None:
-        raise RecipeError(
-            "model.moe_router_padding_for_quantization", "pads for FP8 GEMMs: needs an FP8 recipe"
-        )
-    if o.use_precision_aware_optimizer and not o.use_distributed_optimizer:
-        raise RecipeError(
-            "optimizer.use_precision_aware_optimizer", "needs optimizer.use_distributed_optimizer=True"
-        )
-    if not o.use_precision_aware_optimizer:
-        for name in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
-            if getattr(o, name) != "fp32":
-                raise RecipeError(
-                    f"optimizer.{name}",
-                    f"{getattr(o, name)} needs optimizer.use_precision_aware_optimizer=True (else 'fp32')",
-                )
-    if recipe.comm_overlap.overlap_param_gather and not o.use_distributed_optimizer:
-        raise RecipeError(
-            "comm_overlap.overlap_param_gather", "needs optimizer.use_distributed_optimizer=True"
-        )
-
-
-def check_recompute(recipe: Recipe) -> None:
-    """Megatron-Core's recompute rules (TransformerConfig.__post_init__)."""
-    m = recipe.model
-    if m.recompute_granularity == "full":
-        if m.recompute_method is None:
-            raise RecipeError("model.recompute_method", "full recompute needs 'uniform' or 'block'")
-        if m.recompute_num_layers is None or m.recompute_num_layers < 1:
-            raise RecipeError("model.recompute_num_layers", "full recompute needs a layer count >= 1")
-        return
-    if m.recompute_granularity != "selective":
-        return
-    modules = m.recompute_modules or ["core_attn"]
-    unknown = sorted(set(modules) - set(RECOMPUTE_MODULES))
-    if unknown:
-        raise RecipeError(
-            "model.recompute_modules", f"unknown {unknown}; allowed: {', '.join(RECOMPUTE_MODULES)}"
-        )
-    if m.recompute_num_layers is not None:
-        raise RecipeError("model.recompute_num_layers", "must be None with selective recompute")
-    if "moe_act" in modules and not m.moe_grouped_gemm:
-        raise RecipeError("model.recompute_modules", "moe_act needs model.moe_grouped_gemm=True")
-    shared_overlap = m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex"
-    if "shared_experts" in modules and shared_overlap:
-        raise RecipeError(
-            "model.recompute_modules", "shared_experts cannot be recomputed with moe_shared_expert_overlap"
-        )
-    if "moe" in modules and recipe.comm_overlap.overlap_moe_expert_parallel_comm:
-        raise RecipeError(
-            "model.recompute_modules", "'moe' cannot be recomputed with overlap_moe_expert_parallel_comm"
-        )
-
-
-def check_moe_overlap_and_graphs(recipe: Recipe) -> None:
-    """Megatron-Core's rules for EP overlap and partial CUDA graphs (TransformerConfig.__post_init__
-    and the alltoall dispatcher's sync points), which the shrink's substitutions can otherwise break."""
-    m, co = recipe.model, recipe.comm_overlap
-    if m.moe_router_padding_for_quantization and m.moe_token_dispatcher_type == "allgather":
-        # Megatron's MoE layer refuses it at model build (measured: benchmarks/proxy_1gpu_tuning.md).
-        raise RecipeError(
-            "model.moe_router_padding_for_quantization",
-            "the allgather dispatcher does not support it: use alltoall or flex, or set it to False",
-        )
-    scope = m.cuda_graph_scope or []
-    if m.cuda_graph_impl == "transformer_engine" and "moe_preprocess" in scope:
-        if "moe_router" not in scope:
-            raise RecipeError("model.cuda_graph_scope", "'moe_preprocess' needs 'moe_router' in it too")
-        if m.moe_token_dispatcher_type == "alltoall" and m.moe_router_padding_for_quantization:
-            # Megatron 0.19's config check tests the old name moe_router_padding_for_fp8 and misses this;
-            # the dispatcher then asserts "cuda_sync_point must be after cuda_dtoh_point" at step 1.
-            raise RecipeError(
-                "model.cuda_graph_scope",
-                "'moe_preprocess' cannot be graphed with the alltoall dispatcher and "
-                "moe_router_padding_for_quantization (a host sync inside the graphed step): drop it "
-                "or use the flex dispatcher",
-            )
-    if co.overlap_moe_expert_parallel_comm:
-        where = "comm_overlap.overlap_moe_expert_parallel_comm"
-        if m.expert_model_parallel_size == 1:
-            raise RecipeError(where, "needs model.expert_model_parallel_size > 1 (nothing to overlap)")
-        if m.moe_token_dispatcher_type not in ("alltoall", "flex"):
-            raise RecipeError(where, "needs model.moe_token_dispatcher_type 'alltoall' or 'flex'")
-        pipelined = m.pipeline_model_parallel_size > 1
-        if pipelined and not (m.virtual_pipeline_model_parallel_size or m.pipeline_model_parallel_layout):
-            raise RecipeError(where, "with PP > 1 needs a virtual pipeline (VPP or a layout)")
-        if m.recompute_granularity == "full" or "moe" in (m.recompute_modules or []):
-            raise RecipeError(where, "cannot overlap with full recompute or 'moe' recompute")
-        if m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex":
-            raise RecipeError(where, "cannot run with model.moe_shared_expert_overlap=True")
-        if (m.mtp_num_layers or 0) > 1:
-            raise RecipeError(where, "supports at most one MTP layer")
-    elif co.delay_wgrad_compute:
-        raise RecipeError(
-            "comm_overlap.delay_wgrad_compute", "needs comm_overlap.overlap_moe_expert_parallel_comm=True"
-        )
-
-
 def memory_lever(rank: memory.RankMemory) -> str:
     """The field whose change shrinks the dominant memory term of a rank that does not fit."""
     states = sum(t.bytes for t in rank.states)
@@ -296,15 +179,11 @@ def check_fits(rank: memory.RankMemory, gpu: Gpu) -> None:
 
 def plan(recipe: Recipe, mfu: float = 0.4) -> Plan:
     """Check a built recipe and estimate its memory and speed; raises RecipeError on bad input."""
-    check_types(recipe)
     if not 0 < mfu <= 1:
         raise RecipeError("mfu", f"must be in (0, 1], got {mfu}")
+    sizes = validate(recipe)
     gpu = hardware.gpu(recipe.launch.gpu_type)
-    check_precision(recipe, gpu)
-    check_recompute(recipe)
-    check_moe_overlap_and_graphs(recipe)
     stages = pipeline_stages(recipe.model)
-    sizes = parallel_sizes(recipe, vpp=max(st.vp_rank for st in stages) + 1)
     ranks = memory.all_ranks(recipe, sizes, stages)
     check_fits(memory.most_loaded(ranks), gpu)
     return Plan(
@@ -319,3 +198,31 @@ def plan(recipe: Recipe, mfu: float = 0.4) -> Plan:
         mfu=mfu,
         fp8=recipe.mixed_precision.fp8_recipe is not None,
     )
+
+
+def check_launch(recipe: Recipe) -> Plan:
+    """``plan`` plus what any launch of the recipe needs, on whichever executor it runs."""
+    report = plan(recipe)
+    d = recipe.dataset
+    if not d.mock and not d.data_paths:
+        raise RecipeError(
+            "dataset.data_paths",
+            "empty: give .bin/.idx prefixes ('dataset.data_paths=[\"/data/c4_text_document\"]') "
+            "or set dataset.mock=True",
+        )
+    tok = recipe.tokenizer
+    if tok.tokenizer_type == "HuggingFaceTokenizer" and not d.mock and not tok.tokenizer_model:
+        raise RecipeError(
+            "tokenizer.tokenizer_model",
+            "None: indexed data needs the HuggingFaceTokenizer that made it (a hub name or a directory)",
+        )
+    executors.check_no_secrets(recipe.env_vars)
+    if recipe.logger.wandb_project and "WANDB_API_KEY" not in os.environ:
+        raise RecipeError(
+            "logger.wandb_project",
+            "is set but WANDB_API_KEY is not exported (or set logger.wandb_project=None)",
+        )
+    if recipe.mlperf.enabled:
+        mlperf_rules.check_files(recipe)
+    checkpoints.check_resume(recipe)
+    return report

@@ -31,13 +31,20 @@ def _json_after(tag: str, line: str) -> dict:
     return json.JSONDecoder().raw_decode(line.split(tag, 1)[1].lstrip())[0]
 
 
-def parse_log(text: str) -> RunLog:
+def parse_log(text: str, source: str = "log") -> RunLog:
     """Per-step values from any mix of DSV3_METRICS, DSV3_SUMMARY and Megatron iteration lines."""
     run = RunLog()
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
+        _parse_line(run, line, f"{source}:{number}")
+    return run
+
+
+def _parse_line(run: RunLog, line: str, where: str) -> None:
+    """One line into ``run``; a line that carries a tag but not its data fails naming file and line."""
+    try:
         if METRICS_TAG in line:
             data = _json_after(METRICS_TAG, line)
-            run.steps.setdefault(data.pop("step"), {}).update(data)
+            run.steps.setdefault(int(data.pop("step")), {}).update(data)
         elif SUMMARY_TAG in line:
             run.summary = _json_after(SUMMARY_TAG, line)
         elif match := _MEGATRON_LINE.search(line):
@@ -50,7 +57,9 @@ def parse_log(text: str) -> RunLog:
             for key, value in values.items():
                 if key.endswith(" loss"):
                     step[key.replace(" ", "_")] = float(value)
-    return run
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        what = "no step" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        raise ValueError(f"{where}: unreadable metrics line ({what}): {line.strip()[:80]}") from None
 
 
 def read_run(logdir: str | Path) -> RunLog:
@@ -65,12 +74,13 @@ def read_run(logdir: str | Path) -> RunLog:
     )
     if not files:
         raise FileNotFoundError(f"no .log/.out/.txt/.jsonl files under {path}")
-    text = "\n".join(
-        f"{METRICS_TAG} {line}" if p.suffix == ".jsonl" else line
-        for p in files
-        for line in p.read_text(errors="replace").splitlines()
-    )
-    return parse_log(text)
+    run = RunLog()
+    for p in files:
+        for number, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+            if p.suffix == ".jsonl" and not line.strip():
+                continue
+            _parse_line(run, f"{METRICS_TAG} {line}" if p.suffix == ".jsonl" else line, f"{p}:{number}")
+    return run
 
 
 COLUMNS = (

@@ -26,7 +26,7 @@ DOCKERFILE = DOCKER / "Dockerfile"
 FULL_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 # Facts the arg sets must agree with, from outside this repository.
-# CUDA major of NGC PyTorch images: seed 000 (25.09 is CUDA 13, 25.06 is CUDA 12.9), NGC's 25.12
+# CUDA major of NGC PyTorch images: [mcore-gb200] (25.09 is CUDA 13, 25.06 is CUDA 12.9), NGC's 25.12
 # release notes (CUDA 13.1.0).
 NGC_CUDA_MAJOR = {"25.06": "12", "25.09": "13", "25.12": "13"}
 # Compute capability and host CPU of each GPU type: Grace (arm64) hosts GB200/GB300, x86 the HGX boards.
@@ -160,7 +160,7 @@ def test_cuda_major_matches_the_base_image(platform):
 def test_cudnn_pin_is_not_below_the_floor(platform):
     args = effective_args(platform)
     floor = version_tuple(args["CUDNN_MIN_VERSION"])
-    assert floor >= (9, 14)  # seed 000: cuDNN 9.14 for MXFP8 and the cuDNN norms every recipe enables
+    assert floor >= (9, 14)  # [mcore-gb200]: cuDNN 9.14 for MXFP8 and the cuDNN norms every recipe enables
     if args["CUDNN_VERSION"]:
         assert version_tuple(args["CUDNN_VERSION"])[: len(floor)] >= floor
 

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("megatron.bridge", reason="needs the train extra")
 
+import torch  # noqa: E402
 from megatron.core.datasets.indexed_dataset import IndexedDataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
@@ -88,6 +89,20 @@ def test_first_sequences_refuse_a_validation_file_that_is_too_short(corpus):
         FirstSequences(corpus["valid"], seq_length=4096, count=1024, length=1024)
 
 
+def proxy_on_corpus(corpus, cache):
+    """mlperf_proxy_1gpu on the generated C4-style data; 8 evaluation sequences fit its validation file."""
+    task = mlperf_proxy_1gpu()
+    r = task.recipe
+    r.dataset.mock = False
+    r.dataset.data_paths = [corpus["train"]]
+    r.dataset.validation_paths = [corpus["valid"]]
+    r.dataset.data_cache_path = str(cache)
+    r.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
+    r.tokenizer.tokenizer_model = corpus["tokenizer"]
+    r.mlperf.eval_samples = 8
+    return task
+
+
 def test_mlperf_container_evaluates_the_first_sequences_every_step(corpus, monkeypatch, tmp_path):
     from megatron.bridge.data.loaders import get_train_valid_test_num_samples
     from megatron.bridge.data.utils import get_dataset_provider
@@ -96,15 +111,9 @@ def test_mlperf_container_evaluates_the_first_sequences_every_step(corpus, monke
 
     from dsv3_recipes.train.container import to_config_container
 
-    task = mlperf_proxy_1gpu()
+    task = proxy_on_corpus(corpus, tmp_path / "index_cache")
     r = task.recipe
-    r.dataset.mock = False
-    r.dataset.data_paths = [corpus["train"]]
-    r.dataset.validation_paths = [corpus["valid"]]
-    r.dataset.data_cache_path = str(tmp_path / "index_cache")
-    r.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
-    r.tokenizer.tokenizer_model = corpus["tokenizer"]
-    r.mlperf.eval_samples = 8  # 8 x 4096 + 1 tokens: the small validation file holds them
+    r.mlperf.eval_set = "first"  # the README's wording; the reference's own draw is tested below
     recipe = recipe_of(task)
     monkeypatch.setenv("WORLD_SIZE", "1")
     cfg = to_config_container(recipe)
@@ -120,6 +129,64 @@ def test_mlperf_container_evaluates_the_first_sequences_every_step(corpus, monke
     first = FirstSequences(corpus["valid"], seq_length=4096, count=8, length=8)
     for index in (0, 7, 8, 8 * 30 + 3):  # every evaluation reads sequences 0..7 again
         assert valid[index]["tokens"].equal(first[index % 8]["tokens"])
+
+
+def test_reference_eval_set_reads_what_the_reference_reads(corpus, monkeypatch, tmp_path):
+    """``eval_set="reference"`` serves, through Bridge 0.6.2's sequential sampler, the samples the
+    MLCommons reference evaluates: its GPTDataset over the validation file (seed-shuffled, sized with the
+    training GBS as Bridge v0.3.0 does) read by Bridge's cyclic random sampler on each DP rank."""
+    from megatron.bridge.data.loaders import get_train_valid_test_num_samples
+    from megatron.bridge.data.samplers import MegatronPretrainingRandomSampler, MegatronPretrainingSampler
+    from megatron.bridge.data.utils import get_dataset_provider
+    from megatron.bridge.training.config import runtime_config_update
+    from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    from dsv3_recipes.train.container import to_config_container
+    from dsv3_recipes.train.mlperf_data import ReferenceEvalOrder
+
+    task = proxy_on_corpus(corpus, tmp_path / "ours")
+    r = task.recipe
+    r.launch.gpus_per_node = 2  # two data-parallel ranks: the draw depends on the rank's bucket
+    r.train.micro_batch_size = 1
+    recipe = recipe_of(task)
+    assert recipe.mlperf.eval_set == "reference"  # the default
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = to_config_container(recipe)
+    runtime_config_update(cfg)
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    samples = get_train_valid_test_num_samples(cfg)
+    _, valid, _ = get_dataset_provider(cfg.dataset)(list(samples), cfg.dataset, tokenizer=tokenizer)
+    assert isinstance(valid, ReferenceEvalOrder) and len(valid) >= samples[1]
+
+    # The reference, built independently: its GPTDataset config and Bridge's random sampler.
+    t = recipe.train
+    reference_size = (t.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size
+    config = GPTDatasetConfig(
+        random_seed=t.seed,
+        sequence_length=recipe.model.seq_length,
+        blend_per_split=[None, get_blend_from_list([corpus["valid"]]), None],
+        path_to_cache=str(tmp_path / "reference"),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        tokenizer=tokenizer,
+    )
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, [0, reference_size, 0], lambda: True, config)
+    _, reference, _ = builder.build()
+    evaluations, per_rank = 3, recipe.mlperf.eval_samples // 2
+    for rank in range(2):
+        drawn = iter(MegatronPretrainingRandomSampler(reference, len(reference), 0, 1, rank, 2, True))
+        ours = iter(MegatronPretrainingSampler(len(valid), 0, 1, rank, 2))
+        for _ in range(evaluations * per_rank):
+            (expected,), (position,) = next(drawn), next(ours)
+            assert valid[position]["tokens"].equal(torch.as_tensor(reference[expected]["tokens"]))
+    # A fresh random set each evaluation, not the file's first sequences.
+    first = [valid[p]["tokens"] for p in range(recipe.mlperf.eval_samples)]
+    second = [valid[p]["tokens"] for p in range(recipe.mlperf.eval_samples, 2 * recipe.mlperf.eval_samples)]
+    assert any(not a.equal(b) for a, b in zip(first, second, strict=True))
 
 
 @pytest.fixture
@@ -145,7 +212,7 @@ def test_benchmark_container_follows_the_rules(monkeypatch):
     v, s, o = cfg.validation, cfg.scheduler, cfg.optimizer
     assert (v.eval_interval, v.eval_global_batch_size, v.eval_micro_batch_size) == (1, 1024, 1)
     assert v.start_eval_at_iter == 43 and cfg.data_parallel_size == 64
-    assert (s.lr_warmup_iters, s.lr_decay_iters, s.lr_decay_style) == (4, 12000, "cosine")
+    assert (s.lr_warmup_iters, s.lr_decay_iters, s.lr_decay_style) == (4, 11996, "cosine")
     assert (o.lr, o.min_lr, o.adam_eps, o.weight_decay) == (0.000024, 1e-8, 1e-8, 0.1)
     assert cfg.model.moe_aux_loss_coeff == 0.01 and not cfg.model.moe_router_force_load_balancing
     d = cfg.dataset

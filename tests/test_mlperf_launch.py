@@ -50,7 +50,7 @@ def write_tokenizer_json(directory, vocab_size, added=256):
 
 @pytest.fixture
 def data_dir(tmp_path):
-    """A DATA_DIR with seed 002's file names, a full-length validation index and a 128k tokenizer."""
+    """A DATA_DIR with [mlperf-dsv3]'s file names, a full-length validation index and a 128k tokenizer."""
     for name, lengths in (
         ("c4-train.en_6_text_document", [5000, 7000]),
         ("c4-validation-91205-samples.en_text_document", [3_000_000, 1_194_305]),
@@ -79,8 +79,9 @@ def gb300(data_dir, **changes):
 
 
 def refusal(recipe) -> RecipeError:
+    """The error ``rules.check`` raises, or building the recipe raises (pass a callable for that)."""
     with pytest.raises(RecipeError) as e:
-        rules.check(recipe)
+        rules.check(recipe() if callable(recipe) else recipe)
     return e.value
 
 
@@ -114,13 +115,30 @@ def test_gb300_recipe_passes_with_seed_002_data(data_dir):
 
 
 def test_batch_below_15360_is_refused_outside_proxy_mode(data_dir):
-    error = refusal(gb300(data_dir, **{"train.global_batch_size": 8192, "optimizer.lr": 0.000016971}))
+    error = refusal(lambda: gb300(data_dir, **{"train.global_batch_size": 8192, "optimizer.lr": 0.000016971}))
     assert error.path == "train.global_batch_size" and "15360" in str(error)
 
 
 def test_learning_rate_off_the_formula_names_the_right_value(data_dir):
-    error = refusal(gb300(data_dir, **{"train.global_batch_size": 15360}))
+    error = refusal(lambda: gb300(data_dir, **{"train.global_batch_size": 15360, "optimizer.lr": 0.000024}))
     assert error.path == "optimizer.lr" and "optimizer.lr=2.3238e-05" in str(error)
+
+
+@pytest.mark.parametrize(("gbs", "lr"), [(15360, 0.000023238), (16384, 0.000024), (18432, 0.000025456)])
+def test_learning_rate_is_derived_from_the_batch_size(data_dir, gbs, lr):
+    recipe = gb300(data_dir, **{"train.global_batch_size": gbs})  # optimizer.lr left to the rule
+    assert recipe.optimizer.lr == lr
+    rules.check(recipe)
+
+
+def test_proxy_mode_on_the_671b_model_is_refused(data_dir):
+    error = refusal(lambda: gb300(data_dir, **{"mlperf.proxy": True, "train.global_batch_size": 8192}))
+    assert error.path == "mlperf.proxy" and "671B" in str(error)
+
+
+def test_schedule_ends_where_the_reference_ends_it():
+    recipe = recipe_of(mlperf_gb300_256gpu())
+    assert (recipe.scheduler.lr_warmup_iters, recipe.scheduler.lr_decay_iters) == (4, 11996)
 
 
 @pytest.mark.parametrize(
@@ -139,18 +157,18 @@ def test_learning_rate_off_the_formula_names_the_right_value(data_dir):
     ],
 )
 def test_fixed_hyperparameters_are_refused_when_changed(data_dir, change, field):
-    assert refusal(gb300(data_dir, **change)).path == field
+    assert refusal(lambda: gb300(data_dir, **change)).path == field
 
 
 def test_data_dir_without_the_validation_prefix_is_refused(data_dir):
     os.remove(data_dir / "c4-validation-91205-samples.en_text_document.idx")
-    error = refusal(gb300(data_dir))
+    error = refusal(lambda: gb300(data_dir))
     assert error.path == "dataset.validation_paths" and "does not exist" in str(error)
 
 
 def test_data_dir_without_the_train_prefix_is_refused(data_dir):
     os.remove(data_dir / "c4-train.en_6_text_document.bin")
-    assert refusal(gb300(data_dir)).path == "dataset.data_paths"
+    assert refusal(lambda: gb300(data_dir)).path == "dataset.data_paths"
 
 
 def test_train_shard_with_another_name_is_refused(data_dir):
@@ -161,30 +179,40 @@ def test_train_shard_with_another_name_is_refused(data_dir):
 
 def test_validation_file_shorter_than_1024_sequences_is_refused(data_dir):
     write_idx(data_dir / "c4-validation-91205-samples.en_text_document.idx", [4096 * 1024])
-    error = refusal(gb300(data_dir))
+    error = refusal(lambda: gb300(data_dir))
     assert error.path == "dataset.validation_paths" and "4194305" in str(error)
 
 
 def test_tokenizer_with_another_vocabulary_is_refused(data_dir):
     write_tokenizer_json(data_dir / "tokenizer", 32000)
-    error = refusal(gb300(data_dir))
+    error = refusal(lambda: gb300(data_dir))
     assert error.path == "tokenizer.tokenizer_model" and "128000" in str(error)
 
 
 def test_missing_tokenizer_is_refused(data_dir):
     os.remove(data_dir / "tokenizer" / "tokenizer.json")
-    assert refusal(gb300(data_dir)).path == "tokenizer.tokenizer_model"
+    assert refusal(lambda: gb300(data_dir)).path == "tokenizer.tokenizer_model"
 
 
 def test_checkpoint_of_another_model_type_is_refused(data_dir):
     (data_dir / "ckpt" / "config.json").write_text(json.dumps({**DSV3_HF_CONFIG, "model_type": "llama"}))
-    error = refusal(gb300(data_dir))
+    error = refusal(lambda: gb300(data_dir))
     assert error.path == "checkpoint.pretrained_checkpoint" and "llama" in str(error)
 
 
 def test_checkpoint_of_another_size_is_refused(data_dir):
     (data_dir / "ckpt" / "config.json").write_text(json.dumps({**DSV3_HF_CONFIG, "num_hidden_layers": 27}))
-    assert "num_layers=27" in str(refusal(gb300(data_dir)))
+    assert "num_layers=27" in str(refusal(lambda: gb300(data_dir)))
+
+
+def test_checkpoint_with_another_embedding_size_is_refused(data_dir):
+    config = {**DSV3_HF_CONFIG, "vocab_size": 128256}  # re-embedded for the Llama 3.1 tokenizer
+    (data_dir / "ckpt" / "config.json").write_text(json.dumps(config))
+    error = refusal(lambda: gb300(data_dir))
+    assert error.path == "checkpoint.pretrained_checkpoint"
+    assert "vocab_size=128256" in str(error) and "another embedding size" in str(error)
+    (data_dir / "ckpt" / "config.json").write_text(json.dumps({**config, "vocab_size": 129280}))
+    rules.check(gb300(data_dir))
 
 
 def test_megatron_checkpoint_is_checked_through_its_run_config(data_dir):
@@ -199,12 +227,13 @@ def test_megatron_checkpoint_is_checked_through_its_run_config(data_dir):
         json.dumps({"model": {**sizes, "num_moe_experts": 64}})
     )
     assert "num_moe_experts=64" in str(
-        refusal(gb300(data_dir, **{"checkpoint.pretrained_checkpoint": str(ckpt)}))
+        refusal(lambda: gb300(data_dir, **{"checkpoint.pretrained_checkpoint": str(ckpt)}))
     )
 
 
 def test_directory_that_is_no_checkpoint_is_refused(data_dir):
-    error = refusal(gb300(data_dir, **{"checkpoint.pretrained_checkpoint": str(data_dir / "tokenizer")}))
+    tokenizer_dir = str(data_dir / "tokenizer")
+    error = refusal(lambda: gb300(data_dir, **{"checkpoint.pretrained_checkpoint": tokenizer_dir}))
     assert "neither a Megatron checkpoint" in str(error)
 
 
@@ -212,10 +241,10 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_needs_an_empty_dir(data_dir):
     ckpt_dir = data_dir / "run_ckpts"
     ckpt_dir.mkdir()
     resume = {"checkpoint.save": str(ckpt_dir), "checkpoint.load": str(ckpt_dir)}
-    assert refusal(gb300(data_dir, **resume)).path == "checkpoint.load"
+    assert refusal(lambda: gb300(data_dir, **resume)).path == "checkpoint.load"
     (ckpt_dir / "latest_checkpointed_iteration.txt").write_text("20")
     rules.check(gb300(data_dir, **resume))
-    assert refusal(gb300(data_dir, **{"checkpoint.save": str(ckpt_dir)})).path == "checkpoint.save"
+    assert refusal(lambda: gb300(data_dir, **{"checkpoint.save": str(ckpt_dir)})).path == "checkpoint.save"
 
 
 def test_proxy_lifts_only_the_scale_rules():
@@ -230,8 +259,7 @@ def test_proxy_lifts_only_the_scale_rules():
 
 
 def test_evaluation_batch_must_split_over_data_parallel_ranks(data_dir):
-    recipe = gb300(data_dir, **{"mlperf.eval_samples": 1000, "mlperf.proxy": True})
-    error = refusal(recipe)
+    error = refusal(lambda: gb300(data_dir, **{"mlperf.eval_samples": 1000}))
     assert error.path == "mlperf.eval_samples" and "data-parallel 64" in str(error)
 
 

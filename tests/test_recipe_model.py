@@ -43,11 +43,18 @@ def test_bad_overrides_name_the_field(override, message):
     assert str(err.value).startswith(message)
 
 
-def test_check_types_catches_python_assignments():
+def test_building_refuses_python_assignments():
     task = recipes.get("proxy_1gpu")
     task.recipe.optimizer.lr = "0.1"  # a notebook typo: a string where a float belongs
-    with pytest.raises(RecipeError, match=r"^optimizer.lr: expected float, got str '0.1'"):
-        check_types(fdl.build(task.recipe))
+    with pytest.raises(RecipeError, match=r"^optimizer.lr: expected float or None, got str '0.1'"):
+        fdl.build(task.recipe)  # the section checks itself when fiddle builds it
+
+
+def test_check_types_catches_edits_of_a_built_recipe():
+    recipe = recipe_of(recipes.get("proxy_1gpu"))
+    recipe.train.global_batch_size = "16"
+    with pytest.raises(RecipeError, match=r"^train.global_batch_size: expected int, got str '16'"):
+        check_types(recipe)
 
 
 def test_unknown_factory_lists_the_known_ones():

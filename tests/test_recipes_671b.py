@@ -1,5 +1,11 @@
-"""Every 671B recipe against the document it comes from, flag for flag."""
+"""Every 671B recipe against the document it comes from, flag for flag.
 
+The sources' own text is kept verbatim under tests/data/ (launch scripts, flag lists, tables): each
+test parses it, so an edit to a recipe or to a source's copy shows as a failure.
+"""
+
+import ast
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -11,7 +17,12 @@ from dsv3_recipes import recipes
 from dsv3_recipes.launch import recipe_of
 from dsv3_recipes.recipe import RecipeError
 
-SEED000 = Path(__file__).parent / "data" / "seed000_gb200_launch.sh"
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+SEED000 = DATA / "seed000_gb200_launch.sh"
+SEED001 = DATA / "seed001_h100_key_configurations.md"
+SEED003 = DATA / "seed003_torchtitan.md"
+SEED004 = DATA / "seed004_bridge_dsv3.md"
 
 # Megatron-LM flag -> recipe field (flags without a value set the field to the given constant).
 FIELD_OF_FLAG = {
@@ -179,21 +190,11 @@ def _expected(actual, values: list[str]):
 def test_gb200_mxfp8_matches_seed000_flag_for_flag():
     recipe = recipe_of(recipes.get("gb200_mxfp8_256gpu"))
     flags = _seed_flags(SEED000)
-    unknown = set(flags) - set(FIELD_OF_FLAG) - set(NOT_A_FIELD) - {"--moe-layer-freq"}
-    assert not unknown, f"seed 000 flags without a recipe field: {sorted(unknown)}"
-    for flag, values in flags.items():
-        if flag in NOT_A_FIELD:
-            continue
-        if flag == "--moe-layer-freq":
-            dense, moe = map(int, re.fullmatch(r"\(\[0\]\*(\d+)\+\[1\]\*(\d+)\)", values[0]).groups())
-            assert (recipe.model.first_k_dense_replace, recipe.model.num_layers) == (dense, dense + moe)
-            continue
-        target = FIELD_OF_FLAG[flag]
-        if isinstance(target, tuple):
-            assert _get(recipe, target[0]) == target[1], flag
-            continue
-        actual = _get(recipe, target)
-        assert actual == _expected(actual, values), f"{flag} {values} vs {target}={actual!r}"
+    assert not set(NOT_A_FIELD) - set(flags), "a flag listed as not a field is gone from the seed"
+    freq = flags.pop("--moe-layer-freq")
+    dense, moe = map(int, re.fullmatch(r"\(\[0\]\*(\d+)\+\[1\]\*(\d+)\)", freq[0]).groups())
+    assert (recipe.model.first_k_dense_replace, recipe.model.num_layers) == (dense, dense + moe)
+    _check_flags(recipe, {f: v for f, v in flags.items() if f not in NOT_A_FIELD}, FIELD_OF_FLAG)
     # Virtual pipeline: 32 layout stages over PP8 (the seed's VPP4 in its wandb name).
     assert recipe.model.virtual_pipeline_model_parallel_size == 4
     assert recipe.model.mtp_num_layers is None  # the seed launches without --mtp-num-layers
@@ -221,74 +222,211 @@ def test_gb200_mxfp8_cluster_and_environment():
     }
 
 
+# [mcore-h100]'s flags beyond [mcore-gb200]'s map, and the ones its text names without setting.
+SEED001_FIELD_OF_FLAG = {
+    **FIELD_OF_FLAG,
+    "--moe-enable-deepep": ("model.moe_flex_dispatcher_backend", "deepep"),
+    "--overlap-moe-expert-parallel-comm": "comm_overlap.overlap_moe_expert_parallel_comm",
+    "--delay-wgrad-compute": "comm_overlap.delay_wgrad_compute",
+    "--mtp-num-layers": "model.mtp_num_layers",
+    "--mtp-loss-scaling-factor": "model.mtp_loss_scaling_factor",
+    "--no-rope-fusion": ("model.apply_rope_fusion", True),  # "do not add --no-rope-fusion"
+    "--permute-fusion": "model.moe_permute_fusion",  # "enabled when --permute-fusion is added"
+    "--moe-router-padding-for-fp8": "model.moe_router_padding_for_quantization",
+}
+
+
+def _code_span_flags(path: Path) -> dict[str, list[str]]:
+    """The flags of every `...` code span of a markdown file, with their values."""
+    flags: dict[str, list[str]] = {}
+    for span in re.findall(r"`([^`]+)`", path.read_text()):
+        current = None
+        for token in shlex.split(span):
+            if token.startswith("--"):
+                current = token.rstrip(":")  # the guide writes "--mtp-num-layers: 1"
+                flags[current] = []
+            elif current:
+                flags[current].append(token)
+    return flags
+
+
+def _check_flags(recipe, flags: dict[str, list[str]], field_of_flag: dict) -> None:
+    unknown = sorted(set(flags) - set(field_of_flag))
+    assert not unknown, f"flags without a recipe field: {unknown}"
+    for flag, values in flags.items():
+        target = field_of_flag[flag]
+        if isinstance(target, tuple):
+            assert _get(recipe, target[0]) == target[1], flag
+            continue
+        actual = _get(recipe, target)
+        assert actual == _expected(actual, values), f"{flag} {values} vs {target}={actual!r}"
+
+
 def test_h100_fp8_blockwise_has_every_seed001_optimisation():
+    recipe = recipe_of(recipes.get("h100_fp8_blockwise"))
+    flags = _code_span_flags(SEED001)
+    assert len(flags) >= 25  # the guide's whole list was read
+    _check_flags(recipe, flags, SEED001_FIELD_OF_FLAG)
+
+
+def test_h100_fp8_blockwise_cluster_is_the_guides_launch():
+    """[moe-zoo] run.sh, the guide's line: "A2A_OVERLAP=1 PP=8 VPP=4 TP=2 EP=64 NNODES=128 GBS=8192"."""
     r = recipe_of(recipes.get("h100_fp8_blockwise"))
     m = r.model
-    assert (m.moe_router_dtype, m.moe_permute_fusion, m.moe_grouped_gemm, m.moe_router_fusion) == (
-        "fp32",
-        True,
-        True,
-        True,
+    sizes = (
+        m.pipeline_model_parallel_size,
+        m.virtual_pipeline_model_parallel_size,
+        m.tensor_model_parallel_size,
     )
-    assert (m.moe_token_dispatcher_type, m.moe_flex_dispatcher_backend) == ("flex", "deepep")
-    assert (m.recompute_granularity, m.recompute_modules) == ("selective", ["mla_up_proj", "mlp"])
-    assert (m.cross_entropy_loss_fusion, m.cross_entropy_fusion_impl) == (True, "te")
-    assert (r.mixed_precision.fp8_recipe, r.mixed_precision.fp8_format) == ("blockwise", "e4m3")
-    assert r.mixed_precision.fp8_param_gather
-    o = r.optimizer
-    assert (o.use_precision_aware_optimizer, o.exp_avg_dtype, o.exp_avg_sq_dtype) == (True, "bf16", "bf16")
-    assert (r.train.manual_gc, r.train.manual_gc_interval) == (True, 10)
-    assert r.comm_overlap.overlap_moe_expert_parallel_comm and r.comm_overlap.delay_wgrad_compute
-    assert (m.mtp_num_layers, m.mtp_loss_scaling_factor) == (1, 0.1)
-    assert m.pipeline_model_parallel_layout == "Et|(tt|)*30mL"
-    assert r.train.enable_experimental and m.apply_rope_fusion
-    assert m.moe_router_padding_for_quantization and m.moe_router_force_load_balancing
-    assert m.pipeline_model_parallel_size * m.virtual_pipeline_model_parallel_size == 32
+    assert sizes + (m.expert_model_parallel_size, r.launch.num_nodes, r.train.global_batch_size) == (
+        8,
+        4,
+        2,
+        64,
+        128,
+        8192,
+    )
+    # A2A_OVERLAP=1 in sbatch_benchmarking.sh and DeepSeek-V3.yaml's ENV_VARS.
+    assert r.env_vars["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
+    assert r.env_vars["NVTE_FWD_LAYERNORM_SM_MARGIN"] == r.env_vars["NVTE_BWD_LAYERNORM_SM_MARGIN"] == "20"
+    assert r.env_vars["TORCH_NCCL_AVOID_RECORD_STREAMS"] == "0"
+    assert r.env_vars["NVTE_ALLOW_NONDETERMINISTIC_ALGO"] == "1"
+
+
+def _markdown_rows(text: str) -> list[dict[str, str]]:
+    """Every data row of every markdown table, keyed by its header (bold stripped)."""
+    rows, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not set(line) <= set("|-: "):
+            rows.append(dict(zip(header, cells, strict=True)))
+    return rows
 
 
 def test_bridge_default_matches_seed004():
+    text = SEED004.read_text()
     r = recipe_of(recipes.get("bridge_default_1024gpu"))
     m = r.model
-    assert (m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.expert_model_parallel_size) == (
-        2,
-        16,
-        64,
+    (row,) = [row for row in _markdown_rows(text) if row["Model"] == "DeepSeek-V3"]
+    assert m.tensor_model_parallel_size == int(row["TP"]) and m.pipeline_model_parallel_size == int(row["PP"])
+    assert m.expert_model_parallel_size == int(row["EP"])
+    assert str(m.virtual_pipeline_model_parallel_size) == row["VP"]
+    assert (r.launch.num_nodes, r.launch.num_gpus) == (int(row["Nodes"]), int(row["Total GPUs"]))
+
+    example = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    call = next(n for n in ast.walk(ast.parse(example)) if isinstance(n, ast.Call) and n.keywords)
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    assert (r.train.train_iters, r.train.global_batch_size, m.seq_length) == (
+        kwargs["train_iters"],
+        kwargs["global_batch_size"],
+        kwargs["seq_length"],
     )
-    assert m.virtual_pipeline_model_parallel_size is None
-    assert (r.launch.num_nodes, r.launch.num_gpus) == (128, 1024)
-    assert (m.mtp_num_layers, m.mtp_loss_scaling_factor) == (1, 0.1)
-    assert (r.train.global_batch_size, r.train.train_iters, m.seq_length) == (4096, 500_000, 4096)
-    assert m.sequence_parallel and m.recompute_granularity == "selective" and m.moe_permute_fusion
-    assert (r.optimizer.main_params_dtype, r.optimizer.main_grads_dtype, r.optimizer.exp_avg_dtype) == (
+    assert (m.mtp_num_layers, m.mtp_loss_scaling_factor) == (
+        kwargs["mtp_num_layers"],
+        kwargs["mtp_loss_scaling_factor"],
+    )
+    assert "**Sequence Parallel**: Enabled by default" in text and m.sequence_parallel
+    assert "**MoE Permute Fusion**" in text and m.moe_permute_fusion
+    assert "FP32 master weights with BF16 gradients and optimizer states" in text
+    o = r.optimizer
+    assert (o.main_params_dtype, o.main_grads_dtype, o.exp_avg_dtype, o.exp_avg_sq_dtype) == (
         "fp32",
         "bf16",
         "bf16",
+        "bf16",
     )
 
 
-@pytest.mark.parametrize(
-    ("name", "gpu", "gpus", "dp", "gbs"),
-    [
-        ("h100_bf16_512gpu", "h100", 512, 64, 1024),
-        ("b200_bf16_256gpu", "b200", 256, 32, 512),
-        ("gb200_bf16_256gpu", "gb200", 256, 32, 512),
-    ],
-)
-def test_torchtitan_baselines_match_seed003_tables(name, gpu, gpus, dp, gbs, monkeypatch):
+def test_bridge_default_follows_bridges_code_where_its_docs_differ():
+    """The page says selective recompute by default; Bridge 0.6.2's code sets none (docs/sources.md)."""
+    assert "**Selective Recomputation**: Enabled by default" in SEED004.read_text()
+    assert recipe_of(recipes.get("bridge_default_1024gpu")).model.recompute_granularity is None
+    spec = importlib.util.find_spec("megatron.bridge")
+    if spec is None:
+        pytest.skip("the train extra holds Bridge's recipe code")
+    code = Path(
+        spec.submodule_search_locations[0], "recipes", "deepseek", "h100", "deepseek_v3.py"
+    ).read_text()
+    bf16_config = code.split("def deepseek_v3_pretrain_1024gpu_h100_bf16_config")[1].split("\ndef ")[0]
+    assert "cfg.model.recompute_granularity = None" in bf16_config
+
+
+SEED003_RECIPES = {"GB200": "gb200_bf16_256gpu", "B200": "b200_bf16_256gpu", "H100": "h100_bf16_512gpu"}
+
+
+def _seed003_tables() -> dict[str, dict[str, str]]:
+    """GPU type -> its table row, from the '## <GPU>' sections."""
+    tables = {}
+    for gpu, body in re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z|^\*\*)", SEED003.read_text(), re.S | re.M):
+        (row,) = _markdown_rows(body)
+        tables[gpu] = row
+    return tables
+
+
+def _seed003_defaults() -> dict[str, str]:
+    """Optional variable -> the text in its '(default: ...)'."""
+    return dict(re.findall(r"^- `(\w+)`: .*\(default: (.*)\)$", SEED003.read_text(), re.M))
+
+
+@pytest.mark.parametrize("gpu", list(SEED003_RECIPES))
+def test_torchtitan_baselines_match_seed003_tables(gpu, monkeypatch):
+    for knob in recipes.torchtitan.KNOBS:
+        monkeypatch.setenv(knob, "7")  # the fixed recipes ignore the environment
+    row = _seed003_tables()[gpu]
+    r = recipe_of(recipes.get(SEED003_RECIPES[gpu]))
+    m = r.model
+    assert (r.launch.gpu_type, r.launch.num_gpus, m.seq_length) == (
+        gpu.lower(),
+        int(row["GPUs"]),
+        int(row["SeqLen"]),
+    )
+    assert (r.train.train_iters, r.data_parallel_size) == (int(row["Steps"]), int(row["DP"]))
+    assert (m.tensor_model_parallel_size, m.expert_model_parallel_size, m.pipeline_model_parallel_size) == (
+        int(row["TP"]),
+        int(row["EP"]),
+        int(row["PP"]),
+    )
+    # TorchTitan's MBS is its local batch per DP rank; Megatron runs it as pipeline micro-batches of one.
+    assert r.train.global_batch_size == int(row["GBS"]) == int(row["MBS"]) * int(row["DP"]) * int(row["GA"])
+    assert (
+        r.train.micro_batch_size == 1 and r.mixed_precision.fp8_recipe is None and row["Precision"] == "BF16"
+    )
+
+
+def test_torchtitan_knob_defaults_are_seed003s(monkeypatch, tmp_path):
+    defaults = _seed003_defaults()
     for knob in recipes.torchtitan.KNOBS:
         monkeypatch.delenv(knob, raising=False)
-    r = recipe_of(recipes.get(name))
-    m = r.model
-    assert (r.launch.gpu_type, r.launch.num_gpus, r.data_parallel_size) == (gpu, gpus, dp)
-    assert (m.tensor_model_parallel_size, m.expert_model_parallel_size, m.pipeline_model_parallel_size) == (
-        1,
-        32,
-        8,
-    )
-    assert (r.train.micro_batch_size, r.train.global_batch_size, r.train.train_iters) == (1, gbs, 200)
-    assert m.seq_length == 4096 and r.mixed_precision.fp8_recipe is None
-    assert (m.recompute_granularity, r.optimizer.lr, r.scheduler.lr_warmup_iters) == ("full", 2.2e-4, 100)
-    assert r.scheduler.lr_wsd_decay_iters == 100  # 0.8 x 200 clamped to the 100 steps after warmup
+    assert defaults["DATA_PARALLEL_SHARD_DEGREE"] == "64 for H100, 32 for B200, 32 for GB200"
+    assert recipes.torchtitan.DEFAULT_DP_SHARD == {"h100": 64, "b200": 32, "gb200": 32}
+    per_gpu = {"h100": "8", "b200": "8", "gb200": "4"}
+    assert defaults["GPUS_PER_NODE"] == "8 for H100/B200, 4 for GB200"
+    (tmp_path / "datasets" / "c4").mkdir(parents=True)
+    (tmp_path / "datasets" / "c4" / "c4-train.en_0_text_document.idx").touch()
+    for gpu in ("h100", "b200", "gb200"):
+        r = recipe_of(
+            recipes.torchtitan.torchtitan_bf16_from_env({"GPU_TYPE": gpu, "LLMB_INSTALL": str(tmp_path)})
+        )
+        m = r.model
+        assert str(r.launch.gpus_per_node) == per_gpu[gpu]
+        assert str(m.expert_model_parallel_size) == defaults["EXPERT_PARALLEL_DEGREE"]
+        assert str(m.pipeline_model_parallel_size) == defaults["PIPELINE_PARALLEL_DEGREE"]
+        assert (
+            str(m.seq_length) == defaults["SEQ_LEN"]
+            and str(r.train.train_iters) == defaults["TRAINING_STEPS"]
+        )
+        assert str(r.train.global_batch_size // r.data_parallel_size) == defaults["LOCAL_BATCH_SIZE"]
+        assert defaults["DATASET_PATH"] == "`$LLMB_INSTALL/datasets/c4`"
+        assert r.dataset.data_paths == [str(tmp_path / "datasets" / "c4" / "c4-train.en_0_text_document")]
+        # "448 for H100/B200, 224 for GB200": the first rank of the last pipeline stage. On B200's 256
+        # GPUs that is 224, as [titan-launch] sets it; rank 448 does not exist there.
+        assert defaults["LOG_RANK"] == "448 for H100/B200, 224 for GB200"
+        assert r.logger.log_rank == {"h100": 448, "b200": 224, "gb200": 224}[gpu] < r.launch.num_gpus
 
 
 def test_torchtitan_environment_knobs(monkeypatch):
@@ -302,8 +440,11 @@ def test_torchtitan_environment_knobs(monkeypatch):
         "LOCAL_BATCH_SIZE": "8",
         "SEQ_LEN": "8192",
         "DATASET_PATH": "/data/c4_text_document",
+        "LOG_RANK": "1000",
         "ENABLE_PROFILE": "true",
     }
+    for knob in recipes.torchtitan.KNOBS:
+        monkeypatch.delenv(knob, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     r = recipe_of(recipes.get("torchtitan_bf16"))
@@ -314,7 +455,36 @@ def test_torchtitan_environment_knobs(monkeypatch):
     assert (r.train.global_batch_size, r.train.train_iters) == (8 * 256, 5000)
     assert r.scheduler.lr_wsd_decay_iters == 4000
     assert r.dataset.data_paths == ["/data/c4_text_document"]
-    assert r.profiling.use_pytorch_profiler
+    assert r.profiling.use_pytorch_profiler and r.logger.log_rank == 1000
+
+
+def test_torchtitan_knobs_leave_the_fixed_recipes_alone(monkeypatch):
+    monkeypatch.setenv("GPU_TYPE", "gb200")
+    monkeypatch.setenv("JOB_TOTAL_GPUS", "1024")
+    assert recipe_of(recipes.get("h100_bf16_512gpu")).launch.num_gpus == 512
+    assert recipe_of(recipes.get("b200_bf16_256gpu")).launch.gpu_type == "b200"
+
+
+def test_seed003_custom_parallelism_example_is_refused_with_the_reason():
+    example = re.search(r"```bash\n(.*?)```", SEED003.read_text(), re.S).group(1)
+    env = dict(re.findall(r"(\w+)=(\S+)", example))
+    assert env == {
+        "GPU_TYPE": "h100",
+        "JOB_TOTAL_GPUS": "512",
+        "DATA_PARALLEL_SHARD_DEGREE": "32",
+        "EXPERT_PARALLEL_DEGREE": "16",
+        "PIPELINE_PARALLEL_DEGREE": "4",
+    }
+    with pytest.raises(RecipeError) as err:
+        recipes.torchtitan.torchtitan_bf16_from_env(env)
+    assert err.value.path == "DATA_PARALLEL_SHARD_DEGREE"
+    assert "TorchTitan would refuse this mesh" in str(err.value) and "DATA_PARALLEL_SHARD_DEGREE=128" in str(
+        err.value
+    )
+    recipe = recipe_of(
+        recipes.torchtitan.torchtitan_bf16_from_env({**env, "DATA_PARALLEL_SHARD_DEGREE": "128"})
+    )
+    assert (recipe.data_parallel_size, recipe.model.expert_model_parallel_size) == (128, 16)
 
 
 @pytest.mark.parametrize(
@@ -325,11 +495,17 @@ def test_torchtitan_environment_knobs(monkeypatch):
             {"GPU_TYPE": "h100", "JOB_TOTAL_GPUS": "512", "DATA_PARALLEL_SHARD_DEGREE": "32"},
             "DATA_PARALLEL_SHARD_DEGREE: 32 x PIPELINE_PARALLEL_DEGREE 8 must equal JOB_TOTAL_GPUS 512",
         ),
+        (
+            {"GPU_TYPE": "h100", "JOB_TOTAL_GPUS": "1024"},
+            "DATA_PARALLEL_SHARD_DEGREE: 64 x PIPELINE_PARALLEL_DEGREE 8 must equal JOB_TOTAL_GPUS 1024",
+        ),
         ({"GPU_TYPE": "h100", "TRAINING_STEPS": "many"}, "TRAINING_STEPS: expected an integer, got 'many'"),
         (
             {"GPU_TYPE": "gb200", "JOB_TOTAL_GPUS": "258"},
             "JOB_TOTAL_GPUS: 258 is not a multiple of GPUS_PER_NODE=4",
         ),
+        ({"GPU_TYPE": "b200", "EXPERT_PARALLEL_DEGREE": "0"}, "EXPERT_PARALLEL_DEGREE: must be >= 1, got 0"),
+        ({"GPU_TYPE": "b200", "EXPERT_PARALLEL_DEGREE": "64"}, "EXPERT_PARALLEL_DEGREE: 64 does not divide"),
     ],
 )
 def test_torchtitan_bad_knobs_name_the_variable(env, message, monkeypatch):
@@ -342,12 +518,50 @@ def test_torchtitan_bad_knobs_name_the_variable(env, message, monkeypatch):
     assert str(err.value).startswith(message)
 
 
-def test_each_671b_field_from_a_seed_says_which():
-    """A recipe module's seed-derived assignments carry a `# seed NNN` (or Bridge) source comment."""
-    source = Path(recipes.gb200.__file__).read_text()
-    body = source.split("def gb200_mxfp8_256gpu")[1].split("def gb200_bf16_256gpu")[0]
-    assignments = [
-        line for line in body.splitlines() if " = " in line and line.strip().startswith(("m.", "t.", "o."))
-    ]
-    assert assignments and all("# seed 000" in line for line in assignments)
+def test_log_rank_off_the_loss_stage_is_refused():
+    env = {"GPU_TYPE": "h100", "LOG_RANK": "0"}
+    with pytest.raises(RecipeError, match=r"^logger.log_rank: 0 does not hold the loss: .* ranks 448..511"):
+        recipe_of(recipes.torchtitan.torchtitan_bf16_from_env(env))
+
+
+RECIPE_MODULES = sorted((ROOT / "dsv3_recipes" / "recipes").glob("*.py"))
+# An assignment to a recipe field inside a factory (r.model.x = ..., m.x = ..., task.recipe.x = ...).
+ASSIGNMENT = re.compile(r"^\s+(?:r|m|t|o|s|d|c|lg|mp|task\.recipe)\.[\w.]+ = ")
+TAG = re.compile(r"(?<!ignore)\[([a-z]+(?:-[a-z0-9]+)+)\]")  # [mcore-gb200], not type: ignore[arg-type]
+
+
+def _sources() -> set[str]:
+    return set(re.findall(r"^\| `\[([a-z0-9-]+)\]` \|", (ROOT / "docs" / "sources.md").read_text(), re.M))
+
+
+@pytest.mark.parametrize("path", RECIPE_MODULES, ids=lambda p: p.name)
+def test_each_recipe_field_says_where_it_comes_from(path):
+    """Every field a factory sets carries a comment (on its line, or heading its block); no bare seed."""
+    lines = path.read_text().splitlines()
+    unexplained = []
+    for i, line in enumerate(lines):
+        if not ASSIGNMENT.match(line) or "#" in line:
+            continue
+        block = i
+        while block > 0 and lines[block - 1].strip() and not lines[block - 1].lstrip().startswith("#"):
+            block -= 1
+        if block == 0 or not lines[block - 1].lstrip().startswith("#"):
+            unexplained.append(f"{path.name}:{i + 1}: {line.strip()}")
+    assert not unexplained, "\n".join(unexplained)
+    assert not re.search(r"seed 00\d", path.read_text(), re.I), "name the source by its docs/sources.md tag"
+
+
+def test_every_source_tag_is_listed_in_docs_sources():
+    sources = _sources()
+    assert len(sources) >= 10
+    used: dict[str, set[str]] = {}
+    for path in [*ROOT.joinpath("dsv3_recipes").rglob("*.py"), *ROOT.joinpath("experiments").rglob("*.sh")]:
+        for tag in TAG.findall(path.read_text()):
+            used.setdefault(tag, set()).add(path.name)
+    assert used, "no source tags found"
+    unknown = {tag: files for tag, files in used.items() if tag not in sources}
+    assert not unknown, f"tags missing from docs/sources.md: {unknown}"
+    # Every 671B recipe module names its sources.
+    for name in ("gb200.py", "h100.py", "torchtitan.py", "mlperf.py"):
+        assert TAG.search((ROOT / "dsv3_recipes" / "recipes" / name).read_text()), name
     assert fdl.build(recipes.get("gb200_mxfp8_256gpu").recipe).name == "gb200_mxfp8_256gpu"

@@ -96,3 +96,42 @@ def test_separate_validation_blend(as_target_gpu):
     train, valid, test = cfg.dataset.blend_per_split
     assert train == (["/d/a_text_document", "/d/b_text_document"], [0.3, 0.7])
     assert valid == (["/d/valid_text_document"], None) and test is None
+
+
+def test_no_nan_check_flag_turns_off_both_checks(as_target_gpu):
+    """--no-check-for-nan-in-loss-and-grad: the gradient check (DDP) and the loss one (rerun machine)."""
+    recipe = recipe_of(recipes.get("proxy_1gpu"))
+    as_target_gpu("h100", 1)
+    assert recipe.train.check_for_nan_in_loss_and_grad is False
+    cfg = to_config_container(recipe)
+    runtime_config_update(cfg)
+    assert cfg.ddp.check_for_nan_in_grad is False and cfg.rerun_state_machine.check_for_nan_in_loss is False
+    recipe.train.check_for_nan_in_loss_and_grad = True
+    cfg = to_config_container(recipe)
+    assert cfg.ddp.check_for_nan_in_grad and cfg.rerun_state_machine.check_for_nan_in_loss
+
+
+def test_mock_data_runs_with_null_tokenizer_offline(as_target_gpu, monkeypatch):
+    """gb200_mxfp8_256gpu names a hub tokenizer; on mock data nothing is fetched (HF_HUB_OFFLINE=1)."""
+    from megatron.bridge.training.tokenizers.tokenizer import build_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    task = recipes.get("gb200_mxfp8_256gpu")
+    task.recipe.dataset.mock = True
+    recipe = recipe_of(task)
+    assert recipe.tokenizer.tokenizer_model == "unsloth/DeepSeek-V3"
+    as_target_gpu("gb200", recipe.launch.num_gpus)
+    cfg = to_config_container(recipe)
+    runtime_config_update(cfg)
+    assert (cfg.tokenizer.tokenizer_type, cfg.tokenizer.tokenizer_model) == ("NullTokenizer", None)
+    assert build_tokenizer(cfg.tokenizer).vocab_size >= recipe.model.vocab_size
+
+
+def test_scheduler_switches_reach_bridge(as_target_gpu):
+    task = recipes.get("proxy_1gpu")
+    task.recipe.scheduler.override_opt_param_scheduler = True
+    recipe = recipe_of(task)
+    as_target_gpu("h100", 1)
+    cfg = to_config_container(recipe)
+    runtime_config_update(cfg)
+    assert cfg.scheduler.override_opt_param_scheduler and not cfg.scheduler.use_checkpoint_opt_param_scheduler

@@ -8,5 +8,5 @@ from dsv3_recipes.recipes.torchtitan import torchtitan_bf16
 
 
 def b200_bf16_256gpu() -> run.Partial:
-    """TorchTitan's B200 BF16 baseline (seed 003): 256 GPUs, DP32 EP32 PP8, local batch 16, 200 steps."""
+    """TorchTitan's B200 BF16 baseline ([titan-dsv3]): 256 GPUs, DP32 EP32 PP8, local batch 16, 200 steps."""
     return torchtitan_bf16("b200_bf16_256gpu", gpu_type="b200")

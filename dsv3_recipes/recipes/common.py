@@ -6,13 +6,17 @@ import dataclasses
 import typing
 
 import nemo_run as run
+import nemo_run.core.serialization.yaml  # noqa: F401  (registers run.Partial's YAML representer)
+import yaml
 
 from dsv3_recipes import models
+from dsv3_recipes.plan import check_launch
 from dsv3_recipes.recipe import LaunchConfig, Recipe
 from dsv3_recipes.train.entry import pretrain
+from dsv3_recipes.validate import build
 
-# Seed 000 (GB200 guide) lists these; the Megatron-LM DeepSeek-V3 run.sh that seed 001 (H100 guide)
-# launches with sets the same ones, so all seed-000/001 recipes share them.
+# [mcore-gb200] lists these; [moe-zoo]'s DeepSeek-V3.yaml, which the H100 guide ([mcore-h100]) launches
+# with, sets the same ones, so all Megatron-Core guide recipes share them.
 MCORE_DSV3_ENV_VARS: dict[str, str] = {
     "CUDA_DEVICE_MAX_CONNECTIONS": "1",  # keep kernel launch order = stream order for TP/CP overlap
     "NVTE_ALLOW_NONDETERMINISTIC_ALGO": "1",  # allow TE's faster non-deterministic kernels
@@ -23,6 +27,16 @@ MCORE_DSV3_ENV_VARS: dict[str, str] = {
     "NVTE_NORM_BWD_USE_CUDNN": "1",  # cuDNN RMSNorm backward
     "PYTHONWARNINGS": "ignore",  # deprecation noise on every rank
     "NCCL_DEBUG": "VERSION",  # print the NCCL version once, nothing else
+}
+
+# What Bridge's recipes export on every launch ([bridge-dsv3]: COMMON_RECIPE_ENV_VARS of Megatron-Bridge
+# 0.6.2's recipes/utils/environment_utils.py).
+BRIDGE_ENV_VARS: dict[str, str] = {
+    "NCCL_GRAPH_REGISTER": "0",  # expandable allocator, no NCCL user-buffer registration
+    "NCCL_NVLS_ENABLE": "0",  # no NVLink SHARP buffers (and no multicast objects on shared hosts)
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",  # less fragmentation with MoE shapes
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",  # free NCCL buffers without record_stream overhead
+    "TORCH_NCCL_HIGH_PRIORITY": "1",  # NCCL streams ahead of compute
 }
 
 
@@ -37,12 +51,32 @@ def recipe_config(name: str, model: run.Config, launch: run.Config) -> run.Confi
     return run.Config(Recipe, name=name, model=model, launch=launch, env_vars={}, **sections)
 
 
-def pretrain_task(recipe: run.Config[Recipe]) -> run.Partial:
+class PretrainTask(run.Partial):
+    """``run.Partial(pretrain, recipe=run.Config[Recipe])`` that checks its recipe when NeMo-Run takes it.
+
+    NeMo-Run never builds a task on the launch side: ``run.run(task, executor=...)`` and
+    ``Experiment.add`` serialize it and take a ``clone()`` (``Experiment._add_single_job``), dry run
+    or not. Checking there makes a notebook's ``run.run`` refuse what ``dsv3 pretrain`` refuses:
+    every recipe rule, the memory plan, and what any launch needs (``plan.check_launch``). The GPU
+    node checks again when ``pretrain`` starts.
+    """
+
+    def clone(self) -> PretrainTask:
+        check_launch(build(self.recipe))
+        return super().clone()
+
+
+# NeMo-Run writes each job's task as YAML with representers registered per exact class: give this one
+# run.Partial's (else the job directory gets no <name>_config.yaml).
+yaml.SafeDumper.add_representer(PretrainTask, yaml.SafeDumper.yaml_representers[run.Partial])
+
+
+def pretrain_task(recipe: run.Config[Recipe]) -> PretrainTask:
     """The runnable task: ``run.run(task, executor=...)``; overrides go to ``task.recipe``."""
-    return run.Partial(pretrain, recipe=recipe)
+    return PretrainTask(pretrain, recipe=recipe)
 
 
 def dsv3_671b(name: str, gpu_type: str, num_nodes: int, gpus_per_node: int) -> run.Partial:
-    """DeepSeek-V3 671B with the Recipe defaults; each seed's factory then sets its own flags."""
+    """DeepSeek-V3 671B with the Recipe defaults; each source's factory then sets its own flags."""
     launch = run.Config(LaunchConfig, gpu_type=gpu_type, num_nodes=num_nodes, gpus_per_node=gpus_per_node)
     return pretrain_task(recipe_config(name, models.deepseek_v3_671b(), launch))

@@ -14,16 +14,7 @@ import nemo_run as run
 
 from dsv3_recipes import models
 from dsv3_recipes.recipe import LaunchConfig, RecipeError
-from dsv3_recipes.recipes.common import pretrain_task, recipe_config
-
-# What Bridge's recipes export on every launch (COMMON_RECIPE_ENV_VARS in Megatron-Bridge 0.6.2).
-BRIDGE_ENV_VARS = {
-    "NCCL_GRAPH_REGISTER": "0",  # expandable allocator, no NCCL user-buffer registration
-    "NCCL_NVLS_ENABLE": "0",  # no NVLink SHARP buffers (and no multicast objects on shared hosts)
-    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",  # less fragmentation with MoE shapes
-    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",  # free NCCL buffers without record_stream overhead
-    "TORCH_NCCL_HIGH_PRIORITY": "1",  # NCCL streams ahead of compute
-}
+from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, pretrain_task, recipe_config
 
 
 def _proxy(name: str, model: run.Config, gpu_type: str, gpus: int) -> run.Partial:
@@ -31,21 +22,22 @@ def _proxy(name: str, model: run.Config, gpu_type: str, gpus: int) -> run.Partia
     r = recipe_config(
         name, model, run.Config(LaunchConfig, gpu_type=gpu_type, num_nodes=1, gpus_per_node=gpus)
     )
-    r.model.moe_token_dispatcher_type = "alltoall"
-    r.model.moe_shared_expert_overlap = True
+    r.model.moe_token_dispatcher_type = "alltoall"  # [bridge-dsv3], before its HybridEP switch
+    r.model.moe_shared_expert_overlap = True  # [bridge-dsv3]
     r.model.gradient_accumulation_fusion = False  # needs apex, absent from the lent GPU image
-    r.train.micro_batch_size = 1
-    r.train.global_batch_size = 8 * gpus
-    r.train.train_iters = 50
-    r.train.manual_gc_interval = 5  # Bridge
-    r.optimizer.use_precision_aware_optimizer = True  # Bridge: bf16 grads and moments
+    r.train.micro_batch_size = 1  # [bridge-dsv3]
+    r.train.global_batch_size = 8 * gpus  # 8 micro-batches per GPU: pipeline bubbles stay small
+    r.train.train_iters = 50  # long enough for a steady tokens/s after the first steps
+    r.train.manual_gc_interval = 5  # [bridge-dsv3]
+    # [bridge-dsv3]: precision-aware optimizer with BF16 gradients and moments, FP32 master weights.
+    r.optimizer.use_precision_aware_optimizer = True
     r.optimizer.main_grads_dtype = "bf16"
     r.optimizer.exp_avg_dtype = "bf16"
     r.optimizer.exp_avg_sq_dtype = "bf16"
-    r.optimizer.lr = 3e-4
-    r.optimizer.min_lr = 3e-5
-    r.scheduler.lr_warmup_iters = 10
-    r.env_vars = dict(BRIDGE_ENV_VARS)
+    r.optimizer.lr = 3e-4  # [bridge-dsv3]
+    r.optimizer.min_lr = 3e-5  # [bridge-dsv3]
+    r.scheduler.lr_warmup_iters = 10  # a fifth of the 50 steps ([bridge-dsv3] warms up 2000 of 1M)
+    r.env_vars = dict(BRIDGE_ENV_VARS)  # [bridge-dsv3]
     return pretrain_task(r)
 
 
@@ -62,7 +54,7 @@ def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
     """
     task = proxy_1gpu_stock(gpu_type)
     r = task.recipe
-    r.name = "proxy_1gpu"
+    r.name = "proxy_1gpu"  # the tuned variant of the stock proxy
     # One micro-batch per step: 8x fewer kernel launches and 8x larger expert GEMMs (2.5x alone).
     r.train.micro_batch_size = 8
     # With EP=1 the all-gather dispatcher skips all-to-all's host-side split bookkeeping.
@@ -70,10 +62,9 @@ def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
     r.model.moe_shared_expert_overlap = False  # no EP communication to hide the shared expert behind
     r.model.apply_rope_fusion = True  # Megatron's fused MLA RoPE kernels
     r.train.check_for_nan_in_loss_and_grad = False  # a host sync per step; the loss is logged anyway
-    if not _fits(task):
-        # MBS 8 fits in 80 GB only when these cheap-to-recompute activations are dropped.
-        r.model.recompute_granularity = "selective"
-        r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]
+    if not _fits(task):  # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped
+        r.model.recompute_granularity = "selective"  # benchmarks/proxy_1gpu_tuning.md
+        r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]  # benchmarks/proxy_1gpu_tuning.md
     return task
 
 
@@ -83,7 +74,7 @@ def _fits(task: run.Partial) -> bool:
 
     try:
         plan(fdl.build(copy.deepcopy(task.recipe)))
-    except RecipeError:
+    except RecipeError:  # the planner's refusal, e.g. train.micro_batch_size: needs N GiB
         return False
     return True
 
@@ -91,29 +82,29 @@ def _fits(task: run.Partial) -> bool:
 def proxy_2gpu_ep2() -> run.Partial:
     """16-layer proxy on 2 GPUs, experts split over EP=2."""
     task = _proxy("proxy_2gpu_ep2", models.proxy_multi_gpu(), gpu_type="h200", gpus=2)
-    task.recipe.model.expert_model_parallel_size = 2
+    task.recipe.model.expert_model_parallel_size = 2  # 32 experts per GPU
     return task
 
 
 def proxy_2gpu_pp2() -> run.Partial:
     """16-layer proxy on 2 GPUs, two pipeline stages with MTP next to the loss."""
     task = _proxy("proxy_2gpu_pp2", models.proxy_multi_gpu(), gpu_type="h200", gpus=2)
-    task.recipe.model.pipeline_model_parallel_size = 2
-    task.recipe.model.pipeline_model_parallel_layout = "Et*8|t*8mL"
+    task.recipe.model.pipeline_model_parallel_size = 2  # 8 layers per stage
+    task.recipe.model.pipeline_model_parallel_layout = "Et*8|t*8mL"  # MTP next to the loss
     return task
 
 
 def proxy_4gpu_ep4() -> run.Partial:
     """16-layer proxy on 4 GPUs, experts split over EP=4."""
     task = _proxy("proxy_4gpu_ep4", models.proxy_multi_gpu(), gpu_type="h200", gpus=4)
-    task.recipe.model.expert_model_parallel_size = 4
+    task.recipe.model.expert_model_parallel_size = 4  # 16 experts per GPU
     return task
 
 
 def proxy_8gpu_ep8() -> run.Partial:
     """One-node proxy (128 experts top-8) with EP=8: all-to-all across the whole node."""
     task = _proxy("proxy_8gpu_ep8", models.proxy_node(), gpu_type="h200", gpus=8)
-    task.recipe.model.expert_model_parallel_size = 8
+    task.recipe.model.expert_model_parallel_size = 8  # 16 experts per GPU, all-to-all over the node
     return task
 
 
@@ -121,7 +112,7 @@ def proxy_8gpu_pp2ep4() -> run.Partial:
     """One-node proxy with PP2 x EP4 and a 671B-style layout string."""
     task = _proxy("proxy_8gpu_pp2ep4", models.proxy_node(), gpu_type="h200", gpus=8)
     m = task.recipe.model
-    m.pipeline_model_parallel_size = 2
-    m.expert_model_parallel_size = 4
-    m.pipeline_model_parallel_layout = "Et*8|t*8mL"
+    m.pipeline_model_parallel_size = 2  # two stages of 8 layers
+    m.expert_model_parallel_size = 4  # x PP2 = the 8 GPUs
+    m.pipeline_model_parallel_layout = "Et*8|t*8mL"  # the 671B layouts' shape: MTP with the loss
     return task

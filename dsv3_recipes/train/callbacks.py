@@ -68,7 +68,8 @@ class ExpertLoad:
 
 
 class ThroughputCallback(Callback):
-    """Times each optimizer step and prints one metrics line from the last rank (which holds the loss)."""
+    """Times each optimizer step and prints one metrics line from ``logger.log_rank`` (default: the last
+    rank); validate.check_log_rank keeps it on the last pipeline stage, which holds the loss."""
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -87,7 +88,9 @@ class ThroughputCallback(Callback):
             self._expert_load = ExpertLoad.of_model(context.model, self.recipe.model.num_moe_experts)
 
     def _is_reporting_rank(self) -> bool:
-        return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
+        chosen = self.recipe.logger.log_rank
+        last = torch.distributed.get_world_size() - 1
+        return torch.distributed.get_rank() == (last if chosen is None else chosen)
 
     def on_train_step_start(self, context: CallbackContext) -> None:
         if self._expert_load is not None:

@@ -24,6 +24,7 @@ from megatron.bridge.training.config import (
     MockGPTDatasetConfig,
     OptimizerConfig,
     ProfilingConfig,
+    RerunStateMachineConfig,
     RNGConfig,
     SchedulerConfig,
     TrainingConfig,
@@ -139,6 +140,14 @@ def dataset_config(recipe: Recipe) -> GPTDatasetConfig:
     )
 
 
+def tokenizer_config(recipe: Recipe) -> TokenizerConfig:
+    """The recipe's tokenizer; mock data has no text, so it runs with NullTokenizer and loads nothing."""
+    tok = recipe.tokenizer
+    if recipe.dataset.mock or tok.tokenizer_type == "NullTokenizer":
+        return TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=recipe.model.vocab_size)
+    return TokenizerConfig(tokenizer_type=tok.tokenizer_type, tokenizer_model=tok.tokenizer_model)
+
+
 def to_config_container(recipe: Recipe) -> ConfigContainer:
     """Translate every section of the recipe into its Megatron-Bridge config."""
     m, t, o, s, mp, co = (
@@ -194,9 +203,10 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             lr_decay_iters=s.lr_decay_iters,
             lr_warmup_samples=s.lr_warmup_samples,
             lr_decay_samples=s.lr_decay_samples,
-            override_opt_param_scheduler=s.override_opt_param_scheduler,
             start_weight_decay=o.weight_decay,
             end_weight_decay=o.weight_decay,
+            override_opt_param_scheduler=s.override_opt_param_scheduler,
+            use_checkpoint_opt_param_scheduler=s.use_checkpoint_opt_param_scheduler,
         ),
         ddp=DistributedDataParallelConfig(
             check_for_nan_in_grad=t.check_for_nan_in_loss_and_grad,
@@ -228,11 +238,7 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             reuse_grad_buf_for_mxfp8_param_ag=mp.reuse_grad_buf_for_mxfp8_param_ag,
         ),
         dataset=dataset_config(recipe),
-        tokenizer=TokenizerConfig(
-            tokenizer_type=recipe.tokenizer.tokenizer_type,
-            tokenizer_model=recipe.tokenizer.tokenizer_model,
-            vocab_size=m.vocab_size if recipe.tokenizer.tokenizer_type == "NullTokenizer" else None,
-        ),
+        tokenizer=tokenizer_config(recipe),
         checkpoint=CheckpointConfig(
             save=checkpoint_dir if recipe.checkpoint.save_interval else recipe.checkpoint.save,
             load=recipe.checkpoint.load,
@@ -262,6 +268,9 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             enable_megatron_core_experimental=t.enable_experimental or m.apply_rope_fusion,
         ),
         rng=RNGConfig(seed=t.seed, te_rng_tracker=m.use_te_rng_tracker),
+        # Megatron's --no-check-for-nan-in-loss-and-grad turns off both checks: the loss one lives in
+        # Bridge's rerun state machine, the gradient one on the DDP config above.
+        rerun_state_machine=RerunStateMachineConfig(check_for_nan_in_loss=t.check_for_nan_in_loss_and_grad),
         profiling=ProfilingConfig(
             use_pytorch_profiler=recipe.profiling.use_pytorch_profiler,
             use_nsys_profiler=recipe.profiling.use_nsys_profiler,

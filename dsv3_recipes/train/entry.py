@@ -6,21 +6,29 @@ from __future__ import annotations
 import os
 import sys
 
+from dsv3_recipes.checkpoints import check_resume
 from dsv3_recipes.recipe import Recipe, RecipeError
+from dsv3_recipes.validate import validate
 
 
 def pretrain(recipe: Recipe) -> None:
-    """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step."""
-    for name, value in recipe.run_env_vars.items():
-        os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
+    """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step.
 
+    The recipe is validated again first (the same ``validate`` the launch ran): a task built on the
+    node, or a recipe edited after its launch was checked, fails here before any GPU work; so does a
+    flag set this container cannot run (``train.preflight``).
+    """
     from dsv3_recipes.train.preflight import check_container
 
     try:
+        validate(recipe)
+        check_resume(recipe)
         check_container(recipe)
     except RecipeError as err:  # one line per rank, and a failed job
         print(f"dsv3: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    for name, value in recipe.run_env_vars.items():
+        os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
 
     # Imported here: megatron.bridge.training.pretrain needs nvidia-resiliency-ext (GPU containers only).
     from megatron.bridge.training.gpt_step import forward_step

@@ -110,7 +110,7 @@ class MLPerfLog:
             c.OPT_BASE_LR: o.lr,
             c.OPT_END_LR: o.min_lr,
             c.OPT_LR_WARMUP_STEPS: s.lr_warmup_iters,
-            c.OPT_LR_DECAY_STEPS: s.lr_decay_iters - s.lr_warmup_iters,
+            c.OPT_LR_DECAY_STEPS: s.lr_decay_iters,  # Megatron's decay end, warmup included: 11996
             c.OPT_LR_DECAY_SCHEDULE: DECAY_SCHEDULE,
             c.OPT_ADAMW_BETA_1: o.adam_beta1,
             c.OPT_ADAMW_BETA_2: o.adam_beta2,

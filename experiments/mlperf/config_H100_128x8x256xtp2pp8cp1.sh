@@ -1,5 +1,5 @@
 # MLPerf Training DeepSeek-V3 671B on 128 H100 nodes x 8 GPUs: TP2 PP8 CP1, 256 sequences per
-# data-parallel rank (DP 64, GBS 16384), BF16, with seed 001's H100 parallel layout.
+# data-parallel rank (DP 64, GBS 16384), BF16, with [mcore-h100]'s H100 parallel layout.
 #
 #     source config_H100_128x8x256xtp2pp8cp1.sh && bash run_deepseek_v3_671b.sh
 #
@@ -22,10 +22,10 @@ export ADDITIONAL_SLURM_PARAMS=""    # more sbatch options, "key=value;flag;..."
 # --- Paths
 export LOG_DIR="<LOG_DIR>"       # results: NeMo-Run job files, logs, <LOG_DIR>/<EXP_NAME>/mlperf_log.txt
 export IMAGE="<IMAGE>"           # container image, registry/repo:tag (docker/README.md builds it)
-export DATA_DIR="<DATA_DIR>"     # seed 002's preprocessed C4: c4-train.en_<n>_text_document.{bin,idx},
+export DATA_DIR="<DATA_DIR>"     # [mlperf-dsv3]'s preprocessed C4: c4-train.en_<n>_text_document.{bin,idx},
                                  # c4-validation-91205-samples.en_text_document.{bin,idx}, tokenizer/
 export TRAIN_SHARDS="6"          # the c4-train.en_<n> shards to train on, space-separated
-export MODEL_CKPT="<MODEL_CKPT>" # the MLPerf checkpoint converted to Megatron format (seed 002)
+export MODEL_CKPT="<MODEL_CKPT>" # the MLPerf checkpoint converted to Megatron format ([mlperf-dsv3])
 export EXP_NAME=""               # run name; empty: deepseek_v3_671b_<NNODES>x<GPUS_PER_NODE>_gbs<GBS>
 
 # --- Checkpoints across Slurm jobs (a timed MLPerf run saves nothing: leave CHECKPOINT_DIR empty)
@@ -35,19 +35,19 @@ export RESUME=0                # 1: continue the latest checkpoint in CHECKPOINT
                                # optimizer state and RNG; 0: start from MODEL_CKPT at step 0
 export EXIT_DURATION_MINS=""   # save and exit after this many minutes (leave 10+ minutes before TIME)
 
-# --- Training (seed 002 fixes the rest: AdamW, warmup 4, cosine to 12,000 steps, min LR 1e-8)
+# --- Training ([mlperf-dsv3] fixes the rest: AdamW, warmup 4, cosine to 12,000 steps, min LR 1e-8)
 export GBS=16384   # global batch size, >= 15360; the LR follows it: 0.000024 * sqrt(GBS / 16384)
 export MBS=1       # micro-batch size
 export MAX_STEPS=100 # stop here if the 3.60 target is not reached first (RCPs in mlperf-logging: 45-48 steps)
 export SEED=""     # empty: a new random seed per launch, as MLPerf's repeated runs need
 
-# --- Parallelism (the file name's tp2pp8cp1; seed 001); check a change with `dsv3 plan mlperf_h100_1024gpu key=value ...`
+# --- Parallelism (the file name's tp2pp8cp1; [mcore-h100]); check a change with `dsv3 plan mlperf_h100_1024gpu key=value ...`
 export TENSOR_PARALLEL_SIZE=2
 export PIPELINE_PARALLEL_SIZE=8
 export VIRTUAL_PIPELINE_PARALLEL_SIZE=4         # 32 layout stages over PP8
 export CONTEXT_PARALLEL_SIZE=1
 export EXPERT_PARALLEL_SIZE=64
-export PIPELINE_LAYOUT="Et|(tt|)*30mL"          # seed 001: embedding, 61 layers, MTP and loss in 32 stages
+export PIPELINE_LAYOUT="Et|(tt|)*30mL"          # [mcore-h100]: embedding, 61 layers, MTP and loss in 32 stages
 
 # --- MLPerf submission fields of the log
 export SUBMISSION_ORG="<ORG>"

@@ -31,8 +31,7 @@ CONFIG_FILE=${CONFIG_FILE:-unknown}
 DRYRUN=${DRYRUN:-0}
 DSV3=${DSV3:-dsv3}
 
-# seed 002: opt_base_learning_rate = 0.000024 * sqrt(GBS / 16384), rounded to 9 decimals.
-LR=$(awk -v gbs="$GBS" 'BEGIN { printf "%.9f", 0.000024 * sqrt(gbs / 16384) }')
+# The learning rate is not passed: the recipe derives it from GBS by the benchmark's rule.
 OUT_DIR="$LOG_DIR/$EXP_NAME"
 TRAIN_PATHS=""
 for shard in $TRAIN_SHARDS; do
@@ -47,7 +46,6 @@ overrides=(
   "train.micro_batch_size=$MBS"
   "train.train_iters=$MAX_STEPS"
   "train.seed=$SEED"
-  "optimizer.lr=$LR"
   "model.tensor_model_parallel_size=$TENSOR_PARALLEL_SIZE"
   "model.pipeline_model_parallel_size=$PIPELINE_PARALLEL_SIZE"
   "model.virtual_pipeline_model_parallel_size=${VIRTUAL_PIPELINE_PARALLEL_SIZE:-None}"

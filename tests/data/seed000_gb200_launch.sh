@@ -1,5 +1,5 @@
 # Launch script of Megatron-Core's 'Guide to Reproduce DeepSeek-V3 Pre-training Performance on GB200'
-# (seed 000), kept verbatim so tests check the gb200_mxfp8_256gpu recipe flag by flag.
+# ([mcore-gb200] in docs/sources.md), kept verbatim so tests check the gb200_mxfp8_256gpu recipe flag by flag.
 /path/to/bindpcie \
 /path/to/megatron-lm/pretrain_gpt.py \
 --distributed-timeout-minutes 60 \
