@@ -125,6 +125,15 @@ class _Edits:
         into[:] = [c for c in into if c.field != path]
         into.append(FieldChange(path, json.dumps(self.get(path)), json.dumps(value), reason))
 
+    def pin(self, path: str) -> None:
+        """Write the parent's built value of a field the parent derives (e.g. the MLPerf LR from the
+        GBS), so that it stays the parent's when the sizes it derives from change."""
+        head, _, name = path.rpartition(".")
+        section = self.config
+        for part in filter(None, head.split(".")):
+            section = getattr(section, part)
+        setattr(section, name, self.get(path))
+
     def size(self, path: str, value: object, reason: str) -> None:
         self._set(path, value, reason, self.changed)
 
@@ -292,6 +301,7 @@ def _substitute(e: _Edits, gpu: hardware.Gpu, caps: Capabilities, ep: int, mock_
 def _shrink_mlperf(e: _Edits, steps: int, gbs: int) -> None:
     if not e.parent.mlperf.enabled:
         return
+    e.pin("optimizer.lr")  # the benchmark's LR, not the rule's value at the shrunk GBS
     if not e.parent.mlperf.proxy:
         e.substitute(
             "mlperf.proxy",
@@ -349,6 +359,9 @@ def shrink(
     gbs = _shrink_schedule(e, gpus, steps, data_parallel, sizes["pipeline_model_parallel_size"])
     if parent.train.eval_iters > EVAL_ITERS and not parent.mlperf.enabled:
         e.size("train.eval_iters", EVAL_ITERS, "shorter evaluation")
+    if parent.logger.log_rank is not None:
+        pp = sizes["pipeline_model_parallel_size"]
+        e.size("logger.log_rank", gpus - gpus // pp, "the first rank of the shrunk last pipeline stage")
     _substitute(e, gpu, caps, sizes["expert_model_parallel_size"], mock_data)
     _shrink_mlperf(e, e.current("train.train_iters") or steps, gbs)  # type: ignore[arg-type]
 

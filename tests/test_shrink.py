@@ -180,7 +180,7 @@ def test_mlperf_recipes_shrink_into_proxy_mode_with_an_evaluation_inside_the_run
     )
     assert shrunk.mlperf.enabled and shrunk.mlperf.proxy
     assert 1 <= shrunk.mlperf.start_eval_step <= shrunk.train.train_iters
-    assert shrunk.scheduler.lr_warmup_iters == 4 and shrunk.scheduler.lr_decay_iters == 12000  # the rules'
+    assert (shrunk.scheduler.lr_warmup_iters, shrunk.scheduler.lr_decay_iters) == (4, 11996)  # the rules
 
 
 @pytest.mark.parametrize("gpus", [0, -1, True, 1.5])
