@@ -122,7 +122,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="preflight: parallel layout, memory per GPU, FLOPs, step time")
     _add_recipe_args(p)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--mfu", type=float, default=0.4, help="MFU assumed for the step-time estimate")
+    p.add_argument(
+        "--mfu", type=float, help="MFU for the step-time estimate (default: the measured proxy's, else 0.4)"
+    )
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("pretrain", help="launch a recipe (or render its launch with --dryrun)")

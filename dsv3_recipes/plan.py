@@ -21,6 +21,36 @@ from dsv3_recipes.parallel import ParallelSizes
 from dsv3_recipes.recipe import Recipe, RecipeError
 from dsv3_recipes.validate import validate
 
+ASSUMED_MFU = 0.4
+
+
+@dataclass(frozen=True)
+class MeasuredMfu:
+    """The model-FLOPs utilisation a proxy run reached (its result file says command, data, routing)."""
+
+    mfu: float
+    result: str  # benchmarks/results/... of the run
+
+
+# The best 1-GPU proxy run on each (GPU type, FP8?) under the benchmark protocol (English text, natural
+# routing): the step-time estimate uses it instead of an assumed MFU. tests/test_plan.py checks each value
+# against its result file.
+MEASURED_MFU: dict[tuple[str, bool], MeasuredMfu] = {
+    ("h200", False): MeasuredMfu(
+        0.3232, "benchmarks/results/h200_text/2026-12-01-h200-h200_text_norc_graphs_mtp0.json"
+    ),
+}
+
+
+def default_mfu(recipe: Recipe) -> tuple[float, str]:
+    """The MFU the step-time estimate assumes for this recipe's GPU and precision, and where it is from."""
+    fp8 = recipe.mixed_precision.fp8_recipe is not None
+    measured = MEASURED_MFU.get((recipe.launch.gpu_type, fp8))
+    if measured:
+        return measured.mfu, f"measured on the 1-GPU proxy: {measured.result}"
+    precision = "FP8" if fp8 else "BF16"
+    return ASSUMED_MFU, f"assumed: no measured proxy run on {recipe.launch.gpu_type} in {precision}"
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -35,6 +65,7 @@ class Plan:
     flops_per_token: float
     tokens_per_step: int
     mfu: float
+    mfu_source: str
     fp8: bool
 
     @property
@@ -101,6 +132,7 @@ class Plan:
             "flops_per_token": self.flops_per_token,
             "tokens_per_step": self.tokens_per_step,
             "mfu": self.mfu,
+            "mfu_source": self.mfu_source,
             "peak_tflops": self.peak_tflops,
             "step_time_s": self.step_time_s,
             "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
@@ -148,7 +180,7 @@ class Plan:
         precision = "FP8" if self.fp8 else "BF16"
         console.print(
             f"Compute: {self.flops_per_token / 1e9:.1f} GFLOP/token x {self.tokens_per_step:,} tokens/step\n"
-            f"At MFU {self.mfu:.0%} of {self.peak_tflops:.0f} {precision} TFLOPS/GPU: "
+            f"At MFU {self.mfu:.1%} of {self.peak_tflops:.0f} {precision} TFLOPS/GPU ({self.mfu_source}): "
             f"{self.step_time_s:.2f} s/step, {self.tokens_per_s_per_gpu:,.0f} tokens/s/GPU"
         )
         return out.getvalue()
@@ -177,8 +209,11 @@ def check_fits(rank: memory.RankMemory, gpu: Gpu) -> None:
     )
 
 
-def plan(recipe: Recipe, mfu: float = 0.4) -> Plan:
-    """Check a built recipe and estimate its memory and speed; raises RecipeError on bad input."""
+def plan(recipe: Recipe, mfu: float | None = None) -> Plan:
+    """Check a built recipe and estimate its memory and speed; raises RecipeError on bad input.
+
+    ``mfu`` None: the measured MFU of the matching proxy run (``MEASURED_MFU``), else 40% assumed."""
+    mfu, mfu_source = (mfu, "given") if mfu is not None else default_mfu(recipe)
     if not 0 < mfu <= 1:
         raise RecipeError("mfu", f"must be in (0, 1], got {mfu}")
     sizes = validate(recipe)
@@ -196,6 +231,7 @@ def plan(recipe: Recipe, mfu: float = 0.4) -> Plan:
         flops_per_token=flops.model_flops_per_token(recipe.model),
         tokens_per_step=recipe.train.global_batch_size * recipe.model.seq_length,
         mfu=mfu,
+        mfu_source=mfu_source,
         fp8=recipe.mixed_precision.fp8_recipe is not None,
     )
 
