@@ -27,8 +27,8 @@ class ExpertLoad:
     """Tokens each router sent to each expert during the current step (forward hooks on the routers).
 
     Counted only with grad enabled, as Megatron counts for its expert bias, so recomputed forwards are
-    not counted twice. Routers inside a CUDA graph are not seen by hooks at replay: then nothing is
-    counted and no load is reported.
+    not counted twice. Under TE partial CUDA graphs the hook's in-place add is captured with the router
+    into the graph and replays with it (the counts live in one persistent tensor).
     """
 
     def __init__(self, routers: list[torch.nn.Module], experts: int, device: str = "cuda"):
