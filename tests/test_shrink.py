@@ -17,17 +17,7 @@ from dsv3_recipes.shrink import Capabilities, shrink
 
 BARE = Capabilities(deep_ep=False, hybrid_ep=False, apex=False, wandb=False)
 FULL = Capabilities(deep_ep=True, hybrid_ep=True, apex=True, wandb=True)
-PRODUCT = [
-    "gb200_mxfp8_256gpu",
-    "h100_fp8_blockwise",
-    "bridge_default_1024gpu",
-    "h100_bf16_512gpu",
-    "b200_bf16_256gpu",
-    "gb200_bf16_256gpu",
-    "torchtitan_bf16",
-    "mlperf_gb300_256gpu",
-    "mlperf_h100_1024gpu",
-]
+PRODUCT = [n for n in recipes.RECIPES if "proxy" not in n]  # the 671B recipes: issue 13's nine
 
 
 @pytest.fixture(autouse=True)
@@ -57,9 +47,8 @@ def _flat(obj, prefix=""):
     return out
 
 
-def test_every_recipe_is_in_the_shrink_tests():
-    assert set(PRODUCT) <= set(recipes.RECIPES)
-    assert set(recipes.RECIPES) - set(PRODUCT) == {n for n in recipes.RECIPES if "proxy" in n}
+def test_the_nine_671b_recipes():
+    assert len(PRODUCT) == 9 and "gb200_mxfp8_256gpu" in PRODUCT and "mlperf_h100_1024gpu" in PRODUCT
 
 
 @pytest.mark.parametrize("gpus", [1, 2, 4, 8])
