@@ -113,14 +113,17 @@ class _Edits:
         """The value in the shrunk recipe so far: an earlier edit's, else the parent's."""
         return self.written[path] if path in self.written else self.get(path)
 
-    def _set(self, path: str, value: object, reason: str, into: list[FieldChange]) -> None:
-        if self.kept(path) or self.current(path) == value:
-            return
+    def _write(self, path: str, value: object) -> None:
         head, _, name = path.rpartition(".")
         section = self.config
         for part in filter(None, head.split(".")):
             section = getattr(section, part)
         setattr(section, name, value)
+
+    def _set(self, path: str, value: object, reason: str, into: list[FieldChange]) -> None:
+        if self.kept(path) or self.current(path) == value:
+            return
+        self._write(path, value)
         self.written[path] = value
         into[:] = [c for c in into if c.field != path]
         into.append(FieldChange(path, json.dumps(self.get(path)), json.dumps(value), reason))
@@ -128,11 +131,7 @@ class _Edits:
     def pin(self, path: str) -> None:
         """Write the parent's built value of a field the parent derives (e.g. the MLPerf LR from the
         GBS), so that it stays the parent's when the sizes it derives from change."""
-        head, _, name = path.rpartition(".")
-        section = self.config
-        for part in filter(None, head.split(".")):
-            section = getattr(section, part)
-        setattr(section, name, self.get(path))
+        self._write(path, self.get(path))
 
     def size(self, path: str, value: object, reason: str) -> None:
         self._set(path, value, reason, self.changed)
