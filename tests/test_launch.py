@@ -23,7 +23,7 @@ from dsv3_recipes import cli, executors, launch, plan, recipes
 for name in recipes.RECIPES:
     if name == "torchtitan_bf16":
         continue
-    task = launch.build_task(name)
+    task = launch.build_task(name, ["checkpoint.save=/lustre/ckpt"])  # multi-node saves need a dir
     recipe = launch.recipe_of(task)
     plan.plan(recipe)
     launch.render_launch(task, executors.for_recipe("slurm", recipe, account="a"), recipe.name)
@@ -54,7 +54,7 @@ def _slurm_script(name, *overrides, **options):
 def test_gb200_sbatch_has_segment_bindpcie_env_and_image(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     monkeypatch.setenv("DSV3_IMAGE_REGISTRY", "reg.example.com/team")
-    script = _slurm_script("gb200_mxfp8_256gpu")
+    script = _slurm_script("gb200_mxfp8_256gpu", "checkpoint.save=/lustre/ckpt", gres_gpus_per_node=4)
     assert "#SBATCH --nodes=64" in script and "#SBATCH --ntasks-per-node=4" in script
     assert "#SBATCH --gpus-per-node=4" in script
     assert "#SBATCH --segment=8" in script
@@ -108,7 +108,7 @@ def test_main_job_without_gpu_fails_fast_pointing_to_dryrun(monkeypatch, capsys)
     [
         (
             ["pretrain", "--factory", "proxy_1gpu", "--executor", "k8s", "--dryrun"],
-            "executor: unknown executor 'k8s'",
+            "--executor: unknown executor 'k8s'",
         ),
         (
             ["pretrain", "--factory", "gb200_mxfp8_256gpu", "--executor", "slurm", "--dryrun"],
@@ -135,7 +135,7 @@ def test_main_job_without_gpu_fails_fast_pointing_to_dryrun(monkeypatch, capsys)
         ),
         (
             ["pretrain", "--factory", "proxy_1gpu", "--executor", "slurm", "--dryrun"],
-            "executor.account: Slurm needs",
+            "--account: Slurm needs",
         ),
     ],
 )

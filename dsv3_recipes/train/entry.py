@@ -4,13 +4,16 @@ launch side can reference this function in a ``run.Partial`` without torch."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
+from dsv3_recipes import code_check
 from dsv3_recipes.recipe import Recipe, RecipeError
 
 
 def pretrain(recipe: Recipe) -> None:
     """Translate the recipe to a ConfigContainer and train with Megatron-Bridge's GPT step."""
+    code_check.check()
     for name, value in recipe.env_vars.items():
         os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
 
@@ -18,6 +21,7 @@ def pretrain(recipe: Recipe) -> None:
 
     try:
         check_container(recipe)
+        _check_gpu(recipe)
     except RecipeError as err:  # one line per rank, and a failed job
         print(f"dsv3: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -30,3 +34,16 @@ def pretrain(recipe: Recipe) -> None:
     from dsv3_recipes.train.container import to_config_container
 
     bridge_pretrain(to_config_container(recipe), forward_step, callbacks=callbacks_for(recipe))
+
+
+def _check_gpu(recipe: Recipe) -> None:
+    """A rank without a GPU (a node without one, or a job not given its GPUs) stops here, in one line."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RecipeError(
+            "launch.gpus_per_node",
+            f"recipe {recipe.name} needs {recipe.launch.gpus_per_node} GPU(s) per node; this rank on "
+            f"{socket.gethostname()} sees none (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+        )
