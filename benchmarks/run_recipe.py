@@ -25,8 +25,8 @@ from pathlib import Path
 
 from dsv3_recipes import hardware
 from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.mlperf_rules import idx_token_count, train_prefixes
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.mlperf_rules import idx_token_count
+from dsv3_recipes.recipe import Recipe, blend_prefixes
 from dsv3_recipes.report import parse_log
 from dsv3_recipes.shrink import Capabilities
 
@@ -37,7 +37,7 @@ def data_condition(recipe: Recipe, corpus: str | None) -> dict[str, object]:
     """``{"kind": "mock"}`` or the text corpus: its name and how many tokens it holds."""
     if recipe.dataset.mock:
         return {"kind": "mock"}
-    prefixes = train_prefixes(recipe.dataset.data_paths)
+    prefixes = blend_prefixes(recipe.dataset.data_paths)
     return {
         "kind": "text",
         "corpus": corpus or ",".join(os.path.basename(p) for p in prefixes),

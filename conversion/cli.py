@@ -21,14 +21,12 @@ def _positive_int(text: str) -> int:
 
 def _add_launch_arguments(p: argparse.ArgumentParser) -> None:
     from dsv3_recipes.images import PLATFORM_FOR_GPU
-    from dsv3_recipes.launch import EXECUTORS, SlurmOptions
+    from dsv3_recipes.launch_options import LaunchOptions
 
     g = p.add_argument_group("conversion layout")
     g.add_argument("--tp", type=_positive_int, default=1, help="tensor parallel size (divides the heads)")
     g.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages (divides the layers)")
     g.add_argument("--ep", type=_positive_int, default=1, help="expert parallel size (divides the experts)")
-    p.add_argument("--executor", "-e", default="local", choices=EXECUTORS)
-    p.add_argument("--dryrun", action="store_true", help="print the rendered launch, run nothing")
     p.add_argument("--gpus-per-node", type=_positive_int, default=os.environ.get("GPUS_PER_NODE", "8"))
     p.add_argument(
         "--gpu-type",
@@ -36,7 +34,7 @@ def _add_launch_arguments(p: argparse.ArgumentParser) -> None:
         choices=sorted(PLATFORM_FOR_GPU),
         help="picks the default container image for Slurm (default: $GPU_TYPE, else h100)",
     )
-    SlurmOptions.add_arguments(p)
+    LaunchOptions.add_arguments(p)
 
 
 def add_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -87,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     """Check, build and submit (or dry-run) the conversion the arguments describe."""
     from conversion import launch
     from conversion.checks import Parallelism
-    from dsv3_recipes.launch import SlurmOptions
+    from dsv3_recipes.launch_options import LaunchOptions
 
+    options = LaunchOptions.from_args(args)
     parallel = Parallelism(args.tp, args.pp, args.ep)
     if args.conversion == "import":
         job = launch.import_job(args.hf_path, args.megatron_path, parallel, args.executor)
@@ -113,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
     executor = launch.make_executor(
         args.executor,
         parallel.world_size,
-        slurm=SlurmOptions.from_args_and_env(args) if args.executor == "slurm" else None,
+        slurm=options.slurm,
         gpus_per_node=args.gpus_per_node,
         gpu_type=args.gpu_type,
-        dryrun=args.dryrun,
+        dryrun=options.dryrun,
     )
-    launch.submit(job, executor, args.dryrun)
+    launch.submit(job, executor, options)
     return 0

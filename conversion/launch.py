@@ -8,6 +8,7 @@ absolute, and are checked here when this machine sees them (a shared file system
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,7 @@ from conversion import checks, tasks
 from conversion.checks import Parallelism
 from dsv3_recipes import executors
 from dsv3_recipes.images import image_for
-from dsv3_recipes.launch import SlurmOptions, check_local_machine, render_launch
+from dsv3_recipes.launch import LaunchOptions, SlurmOptions, check_local_machine, run_task
 from dsv3_recipes.recipe import RecipeError
 
 EXECUTORS = executors.EXECUTORS
@@ -184,39 +185,21 @@ def make_executor(
         return executors.local(gpus=world_size)
     if kind != "slurm":
         raise RecipeError("--executor", f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
-    slurm = slurm or SlurmOptions()
-    if not slurm.account:
-        raise RecipeError("--account", "Slurm needs an account: --account or $SBATCH_ACCOUNT")
+    options = (slurm or SlurmOptions()).executor_kwargs(image_for(gpu_type))
     if world_size > gpus_per_node and world_size % gpus_per_node:
         raise RecipeError(
             "--gpus-per-node",
             f"{world_size} ranks do not fill nodes of {gpus_per_node} GPUs; change TP/PP/EP",
         )
-    image = slurm.container_image or image_for(gpu_type)
-    if "/" not in image.split(":")[0]:
-        raise RecipeError(
-            "--container-image",
-            f"{image} is a local tag the nodes cannot pull: push it, or pass --container-image",
-        )
     return executors.slurm(
-        account=slurm.account,
-        partition=slurm.partition,
+        **options,  # type: ignore[arg-type]
         nodes=math.ceil(world_size / gpus_per_node),
         gpus_per_node=min(world_size, gpus_per_node),
-        time=slurm.time,
-        container_image=image,
-        container_mounts=slurm.container_mounts,
-        job_dir=slurm.job_dir,
-        ssh_host=slurm.ssh_host,
-        ssh_user=slurm.ssh_user,
-        additional_parameters=slurm.additional_parameters,
     )
 
 
-def submit(job: ConversionJob, executor: run.Executor, dryrun: bool) -> None:
-    """Run the job on the executor and wait, or print the rendered launch and run nothing."""
-    if dryrun:
-        print(f"# {job.name}: {job.task!r} on {job.parallel.world_size} rank(s)")
-        print(render_launch(job.task, executor, job.name))
-    else:
-        run.run(job.task, executor=executor, name=job.name)
+def submit(job: ConversionJob, executor: run.Executor, options: LaunchOptions) -> None:
+    """Run the job on the executor and wait (or detach), or print the rendered launch and run nothing."""
+    if options.dryrun:
+        print(f"# {job.name}: {job.task!r} on {job.parallel.world_size} rank(s)", file=sys.stderr)
+    run_task(job.task, executor, job.name, options)

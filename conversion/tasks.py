@@ -13,6 +13,7 @@ from typing import Optional
 
 from conversion import checks
 from conversion.checks import Parallelism
+from dsv3_recipes import code_check
 from dsv3_recipes.recipe import RecipeError
 
 
@@ -23,6 +24,7 @@ class VerifyFailed(RuntimeError):
 def import_hf(hf_path: str, megatron_path: str, tp: int = 1, pp: int = 1, ep: int = 1) -> None:
     """HF checkpoint (BF16, or FP8 with 128x128 block scales: dequantized to BF16 on load) -> a
     Megatron-Bridge torch_dist checkpoint (``<megatron_path>/iter_0000000``), converted at TP/PP/EP."""
+    code_check.check()
     parallel = Parallelism(tp, pp, ep)
     source = checks.check_hf_checkpoint(hf_path, "--hf-path")
     checks.check_parallelism(source.config, parallel)
@@ -53,6 +55,7 @@ def export_hf(
 ) -> None:
     """Megatron-Bridge checkpoint -> HF safetensors dir (BF16) with config, tokenizer and index, sharded
     like ``hf_reference`` (the HF checkpoint the model was imported from, or one of its architecture)."""
+    code_check.check()
     parallel = Parallelism(tp, pp, ep)
     checks.check_megatron_checkpoint(megatron_path, "--megatron-path")
     reference = checks.check_hf_checkpoint(hf_reference, "--hf-reference")
@@ -93,6 +96,7 @@ def verify(
     Passes on the mean error (relative to max |HF logit|) and the top-1 agreement: in BF16 a token
     whose router scores nearly tie can pick another expert in either model, which moves that one
     position's logits a lot (the max error reports it) without meaning the conversion is wrong."""
+    code_check.check()
     parallel = Parallelism(tp, pp, ep)
     checks.check_megatron_checkpoint(megatron_path, "--megatron-path")
     source = checks.check_hf_checkpoint(hf_path, "--hf-path")
@@ -150,6 +154,7 @@ def generate(
 ) -> list[int]:
     """Greedy generation from a Megatron checkpoint (tokenizer from ``hf_path``); prints the text and
     returns the generated token ids on every rank."""
+    code_check.check()
     parallel = Parallelism(tp, pp, ep)
     checks.check_megatron_checkpoint(megatron_path, "--megatron-path")
     source = checks.check_hf_checkpoint(hf_path, "--hf-path")

@@ -1,17 +1,29 @@
-"""`dsv3`: list, show, plan and launch recipes (overrides are NeMo-Run CLI `key=value` arguments)."""
+"""`dsv3`: list, show, plan and launch recipes (overrides are NeMo-Run CLI `key=value` arguments).
+
+Building the parser and `dsv3 list` import neither NeMo-Run nor the recipes (NeMo-Run's own import
+takes seconds); each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
+from dsv3_recipes.launch_options import JobFailed, LaunchOptions
 from dsv3_recipes.recipe import RecipeError
+
+if TYPE_CHECKING:
+    import nemo_run as run
 
 
 def _add_recipe_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    """The recipe a command works on; every recipe-level option lives here, for show, plan and pretrain."""
     if positional:
         p.add_argument("name", help="recipe name (see `dsv3 list`)")
+    else:
+        p.add_argument("--factory", "-f", dest="name", required=True, help="recipe name (see `dsv3 list`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.global_batch_size=16")
     p.add_argument(
         "--shrink",
@@ -20,21 +32,53 @@ def _add_recipe_args(p: argparse.ArgumentParser, positional: bool = True) -> Non
         help="the same recipe at a size that runs on N GPUs of launch.gpu_type (only sizes change; "
         "substitutions are listed)",
     )
+    p.add_argument(
+        "--to-yaml",
+        metavar="FILE",
+        help="write the resolved task (recipe and overrides) as NeMo-Run YAML to FILE ('-': stdout) and stop",
+    )
+
+
+def _recipe_task(args: argparse.Namespace) -> run.Partial:
+    """The named recipe's task with the command line's recipe options applied."""
+    from dsv3_recipes.launch import recipe_task
+
+    return recipe_task(args.name, args.overrides, args.shrink, getattr(args, "executor", "local"))
+
+
+def _recipe_command(command):
+    """Run ``command(args, task)`` on the recipe task, unless ``--to-yaml`` only exports it."""
+
+    def run_command(args: argparse.Namespace) -> int:
+        task = _recipe_task(args)
+        if not args.to_yaml:
+            return command(args, task)
+        from nemo_run.cli.config import ConfigSerializer
+
+        text = ConfigSerializer().serialize_yaml(task)
+        if args.to_yaml == "-":
+            print(text, end="")
+        else:
+            with open(args.to_yaml, "w") as f:
+                f.write(text)
+            print(f"{args.name}: wrote the task to {args.to_yaml}", file=sys.stderr)
+        return 0
+
+    return run_command
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from dsv3_recipes.recipes import RECIPES
+    from dsv3_recipes import recipes
 
-    for name, factory in RECIPES.items():
-        summary = (factory.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:26s} {summary}")
+    for name in recipes.names():
+        print(f"{name:26s} {recipes.summary(name)}")
     return 0
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
-    from dsv3_recipes.launch import build_task, recipe_of, to_dict
+def _cmd_show(args: argparse.Namespace, task: run.Partial) -> int:
+    from dsv3_recipes.launch import recipe_of, to_dict
 
-    recipe = recipe_of(build_task(args.name, args.overrides, args.shrink))
+    recipe = recipe_of(task)
     data = to_dict(recipe)
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
@@ -58,27 +102,19 @@ def _render_tree(data: dict, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from dsv3_recipes.launch import build_task, recipe_of
+def _cmd_plan(args: argparse.Namespace, task: run.Partial) -> int:
+    from dsv3_recipes.launch import recipe_of
     from dsv3_recipes.plan import plan
 
-    report = plan(recipe_of(build_task(args.name, args.overrides, args.shrink)), mfu=args.mfu)
+    report = plan(recipe_of(task), mfu=args.mfu)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from dsv3_recipes.launch import SlurmOptions, launch
+def _cmd_pretrain(args: argparse.Namespace, task: run.Partial) -> int:
+    from dsv3_recipes.launch import launch
 
-    slurm = SlurmOptions.from_args_and_env(args)
-    launch(
-        args.factory,
-        args.overrides,
-        executor=args.executor,
-        dryrun=args.dryrun,
-        slurm=slurm,
-        shrink_gpus=args.shrink,
-    )
+    launch(task, LaunchOptions.from_args(args))
     return 0
 
 
@@ -107,8 +143,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from dsv3_recipes.launch import EXECUTORS, SlurmOptions
-
     top = argparse.ArgumentParser(prog="dsv3", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
 
@@ -117,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="the fully resolved recipe after overrides")
     _add_recipe_args(p)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_show)
+    p.set_defaults(func=_recipe_command(_cmd_show))
 
     p = sub.add_parser("plan", help="preflight: parallel layout, memory per GPU, FLOPs, step time")
     _add_recipe_args(p)
@@ -125,20 +159,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mfu", type=float, help="MFU for the step-time estimate (default: the measured proxy's, else 0.4)"
     )
-    p.set_defaults(func=_cmd_plan)
+    p.set_defaults(func=_recipe_command(_cmd_plan))
 
     p = sub.add_parser("pretrain", help="launch a recipe (or render its launch with --dryrun)")
-    p.add_argument("--factory", "-f", required=True, help="recipe name (see `dsv3 list`)")
-    p.add_argument("--executor", "-e", default="local", help=f"one of {', '.join(EXECUTORS)}")
-    p.add_argument("--dryrun", action="store_true", help="print the rendered launch, run nothing")
-    SlurmOptions.add_arguments(p)
     _add_recipe_args(p, positional=False)
-    p.set_defaults(func=_cmd_pretrain)
+    LaunchOptions.add_arguments(p)
+    p.set_defaults(func=_recipe_command(_cmd_pretrain))
 
     p = sub.add_parser("mlperf-check", help="mlperf-logging's compliance check of an mllog file")
     p.add_argument("log", help="mllog file (or a job log that contains the :::MLLOG lines)")
     p.add_argument("--recipe", help="the recipe that wrote the log; a proxy recipe gets the proxy checks")
-    _add_recipe_args(p, positional=False)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="the overrides the run was given")
     p.set_defaults(func=_cmd_mlperf_check)
 
     p = sub.add_parser("report", help="table and plot of a run's per-step metrics")
@@ -155,6 +186,23 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def import_nemo_run_without_torch() -> None:
+    """Import NeMo-Run as on a login node, where torch is absent.
+
+    NeMo-Run imports torch when it is installed (a venv with the train extra) only to register a YAML
+    representer for ``torch.dtype``, which no recipe holds; that is about 40% of NeMo-Run's import
+    (``python -X importtime -c 'import nemo_run'``). A ``None`` in ``sys.modules`` makes that one
+    import fail as if torch were not installed; it is removed again, so torch stays importable.
+    """
+    if "nemo_run" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import nemo_run  # noqa: F401
+    finally:
+        del sys.modules["torch"]
+
+
 def main(argv: list[str] | None = None) -> int:
     top = parser()
     args, extra = top.parse_known_args(argv)
@@ -164,10 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command not in ("list", "report"):  # the commands that run without NeMo-Run
+            import_nemo_run_without_torch()
         return args.func(args)
     except (RecipeError, FileNotFoundError, ValueError) as e:
         print(f"dsv3: error: {e}", file=sys.stderr)
         return 2
+    except JobFailed as e:
+        print(f"dsv3: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

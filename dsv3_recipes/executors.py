@@ -8,14 +8,16 @@ and a local launch inherits them from the caller's environment.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 
 import nemo_run as run
 
+from dsv3_recipes import code_check, job_paths
 from dsv3_recipes.images import BINDPCIE_PATH
+from dsv3_recipes.launch_options import EXECUTORS
 from dsv3_recipes.recipe import Recipe, RecipeError
 
-EXECUTORS = ("local", "slurm")
 SECRET_ENV_VARS = ("HF_TOKEN", "WANDB_API_KEY")
 _SECRET_NAME = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)$")
 
@@ -47,8 +49,11 @@ def slurm(
     container_mounts: Sequence[str] = (),
     segment: int | None = None,
     bindpcie: str | None = None,
+    mpi: str | None = None,
+    gres_gpus_per_node: int | None = None,
     env_vars: Mapping[str, str] | None = None,
     secrets: Sequence[str] = SECRET_ENV_VARS,
+    setup_lines: Sequence[str] = (),
     job_dir: str = "",
     ssh_host: str | None = None,
     ssh_user: str | None = None,
@@ -58,29 +63,49 @@ def slurm(
 
     ``segment``: nodes per NVLink domain (GB200 NVL72: EP32 needs 8 nodes of 4 GPUs in one rack).
     ``bindpcie``: path to mlperf-common's bindpcie, placed in front of every rank's command.
-    ``ssh_host``: submit through SSH from a laptop; without it sbatch runs on this login node.
+    ``mpi``: srun's ``--mpi`` plugin (e.g. ``pmix``); None leaves the cluster's MpiDefault, since the
+    ranks find each other through the SLURM_* variables and not every cluster builds pmix.
+    ``gres_gpus_per_node``: render ``#SBATCH --gpus-per-node`` (seed 003: set it to all GPUs of a node
+    where the cluster has GPU GRES; a cluster without GRES rejects it, so None renders nothing).
+    ``setup_lines``: shell lines the batch script runs before srun (e.g. making output directories).
+    ``ssh_host``: submit through SSH from a laptop, ``job_dir`` then being the job's directory on the
+    cluster; without it sbatch runs on this login node and the job's files live under NeMo-Run's home
+    (``run.config.set_nemorun_home`` or ``$NEMORUN_HOME``), the directory the compute nodes read.
+    The job checks at start that its image holds this launcher's code (``code_check``).
     """
     env = dict(env_vars or {})
     check_no_secrets(env)
+    if job_dir and not ssh_host:
+        raise RecipeError(
+            "executor.job_dir",
+            "only with ssh_host: on the login node the job lives under NeMo-Run's home "
+            "(run.config.set_nemorun_home, or $NEMORUN_HOME)",
+        )
+    if gres_gpus_per_node is not None and gres_gpus_per_node < gpus_per_node:
+        raise RecipeError(
+            "executor.gres_gpus_per_node",
+            f"{gres_gpus_per_node} GPUs per node for {gpus_per_node} ranks per node (seed 003: all GPUs)",
+        )
     tunnel = (
         run.SSHTunnel(host=ssh_host, user=ssh_user or "", job_dir=job_dir)
         if ssh_host
-        else run.LocalTunnel(job_dir=job_dir)
+        else run.LocalTunnel(job_dir="")
     )
     return run.SlurmExecutor(
         account=account,
         partition=partition,
         nodes=nodes,
         ntasks_per_node=gpus_per_node,
-        gpus_per_node=gpus_per_node,
+        gpus_per_node=gres_gpus_per_node,
         time=time,
         container_image=container_image,
         container_mounts=list(container_mounts),
         container_env=list(secrets) or None,
         segment=segment,
         # srun's first non-option word is the program: bindpcie then execs the rank's python.
-        srun_args=["--mpi=pmix", *([bindpcie] if bindpcie else [])],
-        env_vars=env,
+        srun_args=[*([f"--mpi={mpi}"] if mpi else []), *([bindpcie] if bindpcie else [])],
+        env_vars=env | code_check.launcher_env(),
+        setup_lines="\n".join(setup_lines) or None,
         exclusive=True,
         tunnel=tunnel,
         packager=run.Packager(),
@@ -89,12 +114,17 @@ def slurm(
 
 
 def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:
-    """The executor a recipe needs: its GPU count, env vars, NVL segment and bindpcie."""
+    """The executor a recipe needs: its GPU count, env vars, NVL segment, bindpcie, and on Slurm the
+    mounts of every path it reads and writes (``job_paths``)."""
     if kind == "local":
         return local(gpus=recipe.launch.num_gpus, env_vars=recipe.run_env_vars)
     if kind == "slurm":
         bindpcie = options.pop("bindpcie", None) or (BINDPCIE_PATH if recipe.launch.bindpcie else None)
+        user_mounts = list(options.pop("container_mounts", ()))  # type: ignore[call-overload]
+        mounts, mkdirs = job_paths.slurm_mounts(recipe, user_mounts)
         return slurm(
+            container_mounts=[*user_mounts, *mounts],
+            setup_lines=[f"mkdir -p {shlex.join(mkdirs)}"] if mkdirs else [],
             nodes=recipe.launch.num_nodes,
             gpus_per_node=recipe.launch.gpus_per_node,
             segment=recipe.launch.nvl_segment_nodes,

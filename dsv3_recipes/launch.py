@@ -1,32 +1,38 @@
 """Launch side: recipe + overrides -> checked task -> executor -> run (or a rendered dry run).
 
 Every check here runs on the login node before anything is submitted: a bad override, an impossible
-layout, a missing dataset or an absent GPU fails in seconds with the field it concerns.
+layout, a missing dataset or an absent GPU fails in seconds with the field it concerns. ``run_task``
+is the one way pretrain, preprocess and convert submit: a dry run prints exactly the launch on stdout
+(NeMo-Run's banners go to stderr), ``--detach`` returns after submission, and a job that does not
+succeed is a failed command that shows the job's state and the tail of its log.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
+import contextlib
 import dataclasses
+import glob
 import importlib.util
 import logging
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 
 import nemo_run as run
 from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
 from dsv3_recipes import executors, hardware, mlperf_rules, recipes, validate
+from dsv3_recipes.launch_options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
 from dsv3_recipes.recipe import Recipe, RecipeError, blend_prefixes, describe_type
 from dsv3_recipes.shrink import Capabilities
 
-EXECUTORS = executors.EXECUTORS
+__all__ = ["EXECUTORS", "JobFailed", "LaunchOptions", "SlurmOptions", "build_task", "launch", "run_task"]
+LOG_TAIL_LINES = 20
 
 
 def build_task(
@@ -78,6 +84,18 @@ def _merge_env_vars(task: run.Partial, value: str) -> None:
     task.recipe.env_vars = {k: v for k, v in merged.items() if v is not None}
 
 
+def recipe_task(
+    name: str, overrides: Sequence[str] = (), shrink_gpus: int | None = None, executor: str = "local"
+) -> run.Partial:
+    """``build_task`` for a launch on ``executor``: a cluster job is shrunk to what the project's image
+    runs, not to what this login node has."""
+    capabilities = None
+    if shrink_gpus is not None and executor != "local":
+        gpu_type = recipe_of(build_task(name, overrides)).launch.gpu_type
+        capabilities = Capabilities.image(gpu_type)
+    return build_task(name, overrides, shrink_gpus, capabilities)
+
+
 def field_annotation(key: str) -> object:
     """The annotation of a dotted recipe field; unknown names fail with the allowed ones."""
     cls: object = Recipe
@@ -104,95 +122,13 @@ def to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
 
 
-@dataclass
-class SlurmOptions:
-    """Slurm job options: flags first, then [titan-dsv3]'s environment (SBATCH_*, RUN_CONF_*)."""
-
-    account: str | None = None
-    partition: str | None = None
-    time: str = "04:00:00"
-    container_image: str | None = None
-    container_mounts: list[str] = field(default_factory=list)
-    job_dir: str = ""
-    ssh_host: str | None = None
-    ssh_user: str | None = None
-    bindpcie: str | None = None
-    additional_parameters: dict[str, object] = field(default_factory=dict)
-
-    @staticmethod
-    def add_arguments(p: argparse.ArgumentParser) -> None:
-        g = p.add_argument_group("slurm executor")
-        g.add_argument("--account", help="Slurm account (default: $SBATCH_ACCOUNT)")
-        g.add_argument("--partition", help="Slurm partition (default: $SBATCH_PARTITION)")
-        g.add_argument("--time", default="04:00:00")
-        g.add_argument("--container-image", help="default: $RUN_CONF_IMAGE, else the recipe GPU's image")
-        g.add_argument("--container-mounts", help="comma-separated src:dst (default: $RUN_CONF_MOUNTS)")
-        g.add_argument("--job-dir", default="", help="where NeMo-Run keeps the job's files on the cluster")
-        g.add_argument("--ssh-host", help="submit over SSH (default: sbatch on this machine)")
-        g.add_argument("--ssh-user")
-        g.add_argument(
-            "--bindpcie",
-            help="path of bindpcie in the container (default: the image's /usr/local/bin/bindpcie)",
-        )
-
-    @classmethod
-    def from_args_and_env(
-        cls, args: argparse.Namespace, env: Mapping[str, str] | None = None
-    ) -> SlurmOptions:
-        env = os.environ if env is None else env
-        mounts = args.container_mounts or env.get("RUN_CONF_MOUNTS", "")
-        return cls(
-            account=args.account or env.get("SBATCH_ACCOUNT"),
-            partition=args.partition or env.get("SBATCH_PARTITION"),
-            time=args.time,
-            container_image=args.container_image or env.get("RUN_CONF_IMAGE"),
-            container_mounts=[m for m in mounts.split(",") if m],
-            job_dir=args.job_dir,
-            ssh_host=args.ssh_host,
-            ssh_user=args.ssh_user,
-            bindpcie=args.bindpcie,
-            additional_parameters=parse_additional_slurm_params(env.get("ADDITIONAL_SLURM_PARAMS", "")),
-        )
-
-
-def parse_additional_slurm_params(text: str) -> dict[str, object]:
-    """[titan-dsv3]'s ADDITIONAL_SLURM_PARAMS: ``key=value`` pairs and bare flags separated by ``;``."""
-    params: dict[str, object] = {}
-    for item in filter(None, (part.strip() for part in text.split(";"))):
-        key, sep, value = item.partition("=")
-        params[key] = value if sep else True
-    return params
-
-
 def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.Executor:
     if kind != "slurm":
         return executors.for_recipe(kind, recipe)
     from dsv3_recipes.images import image_for
 
     slurm = slurm or SlurmOptions()
-    if not slurm.account:
-        raise RecipeError("executor.account", "Slurm needs an account: --account or $SBATCH_ACCOUNT")
-    image = slurm.container_image or image_for(recipe.launch.gpu_type)
-    if "/" not in image.split(":")[0]:
-        raise RecipeError(
-            "executor.container_image",
-            f"{image} is a local tag the nodes cannot pull: push it (docker/README.md) and set "
-            "$DSV3_IMAGE_REGISTRY, or pass --container-image",
-        )
-    return executors.for_recipe(
-        "slurm",
-        recipe,
-        account=slurm.account,
-        partition=slurm.partition,
-        time=slurm.time,
-        container_image=image,
-        container_mounts=slurm.container_mounts,
-        job_dir=slurm.job_dir,
-        ssh_host=slurm.ssh_host,
-        ssh_user=slurm.ssh_user,
-        bindpcie=slurm.bindpcie,
-        additional_parameters=slurm.additional_parameters,
-    )
+    return executors.for_recipe("slurm", recipe, **slurm.executor_kwargs(image_for(recipe.launch.gpu_type)))
 
 
 def preflight(recipe: Recipe, executor: str, dryrun: bool) -> None:
@@ -243,35 +179,117 @@ def check_local_machine(gpus: int, what: str, field: str) -> None:
         )
 
 
-def launch(
-    name: str,
-    overrides: Sequence[str],
-    executor: str = "local",
-    dryrun: bool = False,
-    slurm: SlurmOptions | None = None,
-    shrink_gpus: int | None = None,
-) -> None:
-    """Build, check and run (or dry-run) a recipe on an executor, shrunk to ``shrink_gpus`` if given."""
-    if executor not in EXECUTORS:
-        raise RecipeError("executor", f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
-    capabilities = None
-    if shrink_gpus is not None and executor != "local":
-        # A cluster job runs in the project's image, not on this login node.
-        gpu_type = recipe_of(build_task(name, overrides)).launch.gpu_type
-        capabilities = Capabilities.image(gpu_type)
-    task = build_task(name, overrides, shrink_gpus, capabilities)
+def launch(task: run.Partial, options: LaunchOptions) -> None:
+    """Check a recipe task, then run, submit or dry-run it on the executor the options name."""
     recipe = recipe_of(task)
-    preflight(recipe, executor, dryrun)
-    chosen = make_executor(executor, recipe, slurm)
-    if dryrun:
-        print(render_launch(task, chosen, recipe.name))
-    else:
-        run.run(task, executor=chosen, name=recipe.name)
+    preflight(recipe, options.executor, options.dryrun)
+    run_task(task, make_executor(options.executor, recipe, options.slurm), recipe.name, options)
+
+
+def run_task(task: run.Partial, executor: run.Executor, name: str, options: LaunchOptions) -> None:
+    """Dry-run, submit (``--detach``) or run and wait; a job that does not succeed raises JobFailed."""
+    if options.detach and not isinstance(executor, run.SlurmExecutor):
+        raise RecipeError(
+            "--detach", "only a Slurm job runs detached: a local run lasts as long as this command"
+        )
+    with _job_home(options.slurm if isinstance(executor, run.SlurmExecutor) else None):
+        if options.dryrun:
+            script = render_launch(task, executor, name)
+            if options.dryrun_to:
+                with open(options.dryrun_to, "w") as f:
+                    f.write(script + "\n")
+                print(f"{name}: wrote the launch to {options.dryrun_to}", file=sys.stderr)
+            else:
+                print(script)
+            return
+        if isinstance(executor, run.SlurmExecutor) and not _confirmed(executor, name, options):
+            raise RecipeError("--yes", "not submitted: the submission was not confirmed")
+        # NeMo-Run's progress, banners and the job's streamed log go to stderr.
+        with contextlib.redirect_stdout(sys.stderr), run.Experiment(name, executor=executor) as exp:
+            exp.add(task, executor=executor, name=name, tail_logs=True)
+            exp.run(detach=options.detach)
+        _report(exp, name, detached=options.detach)
+
+
+@contextlib.contextmanager
+def _job_home(slurm: SlurmOptions | None) -> Iterator[None]:
+    """``--job-dir`` without ``--ssh-host``: NeMo-Run keeps the experiment (and the job's files, which
+    the nodes read) under its home, so the job dir is NeMo-Run's home for this launch."""
+    if not slurm or not slurm.job_dir or slurm.ssh_host:
+        yield
+        return
+    from nemo_run import config
+
+    try:
+        os.makedirs(slurm.job_dir, exist_ok=True)
+    except OSError as e:
+        raise RecipeError(
+            "--job-dir", f"{slurm.job_dir}: {e.strerror}; without --ssh-host this machine is the login node"
+        ) from None
+    previous = config.get_nemorun_home()
+    config.set_nemorun_home(os.path.abspath(slurm.job_dir))
+    try:
+        yield
+    finally:
+        config.set_nemorun_home(previous)
+
+
+def _confirmed(executor: run.SlurmExecutor, name: str, options: LaunchOptions) -> bool:
+    """Ask before a Slurm submission at a terminal, as NeMo-Run's CLI does; ``--yes`` skips it."""
+    if options.yes or not sys.stdin.isatty():
+        return True
+    import typer  # NeMo-Run's CLI toolkit
+
+    return typer.confirm(
+        f"Submit {name}: {executor.nodes} node(s) x {executor.ntasks_per_node} task(s), "
+        f"{executor.time}, account {executor.account}?",
+        err=True,
+    )
+
+
+def _report(exp: run.Experiment, name: str, detached: bool) -> None:
+    from nemo_run import config
+
+    job = exp.jobs[0]
+    job_id = (job.handle or "").rsplit("/", 1)[-1]  # slurm_tunnel://nemo_run/<job id>
+    home = config.get_nemorun_home()  # the one a new `nemo` process reads unless told otherwise:
+    default = os.environ.get("NEMORUN_HOME", os.path.expanduser("~/.nemo_run"))
+    env = "" if home == default else f"NEMORUN_HOME={shlex.quote(home)} "
+    if detached:
+        print(
+            f"{name}: submitted job {job_id} (experiment {exp._id}); follow it with\n"
+            f"  {env}nemo experiment status {exp._id}\n"
+            f"  {env}nemo experiment logs {exp._id} 0"
+        )
+        return
+    state = job.state.name
+    if state != "SUCCEEDED":
+        print(_log_tail(job, job_id), file=sys.stderr)
+        raise JobFailed(
+            f"{name}: job {job_id} {state} (the log tail is above; {env}nemo experiment logs {exp._id} 0)"
+        )
+    print(f"{name}: job {job_id} {state}")
+
+
+def _log_tail(job: run.Job, job_id: str) -> str:
+    """The last lines of the job's log, read where the job wrote it: srun's output (every rank), else
+    the batch script's (a job that failed before srun started)."""
+    executor = job.executor
+    if isinstance(executor, run.SlurmExecutor):
+        folder = shlex.quote(executor.job_details.folder)
+        logs = f"$(ls {folder}/log-*_{job_id}_* 2>/dev/null || ls {folder}/sbatch_*_{job_id}.out)"
+        result = executor.tunnel.run(f"tail -n {LOG_TAIL_LINES} {logs}", warn=True, hide=True)
+        return result.stdout or f"(no log of job {job_id} in {folder})"
+    tails = []
+    for path in sorted(glob.glob(os.path.join(executor.job_dir, "log*"))):
+        with open(path, errors="replace") as f:
+            tails.append(f"==> {path} <==\n" + "".join(f.readlines()[-LOG_TAIL_LINES:]))
+    return "\n".join(tails) or f"(no log files in {executor.job_dir})"
 
 
 def render_launch(task: run.Partial, executor: run.Executor, name: str) -> str:
     """What would be submitted: the sbatch script, or the local torchrun command and environment."""
-    with run.Experiment(name, log_level="ERROR") as exp:
+    with contextlib.redirect_stdout(sys.stderr), run.Experiment(name, log_level="ERROR") as exp:
         exp.add(task, executor=executor, name=name)
         exp.dryrun(log=False)  # renders, then deletes the experiment directory
     request = exp.jobs[0]._dryrun_info.request

@@ -8,7 +8,7 @@ sequences" of that order (``train/mlperf_data.py`` cuts them at training time). 
 tokenizes batches of lines; the parent writes them in order with Megatron-Core's IndexedDatasetBuilder.
 
     dsv3 preprocess -i '/raw/c4-train.0000[0-7]-of-01024.json.gz' -o /data/c4-train.en_0 \\
-        --tokenizer /data/tokenizer [--executor slurm --account A --container-image IMG] [--dryrun]
+        --tokenizer /data/tokenizer [--executor slurm --account A --container-image IMG] [--dryrun|--detach]
 
 writes /data/c4-train.en_0_text_document.{bin,idx}. The task runs where the executor puts it (this
 machine, or one Slurm node in the training image); this module imports nothing heavy at module level.
@@ -22,13 +22,17 @@ import gzip
 import json
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from dsv3_recipes import code_check
 
 if TYPE_CHECKING:
     import nemo_run
 
-EXECUTORS = ("local", "slurm")
+    from dsv3_recipes.launch_options import LaunchOptions
+
 _tokenizer = None  # each worker's own tokenizer
 
 
@@ -87,6 +91,7 @@ def preprocess(
     batch_size: int = 256,
 ) -> str:
     """Tokenize ``inputs`` (json lines, optionally gzipped) into ``<output_prefix>_<json_key>_document``."""
+    code_check.check()
     from transformers import AutoTokenizer
 
     files = expand(inputs)
@@ -114,7 +119,7 @@ def preprocess(
 
 def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     """The `dsv3 preprocess` subcommand."""
-    from dsv3_recipes.launch import SlurmOptions
+    from dsv3_recipes.launch_options import LaunchOptions
 
     p = subparsers.add_parser(
         "preprocess", help="C4 json(.gz) shards -> Megatron .bin/.idx with a Hugging Face tokenizer"
@@ -128,9 +133,7 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer processes")
     p.add_argument("--json-key", default="text")
-    p.add_argument("--executor", "-e", default="local", help=f"one of {', '.join(EXECUTORS)}")
-    p.add_argument("--dryrun", action="store_true", help="print the task and its launch, run nothing")
-    SlurmOptions.add_arguments(p)
+    LaunchOptions.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -138,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
     """Check the arguments, then run (or render) the preprocessing task on the chosen executor."""
     import nemo_run
 
-    from dsv3_recipes.launch import render_launch
+    from dsv3_recipes.launch import run_task
+    from dsv3_recipes.launch_options import LaunchOptions
 
+    options = LaunchOptions.from_args(args)
     task = nemo_run.Partial(
         preprocess,
         inputs=list(args.input),
@@ -148,52 +153,29 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         json_key=args.json_key,
     )
-    executor = _executor(args)
-    name = f"preprocess-{os.path.basename(args.output_prefix)}"
-    if args.dryrun:
-        print(f"{task!r}\n{render_launch(task, executor, name)}")
-    else:
-        nemo_run.run(task, executor=executor, name=name)
+    executor = _executor(args, options)
+    if options.dryrun:
+        print(f"# {task!r}", file=sys.stderr)
+    run_task(task, executor, f"preprocess-{os.path.basename(args.output_prefix)}", options)
     return 0
 
 
-def _executor(args: argparse.Namespace) -> nemo_run.Executor:
+def _executor(args: argparse.Namespace, options: LaunchOptions) -> nemo_run.Executor:
     import nemo_run
 
     from dsv3_recipes import executors
-    from dsv3_recipes.launch import SlurmOptions
     from dsv3_recipes.recipe import RecipeError
 
     if args.workers < 1:
         raise RecipeError("--workers", f"must be >= 1, got {args.workers}")
-    if args.executor == "local":
+    if options.executor == "local":
         expand(args.input)  # the inputs and the tokenizer must be here
         if not os.path.isfile(os.path.join(args.tokenizer, "tokenizer_config.json")):
             raise RecipeError("--tokenizer", f"{args.tokenizer} is not a Hugging Face tokenizer directory")
         return nemo_run.LocalExecutor(ntasks_per_node=1)
-    if args.executor != "slurm":
-        raise RecipeError(
-            "--executor", f"unknown executor {args.executor!r}; allowed: {', '.join(EXECUTORS)}"
-        )
-    slurm = SlurmOptions.from_args_and_env(args)
-    if not slurm.account:
-        raise RecipeError("--account", "Slurm needs an account: --account or $SBATCH_ACCOUNT")
-    if not slurm.container_image:
-        raise RecipeError(
-            "--container-image",
-            "preprocessing runs in the training image: --container-image or $RUN_CONF_IMAGE",
-        )
     return executors.slurm(
-        account=slurm.account,
-        partition=slurm.partition,
+        **options.slurm.executor_kwargs(),  # type: ignore[arg-type]
         nodes=1,
         gpus_per_node=1,  # one task; the node's cores go to --workers
-        time=slurm.time,
-        container_image=slurm.container_image,
-        container_mounts=slurm.container_mounts,
         env_vars={"TOKENIZERS_PARALLELISM": "false"},
-        job_dir=slurm.job_dir,
-        ssh_host=slurm.ssh_host,
-        ssh_user=slurm.ssh_user,
-        additional_parameters=slurm.additional_parameters,
     )

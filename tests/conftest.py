@@ -1,4 +1,5 @@
-"""Shared fixtures. GPU tests (`@pytest.mark.gpu`) skip unless CUDA and the train side are present."""
+"""Shared fixtures. GPU tests (`@pytest.mark.gpu`) skip unless CUDA and the train side are present;
+Slurm tests (`@pytest.mark.slurm`) skip unless `sbatch` is on PATH (tests/slurm/cluster.sh starts one)."""
 
 import importlib.util
 import os
@@ -49,9 +50,12 @@ def on_login_node():
 
 
 def pytest_collection_modifyitems(config, items):
-    if _cuda_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (results recorded under benchmarks/)")
+    skips = {}
+    if not _cuda_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU (results recorded under benchmarks/)")
+    if shutil.which("sbatch") is None:
+        skips["slurm"] = pytest.mark.skip(reason="needs a Slurm cluster: sudo tests/slurm/cluster.sh start")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -227,6 +227,7 @@ def test_truncated_index_names_its_file(tmp_path, capsys):
     (tmp_path / "c4_text_document.bin").touch()
     data = f"dataset.data_paths=['{prefix}']"
     assert main(["pretrain", "-f", "proxy_1gpu", "--dryrun", data]) == 0
+    capsys.readouterr()  # NeMo-Run's banners of that dry run went to stderr
     with open(f"{prefix}.idx", "r+b") as f:
         f.truncate(40)  # the header and a few of its ten lengths
     refused_by_cli(["pretrain", "-f", "proxy_1gpu", "--dryrun", data], "dataset.data_paths", capsys)

@@ -33,13 +33,13 @@ def convert(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_import_dry_run_renders_torchrun_with_one_process_per_rank(tmp_path, capsys):
     write_checkpoint(tmp_path / "hf")
-    code, out, _ = convert(
+    code, out, err = convert(
         capsys, "import", "--hf-path", str(tmp_path / "hf"), "--megatron-path", str(tmp_path / "mg"),
         "--tp", "2", "--ep", "4", "--dryrun",
     )  # fmt: skip
     assert code == 0
     call = f"import_hf(hf_path='{tmp_path / 'hf'}',megatron_path='{tmp_path / 'mg'}',tp=2,pp=1,ep=4)"
-    assert call in "".join(out.split())
+    assert call in "".join(err.split())  # the task on stderr: stdout is exactly the launch
     assert "torchrun" in out and "--nproc-per-node 4" in out
     assert not (tmp_path / "mg").exists()
 
@@ -146,8 +146,9 @@ def test_run_conversion_sh_renders_the_slurm_job_from_the_environment(tmp_path):
     assert result.returncode == 0, result.stderr
     for line in ("#SBATCH --nodes=16", "#SBATCH --partition=gb200", "#SBATCH --time=01:30:00"):
         assert line in result.stdout
-    assert "megatron_path='/lustre/deepseekv3_megatron'" in result.stdout
-    assert "tp=2" in result.stdout and "ep=64" in result.stdout
+    assert result.stdout.startswith("#!/bin/bash")  # exactly the sbatch script: the task is on stderr
+    assert "megatron_path='/lustre/deepseekv3_megatron'" in result.stderr
+    assert "tp=2" in result.stderr and "ep=64" in result.stderr
 
     missing = _run_conversion({k: v for k, v in env.items() if k != "HF_CKPT"})
     assert missing.returncode != 0 and "set HF_CKPT" in missing.stderr
@@ -162,4 +163,4 @@ sys.exit(main(["convert", "import", "--hf-path", "{tmp_path / "hf"}", "--megatro
               "--dryrun"]))
 """)
     assert out.returncode == 0, out.stderr
-    assert "import_hf(" in out.stdout and "torchrun" in out.stdout
+    assert "import_hf(" in out.stderr and "torchrun" in out.stdout

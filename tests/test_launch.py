@@ -24,7 +24,7 @@ from dsv3_recipes import cli, executors, launch, plan, recipes
 for name in recipes.RECIPES:
     if name == "torchtitan_bf16":
         continue
-    task = launch.build_task(name)
+    task = launch.build_task(name, ["checkpoint.save=/lustre/ckpt"])  # multi-node saves need a dir
     recipe = launch.recipe_of(task)
     plan.plan(recipe)
     # A plain Partial of the same function and recipe: the 671B recipes lack site paths (data, MLPerf
@@ -59,7 +59,12 @@ def test_gb200_sbatch_has_segment_bindpcie_env_and_image(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
     monkeypatch.setenv("DSV3_IMAGE_REGISTRY", "reg.example.com/team")
     monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_value_456")  # the recipe logs to W&B
-    script = _slurm_script("gb200_mxfp8_256gpu", "dataset.data_paths=['/lustre/c4/c4_text_document']")
+    script = _slurm_script(
+        "gb200_mxfp8_256gpu",
+        "dataset.data_paths=['/lustre/c4/c4_text_document']",
+        "checkpoint.save=/lustre/ckpt",
+        gres_gpus_per_node=4,
+    )
     assert "#SBATCH --nodes=64" in script and "#SBATCH --ntasks-per-node=4" in script
     assert "#SBATCH --gpus-per-node=4" in script
     assert "#SBATCH --segment=8" in script
@@ -114,7 +119,7 @@ def test_main_job_without_gpu_fails_fast_pointing_to_dryrun(monkeypatch, capsys)
     [
         (
             ["pretrain", "--factory", "proxy_1gpu", "--executor", "k8s", "--dryrun"],
-            "executor: unknown executor 'k8s'",
+            "--executor: unknown executor 'k8s'",
         ),
         (
             ["pretrain", "--factory", "gb200_mxfp8_256gpu", "--executor", "slurm", "--dryrun"],
@@ -141,7 +146,7 @@ def test_main_job_without_gpu_fails_fast_pointing_to_dryrun(monkeypatch, capsys)
         ),
         (
             ["pretrain", "--factory", "proxy_1gpu", "--executor", "slurm", "--dryrun"],
-            "executor.account: Slurm needs",
+            "--account: Slurm needs",
         ),
     ],
 )

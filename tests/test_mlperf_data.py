@@ -231,8 +231,8 @@ def test_cli_dryrun_renders_local_and_slurm_launches(corpus, capsys, monkeypatch
     shards = corpus["root"] + "/raw/c4-train.*.json.gz"
     base = ["-i", shards, "-o", "/data/c4-train.en_0", "--tokenizer", corpus["tokenizer"], "--workers", "3"]
     assert cli([*base, "--dryrun"]) == 0
-    local = capsys.readouterr().out
-    assert f"inputs=['{shards}']" in local and "workers=3" in local
+    local, task = capsys.readouterr()  # the launch on stdout, the task on stderr
+    assert f"inputs=['{shards}']" in task and "workers=3" in task
     assert "nemo_run.core.runners.fdl_runner" in local and "torchrun" not in local
 
     slurm = ["--executor", "slurm", "--account", "acct", "--container-mounts", "/raw:/raw,/data:/data"]

@@ -1,54 +1,93 @@
 """Recipe factories by name. Each returns ``run.Partial(pretrain, recipe=run.Config[Recipe])``.
 
-A variant calls its parent and overrides fields; ``task.recipe`` is the recipe to edit.
+A variant calls its parent and overrides fields; ``task.recipe`` is the recipe to edit. Every factory is
+registered with NeMo-Run (``run.cli.factory``) in the ``dsv3`` namespace, so NeMo-Run's tooling and
+notebooks find them: ``run.cli.list_factories("dsv3")``, ``run.cli.resolve_factory("dsv3",
+"proxy_1gpu")()``; NeMo-Run loads them through the ``nemo_run.cli`` entry point in pyproject.toml. Not
+under ``target=pretrain``: NeMo-Run's parser then reads any string value under ``pretrain`` that equals a
+factory's name as that factory's task, and a recipe's ``name`` is its factory's.
+
+The recipe modules import NeMo-Run, whose own import takes seconds, so they load on first use:
+``names()`` and ``summary()`` read the factories from source, and ``dsv3 list`` imports nothing.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib
 import inspect
 from collections.abc import Callable
-
-import nemo_run as run
+from importlib import resources
+from typing import TYPE_CHECKING
 
 from dsv3_recipes.recipe import RecipeError
-from dsv3_recipes.recipes.b200 import b200_bf16_256gpu
-from dsv3_recipes.recipes.gb200 import gb200_bf16_256gpu, gb200_mxfp8_256gpu
-from dsv3_recipes.recipes.h100 import bridge_default_1024gpu, h100_bf16_512gpu, h100_fp8_blockwise
-from dsv3_recipes.recipes.mlperf import mlperf_gb300_256gpu, mlperf_h100_1024gpu, mlperf_proxy_1gpu
-from dsv3_recipes.recipes.proxy import (
-    proxy_1gpu,
-    proxy_1gpu_stock,
-    proxy_2gpu_ep2,
-    proxy_2gpu_pp2,
-    proxy_4gpu_ep4,
-    proxy_8gpu_ep8,
-    proxy_8gpu_pp2ep4,
-)
-from dsv3_recipes.recipes.torchtitan import torchtitan_bf16_from_env
-from dsv3_recipes.shrink import shrink
 
-RECIPES: dict[str, Callable[[], run.Partial]] = {
-    f.__name__: f
-    for f in (
-        proxy_1gpu,
-        proxy_1gpu_stock,
-        proxy_2gpu_ep2,
-        proxy_2gpu_pp2,
-        proxy_4gpu_ep4,
-        proxy_8gpu_ep8,
-        proxy_8gpu_pp2ep4,
-        gb200_mxfp8_256gpu,
-        h100_fp8_blockwise,
-        bridge_default_1024gpu,
-        h100_bf16_512gpu,
-        b200_bf16_256gpu,
-        gb200_bf16_256gpu,
-        mlperf_gb300_256gpu,
-        mlperf_h100_1024gpu,
-        mlperf_proxy_1gpu,
-    )
+if TYPE_CHECKING:
+    import nemo_run as run
+
+# Recipe name -> the module of this package that defines its factory (a function named like the recipe,
+# unless given after a colon).
+_FACTORIES = {
+    "proxy_1gpu": "proxy",
+    "proxy_1gpu_stock": "proxy",
+    "proxy_2gpu_ep2": "proxy",
+    "proxy_2gpu_pp2": "proxy",
+    "proxy_4gpu_ep4": "proxy",
+    "proxy_8gpu_ep8": "proxy",
+    "proxy_8gpu_pp2ep4": "proxy",
+    "gb200_mxfp8_256gpu": "gb200",
+    "h100_fp8_blockwise": "h100",
+    "bridge_default_1024gpu": "h100",
+    "h100_bf16_512gpu": "h100",
+    "b200_bf16_256gpu": "b200",
+    "gb200_bf16_256gpu": "gb200",
+    "mlperf_gb300_256gpu": "mlperf",
+    "mlperf_h100_1024gpu": "mlperf",
+    "mlperf_proxy_1gpu": "mlperf",
+    "torchtitan_bf16": "torchtitan:torchtitan_bf16_from_env",
 }
-RECIPES["torchtitan_bf16"] = torchtitan_bf16_from_env
+_MODULES = frozenset(where.partition(":")[0] for where in _FACTORIES.values()) | {"common"}
+
+
+def names() -> list[str]:
+    return list(_FACTORIES)
+
+
+def _where(name: str) -> tuple[str, str]:
+    try:
+        module, _, function = _FACTORIES[name].partition(":")
+    except KeyError:
+        raise RecipeError("factory", f"unknown recipe {name!r}; allowed: {', '.join(_FACTORIES)}") from None
+    return module, function or name
+
+
+@functools.cache
+def _source(module: str) -> ast.Module:
+    return ast.parse((resources.files(__package__) / f"{module}.py").read_text())
+
+
+def summary(name: str) -> str:
+    """The first line of the factory's docstring, read from its source without importing it."""
+    module, function = _where(name)
+    node = next(n for n in _source(module).body if isinstance(n, ast.FunctionDef) and n.name == function)
+    return (ast.get_docstring(node) or "").splitlines()[0]
+
+
+NAMESPACE = "dsv3"
+
+
+@functools.cache
+def factory(name: str) -> Callable[[], run.Partial]:
+    """The named factory, registered with NeMo-Run in the ``dsv3`` namespace."""
+    module, function = _where(name)
+    import nemo_run as run
+
+    from dsv3_recipes.train.entry import pretrain
+
+    fn = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+    # target: the task the factory makes (NeMo-Run skips its return-annotation check); namespace wins.
+    return run.cli.factory(fn, target=pretrain, namespace=NAMESPACE, name=name)
 
 
 def get(name: str, gpu_type: str | None = None) -> run.Partial:
@@ -57,13 +96,24 @@ def get(name: str, gpu_type: str | None = None) -> run.Partial:
     ``gpu_type`` reaches factories whose defaults depend on the GPU (they take a ``gpu_type``
     argument, e.g. proxy_1gpu); the other recipes are made for the GPU their source names.
     """
-    try:
-        factory = RECIPES[name]
-    except KeyError:
-        raise RecipeError("factory", f"unknown recipe {name!r}; allowed: {', '.join(RECIPES)}") from None
-    if gpu_type is not None and "gpu_type" in inspect.signature(factory).parameters:
-        return factory(gpu_type=gpu_type)
-    return factory()
+    make = factory(name)
+    if gpu_type is not None and "gpu_type" in inspect.signature(make).parameters:
+        return make(gpu_type=gpu_type)
+    return make()
 
 
-__all__ = ["RECIPES", "get", "shrink", *(f.__name__ for f in RECIPES.values())]
+def __getattr__(attr: str) -> object:
+    """``RECIPES`` (name -> factory, all registered), ``shrink``, a factory by its function name, or a
+    module of this package."""
+    if attr == "shrink":
+        from dsv3_recipes.shrink import shrink
+
+        return shrink
+    if attr == "RECIPES":
+        return {name: factory(name) for name in _FACTORIES}
+    if attr in _MODULES:
+        return importlib.import_module(f"{__package__}.{attr}")
+    for name in _FACTORIES:
+        if _where(name)[1] == attr:
+            return getattr(importlib.import_module(f"{__package__}.{_where(name)[0]}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -4,8 +4,10 @@ launch side can reference this function in a ``run.Partial`` without torch."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
+from dsv3_recipes import code_check
 from dsv3_recipes.checkpoints import check_resume
 from dsv3_recipes.recipe import Recipe, RecipeError
 from dsv3_recipes.validate import validate
@@ -20,10 +22,12 @@ def pretrain(recipe: Recipe) -> None:
     """
     from dsv3_recipes.train.preflight import check_container
 
+    code_check.check()  # first: the image must hold the code that planned the job
     try:
         validate(recipe)
         check_resume(recipe)
         check_container(recipe)
+        _check_gpu(recipe)
     except RecipeError as err:  # one line per rank, and a failed job
         print(f"dsv3: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -38,3 +42,16 @@ def pretrain(recipe: Recipe) -> None:
     from dsv3_recipes.train.container import to_config_container
 
     bridge_pretrain(to_config_container(recipe), forward_step, callbacks=callbacks_for(recipe))
+
+
+def _check_gpu(recipe: Recipe) -> None:
+    """A rank without a GPU (a node without one, or a job not given its GPUs) stops here, in one line."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RecipeError(
+            "launch.gpus_per_node",
+            f"recipe {recipe.name} needs {recipe.launch.gpus_per_node} GPU(s) per node; this rank on "
+            f"{socket.gethostname()} sees none (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+        )

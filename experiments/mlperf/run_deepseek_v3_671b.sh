@@ -5,8 +5,9 @@
 #
 # The config file documents every variable. This script turns them into `dsv3 pretrain` recipe
 # overrides and Slurm options; dsv3 checks the MLPerf rules, the data, tokenizer and checkpoints,
-# then submits one sbatch job through NeMo-Run. DRYRUN=1 submits nothing: it prints the resolved
-# recipe (JSON) and the sbatch script that would be submitted.
+# then submits one sbatch job through NeMo-Run and waits for it (a failed job fails the script).
+# DETACH=1 returns once it is submitted; DRYRUN=1 submits nothing: it prints the resolved recipe
+# (JSON) and the sbatch script that would be submitted.
 # DSV3 names the command that runs the dsv3 CLI (default: `dsv3` from `pip install dsv3-recipes`).
 set -euo pipefail
 
@@ -29,6 +30,7 @@ SEED=${SEED:-$RANDOM}
 EXP_NAME=${EXP_NAME:-deepseek_v3_671b_${NNODES}x${GPUS_PER_NODE}_gbs${GBS}}
 CONFIG_FILE=${CONFIG_FILE:-unknown}
 DRYRUN=${DRYRUN:-0}
+DETACH=${DETACH:-0}
 DSV3=${DSV3:-dsv3}
 
 # The learning rate is not passed: the recipe derives it from GBS by the benchmark's rule.
@@ -89,6 +91,9 @@ if [ "$DRYRUN" = 1 ]; then
   args+=(--dryrun)
 else
   mkdir -p "$LOG_DIR" ${CHECKPOINT_DIR:+"$CHECKPOINT_DIR"}  # the job mounts them
+  if [ "$DETACH" = 1 ]; then
+    args+=(--detach)
+  fi
 fi
 # shellcheck disable=SC2086  # DSV3 may be a command with arguments (python -m dsv3_recipes.cli)
 exec $DSV3 "${args[@]}" "${overrides[@]}"

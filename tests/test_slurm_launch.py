@@ -1,0 +1,258 @@
+"""The Slurm launch without a cluster: the sbatch script mounts what the recipe reads and writes,
+renders only the directives asked for, a dry run is exactly the script, the job checks its code, and a
+job that fails is a failed command (a real local job here; tests/test_slurm_cluster.py submits)."""
+
+import os
+import re
+import sys
+
+import nemo_run as run
+import pytest
+from test_mlperf_launch import data_dir  # noqa: F401  (a fixture)
+from test_plan import RECIPES_671B as PLANNED_671B
+
+from dsv3_recipes import code_check, executors, job_paths, launch
+from dsv3_recipes.cli import main
+from dsv3_recipes.launch import LaunchOptions, SlurmOptions, build_task, recipe_of, render_launch
+from dsv3_recipes.recipe import RecipeError
+
+IMAGE = "registry.example.com/team/dsv3-recipes:test"
+RECIPES_671B = [*PLANNED_671B, "torchtitan_bf16", "mlperf_gb300_256gpu", "mlperf_h100_1024gpu"]
+# Every path field a recipe reads or writes, each under its own top-level directory.
+READS = {
+    "dataset.data_paths": "['0.3', '/data/c4/a_text_document', '0.7', '/data2/c4/b_text_document']",
+    "dataset.validation_paths": "['/valid/c4/v_text_document']",
+    "tokenizer.tokenizer_model": "/tok/dsv3",
+    "checkpoint.load": "/ckpt_in/run/latest",
+    "checkpoint.pretrained_checkpoint": "/hf/converted/dsv3",
+}
+WRITES = {
+    "checkpoint.save": "/ckpt/run1",
+    "logger.tensorboard_dir": "/tb/run1",
+    "dataset.data_cache_path": "/cache/npy",
+    "output_dir": "/results/run1",
+    "mlperf.log_file": "/mllog/run1/mlperf_log.txt",
+}
+
+
+def sbatch(name, *overrides, mounts=(), **options):
+    task = build_task(name, overrides)
+    recipe = recipe_of(task)
+    slurm = SlurmOptions(account="acct", container_image=IMAGE, container_mounts=list(mounts), **options)
+    return render_launch(task, launch.make_executor("slurm", recipe, slurm), recipe.name)
+
+
+def srun_line(script):
+    return next(line for line in script.splitlines() if line.startswith("srun "))
+
+
+def mount_destinations(script):
+    mounts = re.search(r"--container-mounts (\S+)", srun_line(script)).group(1).split(",")
+    return [job_paths.mount_destination(m) for m in mounts]
+
+
+def seed_003_env(monkeypatch, name):
+    """torchtitan_bf16 reads seed 003's knobs; every other recipe refuses a GPU_TYPE not its own."""
+    if name == "torchtitan_bf16":
+        monkeypatch.setenv("GPU_TYPE", "h100")
+    else:
+        monkeypatch.delenv("GPU_TYPE", raising=False)
+
+
+def mlperf_reads(files):
+    """The MLPerf recipes read the benchmark's files, which must exist on the login node (its rules)."""
+    return {
+        "dataset.data_paths": f"['{files}/c4-train.en_6_text_document']",
+        "dataset.validation_paths": f"['{files}/c4-validation-91205-samples.en_text_document']",
+        "tokenizer.tokenizer_model": f"{files}/tokenizer",
+        "checkpoint.pretrained_checkpoint": f"{files}/ckpt",
+    }
+
+
+def test_every_671b_sbatch_mounts_what_it_reads_and_writes(monkeypatch, data_dir):  # noqa: F811
+    for name in RECIPES_671B:
+        reads = mlperf_reads(data_dir) if name.startswith("mlperf_") else READS
+        overrides = [f"{key}={value}" for key, value in (reads | WRITES).items()] + [
+            "logger.wandb_project=None"
+        ]
+        paths = [p for value in reads.values() for p in re.findall(r"'?(/[^',\]]+)", value)]
+        paths += list(WRITES.values())
+        seed_003_env(monkeypatch, name)
+        script = sbatch(name, *overrides)
+        inside = mount_destinations(script)
+        for path in paths:
+            assert any(path == d or path.startswith(d + "/") for d in inside), (name, path, inside)
+        mkdir = next(line for line in script.splitlines() if line.startswith("mkdir -p "))
+        assert mkdir.split()[2:] == sorted(
+            ["/cache/npy", "/ckpt/run1", "/mllog/run1", "/results/run1", "/tb/run1"]
+        )
+        assert script.index(mkdir) < script.index(srun_line(script))  # bind sources exist before srun
+
+
+def test_a_users_mount_covers_its_paths_and_relative_inputs_are_refused():
+    script = sbatch(
+        "proxy_1gpu", "dataset.mock=False", "dataset.data_paths=['/lustre/c4/a']", mounts=["/fs:/lustre"]
+    )
+    assert mount_destinations(script)[:1] == ["/lustre"] and "/lustre/c4:/lustre/c4" not in script
+    assert "mkdir -p" not in script  # output_dir is relative: it lands in the mounted job directory
+    with pytest.raises(
+        RecipeError, match=r"dataset.data_paths: c4/a is relative: a Slurm job runs in its job"
+    ):
+        sbatch("proxy_1gpu", "dataset.mock=False", "dataset.data_paths=['c4/a']")
+    hub = sbatch("proxy_1gpu", "tokenizer.tokenizer_model=deepseek-ai/DeepSeek-V3")  # a hub id, not a path
+    assert "deepseek-ai" not in srun_line(hub)
+
+
+def test_multi_node_runs_that_save_need_an_absolute_checkpoint_dir():
+    data = "dataset.data_paths=['/lustre/c4_text_document']", "logger.wandb_project=None"
+    relative_at_the_end = ["checkpoint.save=ckpt", "checkpoint.save_interval=None"]
+    for save in ([], ["checkpoint.save=ckpt"], relative_at_the_end):
+        with pytest.raises(RecipeError, match=r"checkpoint.save: .* while the run saves .* on 64 nodes"):
+            sbatch("gb200_mxfp8_256gpu", *data, *save)
+    assert "/lustre/ckpt" in sbatch("gb200_mxfp8_256gpu", *data, "checkpoint.save=/lustre/ckpt")
+    assert sbatch(
+        "gb200_mxfp8_256gpu", *data, "checkpoint.save_interval=None"
+    )  # saves nothing: no dir needed
+    assert sbatch("proxy_1gpu", "checkpoint.save_interval=10")  # one node: output_dir/checkpoints is fine
+
+
+def test_gpus_per_node_directive_follows_the_flag_or_sbatch_gpus_per_node():
+    assert "--gpus-per-node" not in sbatch("proxy_8gpu_ep8")  # seed 003: "ignore if not configured"
+    args = main.__globals__["parser"]().parse_args(["pretrain", "-f", "proxy_8gpu_ep8", "-e", "slurm"])
+    options = SlurmOptions.from_args_and_env(args, {"SBATCH_GPUS_PER_NODE": "8"})
+    assert options.gres_gpus_per_node == 8
+    assert "#SBATCH --gpus-per-node=8" in sbatch("proxy_8gpu_ep8", gres_gpus_per_node=8)
+    with pytest.raises(RecipeError, match="executor.gres_gpus_per_node: 4 GPUs per node for 8 ranks"):
+        sbatch("proxy_8gpu_ep8", gres_gpus_per_node=4)
+
+
+def test_pmix_only_when_asked_and_bindpcie_in_front_of_the_rank():
+    plain = srun_line(sbatch("proxy_1gpu"))
+    assert "--mpi" not in plain and " python -m nemo_run.core.runners.fdl_runner " in plain
+    wrapped = srun_line(sbatch("proxy_1gpu", mpi="pmix", bindpcie="/opt/bindpcie"))
+    assert "--mpi=pmix" in wrapped and " /opt/bindpcie python -m nemo_run.core.runners.fdl_runner " in wrapped
+
+
+def test_segment_is_rendered_for_nvl72_recipes():
+    """Slurm 22.05 lacks --segment: tests/test_slurm_cluster.py submits the rest with --test-only."""
+    script = sbatch(
+        "gb200_mxfp8_256gpu",
+        "dataset.data_paths=['/d/c4']",
+        "checkpoint.save=/ckpt",
+        "logger.wandb_project=None",
+    )
+    assert "#SBATCH --segment=8" in script
+    assert "--segment" not in sbatch(
+        "h100_bf16_512gpu", "dataset.data_paths=['/d/c4']", "checkpoint.save=/ckpt"
+    )
+
+
+def test_dryrun_prints_exactly_the_script_or_writes_it(tmp_path, capsys):
+    argv = ["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "--account", "acct", "--container-image", IMAGE]
+    assert main([*argv, "--dryrun"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("#!/bin/bash\n") and out.rstrip().endswith("fi")
+    assert "Entering Experiment" in err and "Entering Experiment" not in out  # NeMo-Run's banner: stderr
+    target = tmp_path / "job.sh"
+    assert main([*argv, "--dryrun-to", str(target)]) == 0
+    second, err = capsys.readouterr()
+    assert second == "" and f"wrote the launch to {target}" in err
+
+    def same(script):  # each render is a new experiment id
+        return re.sub(r"proxy_1gpu_\d+", "ID", script)
+
+    assert same(target.read_text()) == same(out)
+
+
+def test_job_dir_without_ssh_is_nemo_runs_home_for_the_launch(tmp_path, capsys):
+    home = tmp_path / "jobs"
+    argv = ["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "--account", "a", "--container-image", IMAGE]
+    assert main([*argv, "--job-dir", str(home), "--dryrun"]) == 0
+    script = capsys.readouterr().out
+    assert f"--output={home}/experiments/proxy_1gpu/proxy_1gpu_" in script  # where the sbatch file is too
+    with pytest.raises(RecipeError, match="executor.job_dir: only with ssh_host"):
+        executors.slurm(account="a", job_dir="/somewhere")
+
+
+def test_detach_is_for_slurm_only(capsys):
+    assert main(["pretrain", "-f", "proxy_1gpu", "--detach", "--dryrun"]) == 2
+    assert "--detach: only a Slurm job runs detached" in capsys.readouterr().err
+
+
+def test_the_job_refuses_other_code_than_the_launchers(tmp_path, monkeypatch):
+    tree = tmp_path / "dsv3_recipes"
+    tree.mkdir()
+    (tree / "a.py").write_text("x = 1\n")
+    before = code_check.fingerprint((tree,))
+    (tree / "a.py").write_text("x = 2\n")
+    assert code_check.fingerprint((tree,)) != before
+
+    env = code_check.launcher_env()
+    assert f"export DSV3_LAUNCHER_CODE={env['DSV3_LAUNCHER_CODE']}" in sbatch("proxy_1gpu")
+    monkeypatch.setenv("DSV3_LAUNCHER_CODE", env["DSV3_LAUNCHER_CODE"])
+    code_check.check()  # the same code: passes
+    monkeypatch.setenv("DSV3_LAUNCHER_CODE", "0.0.9:0123456789abcdef")
+    from dsv3_recipes.train.entry import pretrain
+
+    with pytest.raises(RuntimeError, match=r"\(0.1.0:[0-9a-f]{16}\) is not the launcher's \(0.0.9:0123"):
+        pretrain(recipe_of(build_task("proxy_1gpu")))  # first thing in the train entry, before torch
+
+
+def test_a_failed_local_job_is_a_failed_command_with_its_state_and_log(tmp_path, monkeypatch, capsys):
+    """A real NeMo-Run job on this machine whose task raises: JobFailed names the state, the log tail
+    is printed (the task is the code check, told another launcher's code)."""
+    monkeypatch.setenv("NEMORUN_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")  # its `python`
+    from nemo_run import config
+
+    monkeypatch.setattr(config, "_NEMORUN_HOME", str(tmp_path))
+    executor = run.LocalExecutor(env_vars={"DSV3_LAUNCHER_CODE": "0.0.9:0123456789abcdef"})
+    with pytest.raises(launch.JobFailed, match=r"^check-job: job \S+ FAILED \(the log tail is above;"):
+        launch.run_task(run.Partial(code_check.check), executor, "check-job", LaunchOptions())
+    assert "is not the launcher's (0.0.9:0123456789abcdef)" in capsys.readouterr().err
+
+
+def test_to_yaml_writes_the_resolved_task_and_runs_nothing(tmp_path, capsys):
+    """NeMo-Run's YAML of the task (its serializer, as `nemo ... --to-yaml` writes it)."""
+    import yaml
+
+    assert main(["show", "proxy_1gpu", "train.global_batch_size=16", "--to-yaml", "-"]) == 0
+    task = yaml.safe_load(capsys.readouterr().out)
+    assert task["_target_"] == "dsv3_recipes.train.entry.pretrain" and task["_partial_"]
+    recipe = task["recipe"]
+    assert (recipe["name"], recipe["train"]["global_batch_size"]) == ("proxy_1gpu", 16)
+    assert recipe["env_vars"]["NCCL_GRAPH_REGISTER"] == "0"  # strings stay strings
+    target = tmp_path / "task.yaml"
+    argv = ["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "train.train_iters=7", "--to-yaml", str(target)]
+    assert main(argv) == 0  # no account, no submission: only the export
+    assert yaml.safe_load(target.read_text())["recipe"]["train"]["train_iters"] == 7
+
+
+def test_recipes_are_nemo_run_factories(monkeypatch):
+    from importlib import metadata
+
+    from dsv3_recipes import recipes
+
+    (entry,) = [e for e in metadata.entry_points(group="nemo_run.cli") if e.name == "dsv3"]
+    assert set(entry.load()) == set(recipes.names())  # what NeMo-Run's tooling loads
+    assert {f.__name__ for f in run.cli.list_factories("dsv3")} >= {"proxy_1gpu", "torchtitan_bf16_from_env"}
+    for name in recipes.names():
+        seed_003_env(monkeypatch, name)
+        factory = run.cli.resolve_factory("dsv3", name)
+        assert recipe_of(factory()).name == recipe_of(recipes.get(name)).name
+
+
+def test_a_submission_at_a_terminal_asks_first_and_yes_skips_it(monkeypatch, capsys):
+    import typer
+
+    asked = []
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(typer, "confirm", lambda text, **_: asked.append(text) or False)
+    argv = ["pretrain", "-f", "proxy_8gpu_ep8", "-e", "slurm", "--account", "a", "--container-image", IMAGE]
+    assert main(argv) == 2  # declined: nothing submitted
+    assert asked == ["Submit proxy_8gpu_ep8: 1 node(s) x 8 task(s), 04:00:00, account a?"]
+    assert "--yes: not submitted" in capsys.readouterr().err
+    monkeypatch.setattr(launch.run, "Experiment", None)  # --yes goes straight to the submission
+    with pytest.raises(TypeError):
+        main([*argv, "--yes"])
+    assert len(asked) == 1
