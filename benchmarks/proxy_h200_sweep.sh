@@ -13,15 +13,19 @@ DATA=${DATA:-$PWD/.bench}
 TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"]"
   "dataset.data_cache_path=$WORK/cache" tokenizer.tokenizer_type=HuggingFaceTokenizer
   "tokenizer.tokenizer_model=$DATA/tokenizer" launch.gpu_type=h200)
-NORC="model.recompute_granularity=None model.recompute_modules=None"
 GRAPHS='model.cuda_graph_impl=transformer_engine model.cuda_graph_scope=["attn","moe_router","moe_preprocess"] model.use_te_rng_tracker=True model.moe_token_dispatcher_type=alltoall'
+FP8="mixed_precision.fp8_recipe=blockwise model.moe_router_padding_for_quantization=True model.moe_token_dispatcher_type=alltoall"
+# proxy_1gpu with launch.gpu_type=h200 is the H200 default (no recompute: the planner says MBS 8 fits).
+# The 2026-12-01 sweep's rows (results/h200_text/) ran the H100 defaults with these differences.
 DEFAULT_VARIANTS=(
   "stock|"
-  "tuned80|"
-  "tuned80_mtp0|model.mtp_num_layers=None"
-  "norc_mtp0|$NORC model.mtp_num_layers=None"
-  "norc_graphs_mtp0|$NORC $GRAPHS model.mtp_num_layers=None"
-  "norc_fp8_mtp0|$NORC model.mtp_num_layers=None mixed_precision.fp8_recipe=blockwise model.moe_router_padding_for_quantization=True"
+  "default|"
+  "mtp0|model.mtp_num_layers=None"
+  "mtp0_graphs|$GRAPHS model.mtp_num_layers=None"
+  "mtp0_fp8|$FP8 model.mtp_num_layers=None"
+  "balanced|model.moe_router_force_load_balancing=True"
+  "mtp0_balanced|model.moe_router_force_load_balancing=True model.mtp_num_layers=None"
+  "deterministic|train.deterministic=True"
 )
 if [ -n "${VARIANTS:-}" ]; then IFS=';' read -r -a LIST <<<"$VARIANTS"; else LIST=("${DEFAULT_VARIANTS[@]}"); fi
 mkdir -p "$WORK/results" "$OUT"

@@ -86,3 +86,16 @@ def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
     assert results["deterministic"]["passed"] and results["default"]["passed"]
     assert results["mlperf"]["passed"] and results["extend"]["passed"]
     assert not results["save_kill"]["passed"] and results["save_kill"]["max_abs_loss_diff"] == 0.5
+
+
+def test_every_launch_of_the_script_passes_the_launch_checks(tmp_path, capsys):
+    """What the GPU run will launch is planned and checked here first (a dry run of each command)."""
+    from dsv3_recipes.cli import main
+
+    for case in fault_resume.CASES.values():
+        key, recipe, overrides = fault_resume.reference(case)
+        first = fault_resume.command(case.recipe, case.overrides, tmp_path, case.name, resume=False)
+        for command in (first, fault_resume.command(recipe, list(overrides), tmp_path, key, resume=False)):
+            assert main([*command[3:], "--dryrun"]) == 0, capsys.readouterr().err
+    extend = fault_resume.command("proxy_1gpu", fault_resume.EXTEND, tmp_path, "extend", resume=False)
+    assert main([*extend[3:], "--dryrun"]) == 0, capsys.readouterr().err
