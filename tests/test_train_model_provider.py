@@ -15,8 +15,18 @@ from dsv3_recipes import recipes  # noqa: E402
 from dsv3_recipes.launch import recipe_of  # noqa: E402
 from dsv3_recipes.train.container import hf_config, model_provider, recipe_choices  # noqa: E402
 
-# torchtitan_bf16 reads GPU_TYPE from the environment; its named variants are in the list.
+# torchtitan_bf16 reads GPU_TYPE from the environment; its named variants are in the list. Each recipe
+# also shrunk to one GPU: the shrunk models are the ones that run on a GPU here, and only a narrower
+# model shows a head count that HF's defaults do not divide.
 NAMES = [n for n in recipes.RECIPES if n != "torchtitan_bf16"]
+CASES = [(n, gpus) for n in NAMES for gpus in (None, 1)]
+
+
+def recipe_for(name: str, gpus: int | None):
+    task = recipes.get(name)
+    return recipe_of(task if gpus is None else recipes.shrink(task, gpus=gpus, gpu_type="h200"))
+
+
 # Recipe fields the HF config carries, which Bridge's mapping alone must already give.
 ARCHITECTURE = (
     "num_layers",
@@ -81,14 +91,15 @@ def same(a, b) -> bool:
     return a is b or a == b
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bridge_maps_the_recipe_architecture(name):
-    recipe = recipe_of(recipes.get(name))
+@pytest.mark.parametrize(("name", "gpus"), CASES)
+def test_bridge_maps_the_recipe_architecture(name, gpus):
+    recipe = recipe_for(name, gpus)
     m, provider = recipe.model, bridge_mapping(recipe)
     expected = {f: getattr(m, f) for f in (*ARCHITECTURE, *DSV3_FIXED)}
     dense = m.first_k_dense_replace
     expected["moe_layer_freq"] = [0] * dense + [1] * (m.num_layers - dense)
     expected["layernorm_epsilon"] = m.norm_epsilon
+    expected["num_query_groups"] = m.num_attention_heads  # MLA: one key/value per head, as in DSV3
     assert {f: getattr(provider, f) for f in expected} == expected
     assert (provider.multi_latent_attention, provider.normalization, provider.gated_linear_unit) == (
         True,
@@ -99,9 +110,9 @@ def test_bridge_maps_the_recipe_architecture(name):
     assert (provider.beta_fast, provider.beta_slow) == (32.0, 1.0)  # YaRN as in DeepSeek-V3's config.json
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_provider_is_bridges_but_for_the_recipe_fields(name):
-    recipe = recipe_of(recipes.get(name))
+@pytest.mark.parametrize(("name", "gpus"), CASES)
+def test_provider_is_bridges_but_for_the_recipe_fields(name, gpus):
+    recipe = recipe_for(name, gpus)
     provider, bridge, choices = model_provider(recipe), bridge_mapping(recipe), recipe_choices(recipe.model)
     fields = [f.name for f in dataclasses.fields(provider)]
     assert set(choices) <= set(fields), "a recipe field with no provider field of its name"

@@ -51,6 +51,9 @@ def hf_config(m: ModelConfig) -> DeepseekV3Config:
         hidden_size=m.hidden_size,
         intermediate_size=m.ffn_hidden_size,
         num_attention_heads=m.num_attention_heads,
+        # MLA has no grouped keys: DeepSeek-V3's config.json sets both to 128, and HF defaults this one to
+        # 128 whatever the head count, which Megatron refuses for a narrower model (heads % groups != 0).
+        num_key_value_heads=m.num_attention_heads,
         q_lora_rank=m.q_lora_rank,
         kv_lora_rank=m.kv_lora_rank,
         qk_nope_head_dim=m.qk_head_dim,
