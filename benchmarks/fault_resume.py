@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,12 +136,16 @@ def reference(case: Case) -> tuple[str, str, tuple[str, ...]]:
     return (f"ref-{case.recipe}-{'det' if mode == DETERMINISTIC else 'plain'}", case.recipe, tuple(mode))
 
 
-def command(recipe: str, overrides: list[str], work: Path, name: str, resume: bool = True) -> list[str]:
+def command(
+    recipe: str, overrides: list[str], work: Path, name: str, resume: bool = True, save: bool = True
+) -> list[str]:
+    """``save=False`` for the references: they give losses only, and eleven runs' checkpoints (3 GB
+    each) filled the lent machine's 64 GiB disk."""
     ckpt = work / name / "checkpoints"
+    saving = [f"checkpoint.save={ckpt}", f"checkpoint.save_interval={SAVE_INTERVAL}"] if save else []
     return [
         sys.executable, "-m", "dsv3_recipes.cli", "pretrain", "--factory", recipe, "--shrink", "1",
-        f"train.train_iters={STEPS}", MICRO_BATCH,
-        f"checkpoint.save={ckpt}", f"checkpoint.save_interval={SAVE_INTERVAL}",
+        f"train.train_iters={STEPS}", MICRO_BATCH, *saving,
         *([f"checkpoint.load={ckpt}"] if resume else []), f"output_dir={work / name / 'run'}", *overrides,
     ]  # fmt: skip
 
@@ -162,6 +167,7 @@ def run_cases(names: list[str], work: Path) -> dict[str, object]:
     def chain(key: str, *steps: tuple[list[str], re.Pattern[str] | None]) -> None:
         for i, (cmd, kill_on) in enumerate(steps):
             launches[f"{key}#{i}"] = launch(cmd, work / f"{key}-{i}.log", kill_on)
+        shutil.rmtree(work / key / "checkpoints", ignore_errors=True)  # the disk holds a few at a time
 
     jobs = []
     needs_band = any(n in CASES and CASES[n].compare == "band" for n in names)
@@ -169,7 +175,7 @@ def run_cases(names: list[str], work: Path) -> dict[str, object]:
     refs = {reference(CASES[n]) for n in names if n in CASES}
     refs |= {("ref-band", "proxy_1gpu", ())} if needs_band else set()
     for key, recipe, overrides in refs:
-        cmd = command(recipe, list(overrides), work, key, resume=False)
+        cmd = command(recipe, list(overrides), work, key, resume=False, save=False)
         jobs.append(threading.Thread(target=chain, args=(key, (cmd, None))))
     if "extend" in names:
         first = command("proxy_1gpu", [], work, "extend")

@@ -95,7 +95,10 @@ def test_every_launch_of_the_script_passes_the_launch_checks(tmp_path, capsys):
     for case in fault_resume.CASES.values():
         key, recipe, overrides = fault_resume.reference(case)
         first = fault_resume.command(case.recipe, case.overrides, tmp_path, case.name, resume=False)
-        for command in (first, fault_resume.command(recipe, list(overrides), tmp_path, key, resume=False)):
+        for command in (
+            first,
+            fault_resume.command(recipe, list(overrides), tmp_path, key, resume=False, save=False),
+        ):
             assert main([*command[3:], "--dryrun"]) == 0, capsys.readouterr().err
     extend = fault_resume.command("proxy_1gpu", fault_resume.EXTEND, tmp_path, "extend", resume=False)
     assert main([*extend[3:], "--dryrun"]) == 0, capsys.readouterr().err
