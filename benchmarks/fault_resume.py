@@ -250,8 +250,9 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/dsv3-fault-resume")
     p.add_argument("--gpu", default="h200", help="GPU name for the result file")
     args = p.parse_args()
-    work = Path(args.work)
+    work, out = Path(args.work), Path(args.results_dir)
     work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     results = {
         "date": datetime.date.today().isoformat(),
         "gpu": args.gpu,
@@ -260,8 +261,6 @@ def main() -> int:
         "concurrent_runs": "every case and reference at once on one GPU",
         **run_cases(args.cases, work),
     }
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{results['date']}-{args.gpu}-resume.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     failed = [n for n in args.cases if not results[n]["passed"]]  # type: ignore[index]

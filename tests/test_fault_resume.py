@@ -66,8 +66,14 @@ def test_every_case_is_compared_with_a_reference_of_its_own_mode():
 def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
     """run_cases with stand-in launches: a resume that matches passes, one that drifts fails."""
 
+    launched = []
+
     def fake(command, log, kill_on=None):
         text = " ".join(command)
+        launched.append(text)
+        for arg in command:
+            if arg.startswith("checkpoint.save="):
+                (tmp_path / arg.split("=", 1)[1] / "iter_0000004").mkdir(parents=True, exist_ok=True)
         resumed = "checkpoint.load" in text and kill_on is None and "ref-" not in text
         extended = "train.train_iters=12" in text
         first = 9 if extended else (5 if resumed else 1)
@@ -86,6 +92,9 @@ def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
     assert results["deterministic"]["passed"] and results["default"]["passed"]
     assert results["mlperf"]["passed"] and results["extend"]["passed"]
     assert not results["save_kill"]["passed"] and results["save_kill"]["max_abs_loss_diff"] == 0.5
+    # The references only give losses: they save nothing, and each chain deletes its checkpoints.
+    assert all("checkpoint.save=" not in t for t in launched if "/ref-" in t)
+    assert not list(tmp_path.rglob("iter_0000004"))
 
 
 def test_every_launch_of_the_script_passes_the_launch_checks(tmp_path, capsys):
