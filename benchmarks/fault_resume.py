@@ -18,7 +18,8 @@ iteration 4 and its losses for steps 5-8 are compared with an uninterrupted run 
   ``scheduler.override_opt_param_scheduler=True`` resumes from iteration 8 and trains steps 9-12.
 
 The cases run at the same time on one GPU (their times are not throughput figures). Writes
-<results-dir>/<date>-<gpu>-resume.json and one log per launch under <work>/; exits 1 if a case fails.
+<results-dir>/<date>-<gpu>-resume.json (and, as launches finish, <results-dir>/resume-progress.json)
+and one log per launch under <work>/; exits 1 if a case fails.
 """
 
 from __future__ import annotations
@@ -160,13 +161,33 @@ def max_abs_diff(a: list[float | None], b: list[float | None]) -> float | None:
     return max(abs(x - y) for x, y in zip(a, b, strict=True))  # type: ignore[operator]
 
 
-def run_cases(names: list[str], work: Path) -> dict[str, object]:
-    """Each case's chain (reference, killed launch, relaunch) in its own thread, all at once."""
+def progress(launches: dict[str, Launch]) -> dict[str, object]:
+    """How each finished launch ended, for a run cut short before every case could be judged."""
+    return {
+        key: {
+            "exit_code": run.returncode,
+            "wall_s": run.wall_s,
+            "killed_at_s": run.killed_at_s,
+            "resumed_from_iteration": run.resumed_from,
+            "lm_loss": {step: row.get("lm_loss") for step, row in sorted(run.rows.items())},
+        }
+        for key, run in sorted(launches.items())
+    }
+
+
+def run_cases(names: list[str], work: Path, partial: Path | None = None) -> dict[str, object]:
+    """Each case's chain (reference, killed launch, relaunch) in its own thread, all at once; after
+    every launch, ``partial`` (if given) holds what has finished so far."""
     launches: dict[str, Launch] = {}
+    lock = threading.Lock()
 
     def chain(key: str, *steps: tuple[list[str], re.Pattern[str] | None]) -> None:
         for i, (cmd, kill_on) in enumerate(steps):
-            launches[f"{key}#{i}"] = launch(cmd, work / f"{key}-{i}.log", kill_on)
+            done = launch(cmd, work / f"{key}-{i}.log", kill_on)
+            with lock:
+                launches[f"{key}#{i}"] = done
+                if partial is not None:
+                    partial.write_text(json.dumps(progress(launches), indent=1) + "\n")
         shutil.rmtree(work / key / "checkpoints", ignore_errors=True)  # the disk holds a few at a time
 
     jobs = []
@@ -259,7 +280,7 @@ def main() -> int:
         "data": {"kind": "mock"},
         "routing": "natural",
         "concurrent_runs": "every case and reference at once on one GPU",
-        **run_cases(args.cases, work),
+        **run_cases(args.cases, work, partial=out / "resume-progress.json"),
     }
     path = out / f"{results['date']}-{args.gpu}-resume.json"
     path.write_text(json.dumps(results, indent=2) + "\n")

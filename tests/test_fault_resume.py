@@ -1,6 +1,7 @@
 """benchmarks/fault_resume.py: the kill reaches every process of the job, and the logs are read back.
 The GPU run itself is tests/test_fault_resume_gpu.py (results under benchmarks/results/)."""
 
+import json
 import re
 import sys
 import textwrap
@@ -87,7 +88,8 @@ def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
         return run
 
     monkeypatch.setattr(fault_resume, "launch", fake)
-    results = fault_resume.run_cases(fault_resume.CHOICES, tmp_path)
+    partial = tmp_path / "progress.json"
+    results = fault_resume.run_cases(fault_resume.CHOICES, tmp_path, partial=partial)
     assert results["band_default_mode"] == 0.0
     assert results["deterministic"]["passed"] and results["default"]["passed"]
     assert results["mlperf"]["passed"] and results["extend"]["passed"]
@@ -95,6 +97,10 @@ def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
     # The references only give losses: they save nothing, and each chain deletes its checkpoints.
     assert all("checkpoint.save=" not in t for t in launched if "/ref-" in t)
     assert not list(tmp_path.rglob("iter_0000004"))
+    # What finished is on disk as it finishes: every launch, with how it ended.
+    progress = json.loads(partial.read_text())
+    assert len(progress) == len(launched) and progress["deterministic#0"]["killed_at_s"] == 1.0
+    assert progress["deterministic#1"]["resumed_from_iteration"] == 4
 
 
 def test_every_launch_of_the_script_passes_the_launch_checks(tmp_path, capsys):
