@@ -55,7 +55,9 @@ def _recipe_command(command):
             return command(args, task)
         from nemo_run.cli.config import ConfigSerializer
 
-        text = ConfigSerializer().serialize_yaml(task)
+        from dsv3_recipes.launch import resolved_task
+
+        text = ConfigSerializer().serialize_yaml(resolved_task(task))
         if args.to_yaml == "-":
             print(text, end="")
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import dataclasses
 import glob
 import importlib.util
@@ -45,7 +46,8 @@ def build_task(
     ``shrink_gpus`` GPUs if given (fields the overrides set stay as set).
 
     ``env_vars={...}`` merges into the recipe's variables (NeMo-Run's ``env_vars|={...}``) instead of
-    replacing them; a ``None`` value removes that variable (``env_vars={'NCCL_DEBUG': None}``).
+    replacing them; a ``None`` value removes that variable (``env_vars={'NCCL_DEBUG': None}``);
+    ``env_vars.NAME=text`` sets one.
     """
     # GPU-dependent defaults follow launch.gpu_type; an unknown one is refused by the override below.
     gpu_type = next(
@@ -61,7 +63,10 @@ def build_task(
         key = key.rstrip("+-*/|&")
         keys.append(key)
         if key == "env_vars" and arg.startswith("env_vars="):
-            _merge_env_vars(task, value)
+            _merge_env_vars(task, _env_vars_literal(value))
+            continue
+        if key.startswith("env_vars.") and key == arg.split("=", 1)[0]:  # one variable, its text verbatim
+            _merge_env_vars(task, {key.removeprefix("env_vars."): value})
             continue
         annotation = field_annotation(key)
         try:
@@ -73,13 +78,17 @@ def build_task(
     return task
 
 
-def _merge_env_vars(task: run.Partial, value: str) -> None:
+def _env_vars_literal(value: str) -> dict:
     try:
         changes = ast.literal_eval(value)
     except (ValueError, SyntaxError):
         changes = None
     if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
         raise RecipeError("env_vars", f"expected a dict of name -> str (None removes a name), got {value!r}")
+    return changes
+
+
+def _merge_env_vars(task: run.Partial, changes: dict) -> None:
     merged = {**task.recipe.env_vars, **changes}
     task.recipe.env_vars = {k: v for k, v in merged.items() if v is not None}
 
@@ -116,6 +125,26 @@ def field_annotation(key: str) -> object:
 def recipe_of(task: run.Partial) -> Recipe:
     """Build the recipe dataclass and validate it (``validate.build``)."""
     return validate.build(task.recipe)
+
+
+def resolved_task(task: run.Partial) -> run.Partial:
+    """The task with every recipe field set explicitly. NeMo-Run's YAML holds only a config's set
+    arguments and its loader fills the rest from the type's default factory (here ``proxy_1gpu``), so
+    only a config with every field set loads back as the same recipe."""
+    resolved = copy.copy(task)  # not task.clone(): that runs the launch checks, and export needs none
+    resolved.recipe = _as_config(recipe_of(task))
+    return resolved
+
+
+def _as_config(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _as_config(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return run.Config(type(value), **fields)
+    if isinstance(value, list):
+        return [_as_config(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_config(v) for k, v in value.items()}
+    return value
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -665,6 +665,11 @@ class Recipe:
         return {**self.env_vars, **(DETERMINISTIC_ENV_VARS if self.train.deterministic else {})}
 
     def __post_init__(self) -> None:
+        # NeMo-Run's YAML loader (ConfigSerializer.deserialize_yaml, `--yaml`) reads '32' back as 32.
+        self.env_vars = {
+            k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in self.env_vars.items()
+        }
         check_types(self)
         if self.optimizer.lr is None and self.mlperf.enabled:  # derived: the benchmark's GBS rule
             self.optimizer.lr = MLPerfConfig.base_learning_rate(self.train.global_batch_size)

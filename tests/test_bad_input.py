@@ -170,6 +170,16 @@ def test_env_vars_override_merges_and_none_removes(capsys):
     assert env["NVLINK_DOMAIN_SIZE"] == "72" and len(env) == 12  # the recipe's other 11 stay
 
 
+def test_one_env_var_is_set_by_its_dotted_name_as_text(capsys):
+    assert (
+        main(["show", "gb200_mxfp8_256gpu", "--json", "env_vars.NCCL_DEBUG=INFO", "env_vars.NEW_ONE=32"]) == 0
+    )
+    env = json.loads(capsys.readouterr().out)["env_vars"]
+    assert (env["NCCL_DEBUG"], env["NEW_ONE"], env["NVLINK_DOMAIN_SIZE"]) == ("INFO", "32", "72")
+    assert main(["show", "proxy_1gpu", "env_vars.BAD-NAME=1"]) == 2
+    assert "env_vars.BAD-NAME: is not a shell variable name" in capsys.readouterr().err
+
+
 def test_mlperf_learning_rate_follows_an_overridden_batch_size(capsys):
     assert main(["show", "mlperf_gb300_256gpu", "--json", "train.global_batch_size=18432"]) == 0
     out = capsys.readouterr().out
