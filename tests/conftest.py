@@ -1,5 +1,7 @@
 """Shared fixtures. GPU tests (`@pytest.mark.gpu`) skip unless CUDA and the train side are present;
-Slurm tests (`@pytest.mark.slurm`) skip unless `sbatch` is on PATH (tests/slurm/cluster.sh starts one)."""
+Slurm tests (`@pytest.mark.slurm`) skip unless `sbatch` is on PATH and slurmctld answers
+(tests/slurm/cluster.sh starts one); with DSV3_REQUIRE_SLURM=1 (set by .ci/run) a missing cluster is an
+error instead, so that CI cannot pass without running them."""
 
 import importlib.util
 import os
@@ -49,12 +51,28 @@ def on_login_node():
     return run
 
 
+def slurm_problem() -> str | None:
+    """Why the Slurm tests cannot run on this machine, or None."""
+    if shutil.which("sbatch") is None:
+        return "no sbatch on PATH"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"scontrol ping failed ({e})"
+    if ping.returncode != 0 or " is UP" not in ping.stdout:
+        said = (ping.stdout + ping.stderr).strip().splitlines()
+        return f"slurmctld does not answer `scontrol ping` ({said[0][:160] if said else 'no output'})"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     skips = {}
     if not _cuda_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU (results recorded under benchmarks/)")
-    if shutil.which("sbatch") is None:
-        skips["slurm"] = pytest.mark.skip(reason="needs a Slurm cluster: sudo tests/slurm/cluster.sh start")
+    if any("slurm" in item.keywords for item in items) and (problem := slurm_problem()):
+        if os.environ.get("DSV3_REQUIRE_SLURM") == "1":
+            raise pytest.UsageError(f"DSV3_REQUIRE_SLURM=1 but {problem}: tests/slurm/cluster.sh start")
+        skips["slurm"] = pytest.mark.skip(reason=f"{problem}: sudo tests/slurm/cluster.sh start")
     for item in items:
         for marker, skip in skips.items():
             if marker in item.keywords:
