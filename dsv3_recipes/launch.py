@@ -59,13 +59,13 @@ def build_task(
     for arg in overrides:
         if "=" not in arg:
             raise RecipeError(arg, "overrides are key=value (e.g. train.global_batch_size=16)")
-        key, value = arg.split("=", 1)
-        key = key.rstrip("+-*/|&")
+        target, value = arg.split("=", 1)
+        key = target.rstrip("+-*/|&")  # without NeMo-Run's operator (key+=, key|=, ...)
         keys.append(key)
-        if key == "env_vars" and arg.startswith("env_vars="):
+        if target == "env_vars":
             _merge_env_vars(task, _env_vars_literal(value))
             continue
-        if key.startswith("env_vars.") and key == arg.split("=", 1)[0]:  # one variable, its text verbatim
+        if target == key and key.startswith("env_vars."):  # one variable, its text verbatim
             _merge_env_vars(task, {key.removeprefix("env_vars."): value})
             continue
         annotation = field_annotation(key)
