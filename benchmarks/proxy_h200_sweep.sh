@@ -28,7 +28,9 @@ DEFAULT_VARIANTS=(
   "deterministic|train.deterministic=True"
 )
 if [ -n "${VARIANTS:-}" ]; then IFS=';' read -r -a LIST <<<"$VARIANTS"; else LIST=("${DEFAULT_VARIANTS[@]}"); fi
-mkdir -p "$WORK/results" "$OUT"
+# This call's rows only: a second call on the same machine found the first call's files in the tarball.
+RUN=$WORK/run-$(date +%s)
+mkdir -p "$RUN/results" "$OUT"
 STOCK=""
 for v in "${LIST[@]}"; do
   label=${v%%|*}; extra=${v#*|}
@@ -36,8 +38,8 @@ for v in "${LIST[@]}"; do
   compare=(); [ -n "$STOCK" ] && compare=(--compare-to "$STOCK")
   # shellcheck disable=SC2086  # extra holds several overrides
   timeout 300 python3 benchmarks/run_recipe.py "$recipe" --steps "$STEPS" --label "h200_text_$label" \
-    --corpus bench-text --results-dir "$WORK/results" "${compare[@]}" "${TEXT[@]}" $extra 2>&1 \
+    --corpus bench-text --results-dir "$RUN/results" "${compare[@]}" "${TEXT[@]}" $extra 2>&1 \
     | tail -c 400 || echo "variant $label failed"
-  [ "$label" = stock ] && STOCK=$(ls "$WORK"/results/*-h200_text_stock.json 2>/dev/null | head -1)
-  tar czf "$OUT/sweep.tgz" -C "$WORK" results
+  [ "$label" = stock ] && STOCK=$(ls "$RUN"/results/*-h200_text_stock.json 2>/dev/null | head -1)
+  tar czf "$OUT/sweep.tgz" -C "$RUN" results
 done

@@ -3,9 +3,11 @@ The GPU run itself is tests/test_fault_resume_gpu.py (results under benchmarks/r
 
 import json
 import re
+import shlex
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 from benchmarks import fault_resume
 
@@ -72,35 +74,98 @@ def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
     def fake(command, log, kill_on=None):
         text = " ".join(command)
         launched.append(text)
-        for arg in command:
-            if arg.startswith("checkpoint.save="):
-                (tmp_path / arg.split("=", 1)[1] / "iter_0000004").mkdir(parents=True, exist_ok=True)
-        resumed = "checkpoint.load" in text and kill_on is None and "ref-" not in text
+        log.write_text(f"$ {text}\n")
+        ckpt = dict(arg.split("=", 1) for arg in command if arg.startswith("checkpoint."))
+        # It resumes where an earlier launch of its chain saved; a first launch starts fresh.
+        resumed = "checkpoint.load" in ckpt and any(Path(ckpt["checkpoint.load"]).glob("iter_*"))
+        if "checkpoint.save" in ckpt:
+            (Path(ckpt["checkpoint.save"]) / "iter_0000004").mkdir(parents=True, exist_ok=True)
         extended = "train.train_iters=12" in text
         first = 9 if extended else (5 if resumed else 1)
-        last = 12 if extended else 8
+        # A kill after the iteration-4 save stops at step 4; save_kill's comes after step 8.
+        last = 12 if extended else (4 if kill_on is fault_resume.SAVED else 8)
         drift = 0.5 if "save_kill" in text and resumed else 0.0
         rows = {s: {"lm_loss": 10.0 - s + drift, "learning_rate": 1e-4 * s} for s in range(first, last + 1)}
         run = fault_resume.Launch(command, returncode=0, rows=rows)
-        run.resumed_from = (8 if extended else 4) if resumed or extended else None
+        run.resumed_from = (8 if extended else 4) if resumed else None
         run.killed_at_s = 1.0 if kill_on is not None else None
         run.returncode = -9 if kill_on is not None else 0
         return run
 
     monkeypatch.setattr(fault_resume, "launch", fake)
-    partial = tmp_path / "progress.json"
-    results = fault_resume.run_cases(fault_resume.CHOICES, tmp_path, partial=partial)
+    out = tmp_path / "out"
+    results = fault_resume.run_cases(fault_resume.CHOICES, tmp_path, out)
+    # The band's runs: the two references, and the first launches that trained all 8 steps.
+    assert results["band_runs"] == ["extend#0", "ref-band1#0", "ref-proxy_1gpu-plain#0", "save_kill#0"]
     assert results["band_default_mode"] == 0.0
     assert results["deterministic"]["passed"] and results["default"]["passed"]
     assert results["mlperf"]["passed"] and results["extend"]["passed"]
     assert not results["save_kill"]["passed"] and results["save_kill"]["max_abs_loss_diff"] == 0.5
+    # save_kill's first launch logged step 5 before its kill: the relaunch's step 5 must equal it.
+    assert results["save_kill"]["first_step_equals_killed_run"] is False
+    assert results["default"]["first_step_equals_killed_run"] is None  # killed before step 5
     # The references only give losses: they save nothing, and each chain deletes its checkpoints.
     assert all("checkpoint.save=" not in t for t in launched if "/ref-" in t)
     assert not list(tmp_path.rglob("iter_0000004"))
     # What finished is on disk as it finishes: every launch, with how it ended.
-    progress = json.loads(partial.read_text())
+    progress = json.loads((out / "resume-progress.json").read_text())
     assert len(progress) == len(launched) and progress["deterministic#0"]["killed_at_s"] == 1.0
     assert progress["deterministic#1"]["resumed_from_iteration"] == 4
+    assert len(list((out / "logs").glob("*.log"))) == len(launched)
+
+
+def test_band_references_make_up_four_uninterrupted_runs():
+    """One pair of runs gives a band that a perfect resume exceeds twice over 16% of the time."""
+    keys = lambda names: [key for key, _, _ in fault_resume.references(names)]  # noqa: E731
+    assert keys(["default"]) == ["ref-proxy_1gpu-plain", "ref-band1", "ref-band2", "ref-band3"]
+    assert keys(["default", "save_kill"]) == ["ref-proxy_1gpu-plain", "ref-band1", "ref-band2"]
+    assert keys(fault_resume.CHOICES).count("ref-band1") == 1 and "ref-band2" not in keys(
+        fault_resume.CHOICES
+    )
+    assert keys(["deterministic", "mlperf"]) == ["ref-mlperf_proxy_1gpu-plain", "ref-proxy_1gpu-det"]
+
+
+RECORDED = Path(__file__).parents[1] / "benchmarks" / "results" / "resume"
+
+
+def test_the_recorded_gpu_run_is_judged_again_from_its_log_excerpts():
+    """The committed excerpts hold what the judging reads: judged again, call A's deterministic and
+    default cases give the numbers recorded on the GPU, and its one pair of default runs is now too
+    few for a band verdict."""
+    recorded = json.loads((RECORDED / "2026-12-01-h200-resume-a.json").read_text())
+    launches = {}
+    for log in (RECORDED / "logs-a").glob("*.log"):
+        key, i = log.stem.rsplit("-", 1)
+        text = log.read_text()
+        killed = re.search(r"SIGKILL to the job at ([\d.]+) s", text)
+        run = fault_resume.Launch(shlex.split(text.splitlines()[0][2:]), returncode=-9 if killed else 0)
+        run.killed_at_s = float(killed.group(1)) if killed else None
+        launches[f"{'ref-band1' if key == 'ref-band' else key}#{i}"] = fault_resume.read_log(run, text)
+    judged = fault_resume.judge(["deterministic", "default"], launches)
+    for case in ("deterministic", "default"):
+        for field in ("resumed_lm_loss", "reference_lm_loss", "max_abs_loss_diff", "resumed_from_iteration"):
+            assert judged[case][field] == recorded[case][field], (case, field)
+    assert judged["band_default_mode"] == recorded["band_default_mode"]
+    assert judged["deterministic"]["passed"] and judged["deterministic"]["max_abs_loss_diff"] == 0.0
+    assert (
+        judged["band_runs"] == ["ref-band1#0", "ref-proxy_1gpu-plain#0"] and not judged["default"]["passed"]
+    )
+
+
+def test_an_excerpt_keeps_every_line_the_judging_reads():
+    noise = [f"rank0: config line {i}" for i in range(100)]
+    kept = [
+        "$ python -m dsv3_recipes.cli pretrain --factory proxy_1gpu",
+        "  successfully loaded checkpoint from /c [ t 0/1, p 0/1 ] at iteration 4",
+        'r0: DSV3_METRICS {"step": 5, "lm_loss": 5.5}',
+        "### fault_resume: SIGKILL to the job at 3.0 s",
+    ]
+    text = "\n".join([kept[0], *noise[:50], *kept[1:3], *noise[50:], kept[3]]) + "\n"
+    short = fault_resume.excerpt(text, tail=2)
+    assert short.splitlines() == [*kept[:3], noise[-1], kept[3]]
+    full, cut = fault_resume.Launch([]), fault_resume.Launch([])
+    fault_resume.read_log(full, text), fault_resume.read_log(cut, short)
+    assert (cut.rows, cut.resumed_from) == (full.rows, full.resumed_from) == ({5: {"lm_loss": 5.5}}, 4)
 
 
 def test_every_launch_of_the_script_passes_the_launch_checks(tmp_path, capsys):
