@@ -18,16 +18,16 @@ import datetime
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from dsv3_recipes import hardware
 from dsv3_recipes.launch import build_task, recipe_of
+from dsv3_recipes.metrics import warmup_steps
 from dsv3_recipes.mlperf_rules import idx_token_count
 from dsv3_recipes.recipe import Recipe, blend_prefixes
-from dsv3_recipes.report import parse_log
+from dsv3_recipes.report import megatron_throughput, parse_log
 from dsv3_recipes.shrink import Capabilities
 
 EXCERPT_LINES = 40
@@ -105,9 +105,10 @@ def main() -> int:
         return 1
 
     rows = run.rows()
-    steady = [r for r in rows if r["step"] > 3]
+    tokens_per_step_per_gpu = (
+        recipe.train.global_batch_size * recipe.model.seq_length / run.summary["num_gpus"]
+    )
     gpu = hardware.detect(run.summary["gpu"]).name
-    megatron_tflops = [r["megatron_tflops_per_gpu"] for r in steady if "megatron_tflops_per_gpu" in r]
     result = {
         "recipe": args.recipe,
         "label": label,
@@ -121,10 +122,12 @@ def main() -> int:
         "expert_load_last_step": run.summary.get("expert_load_last_step"),
         "concurrent_runs": args.concurrent,
         "steps": len(rows),
+        "timing": run.summary["timing"],
         "step_time_s": run.summary["step_time_s"],
+        "step_time_s_median": run.summary["step_time_s_median"],
         "tokens_per_s_per_gpu": run.summary["tokens_per_s_per_gpu"],
         "model_tflops_per_gpu": run.summary["model_tflops_per_gpu"],
-        "megatron_tflops_per_gpu": statistics.median(megatron_tflops) if megatron_tflops else None,
+        **megatron_throughput(run, tokens_per_step_per_gpu, warmup_steps(recipe)),
         "mfu": run.summary["mfu"],
         "peak_mem_allocated_gib": run.summary["peak_mem_allocated_gib"],
         "peak_mem_reserved_gib": run.summary["peak_mem_reserved_gib"],

@@ -11,9 +11,18 @@ import statistics
 from dataclasses import asdict, dataclass
 
 from dsv3_recipes.hardware import Gpu
+from dsv3_recipes.recipe import Recipe
 
 METRICS_TAG = "DSV3_METRICS"
 SUMMARY_TAG = "DSV3_SUMMARY"
+# Steps left out of a run's throughput: compilation, allocator growth.
+WARMUP_STEPS = 3
+
+
+def warmup_steps(recipe: Recipe) -> int:
+    """With CUDA graphs, also the step that captures them: Megatron does so at the start of the step
+    after its ``cuda_graph_warmup_steps`` (3, its default; the recipe does not set it)."""
+    return WARMUP_STEPS + (recipe.model.cuda_graph_impl != "none")
 
 
 @dataclass
@@ -60,16 +69,28 @@ def step_metrics(
     )
 
 
-def summarize(steps: list[StepMetrics], warmup_steps: int) -> dict[str, float | int]:
-    """Medians over the steps after warm-up (compilation, allocator growth and CUDA-graph capture)."""
+TIMING = "total time of the steps after warm-up, each from the end of the one before (GC, logging included)"
+
+
+def summarize(steps: list[StepMetrics], warmup_steps: int) -> dict[str, float | int | str]:
+    """Throughput over the steps after warm-up (compilation, allocator growth, CUDA-graph capture) from
+    their total time, not a median: a pause every few steps, such as Megatron's manual GC, costs a
+    long run its share, and a median of 1-in-5 slow steps would hide it."""
     steady = steps[warmup_steps:] or steps
+    seconds = sum(s.step_time_s for s in steady)
+
+    def per_second(value: str) -> float:  # a rate over the whole window, weighting each step by its time
+        return sum(getattr(s, value) * s.step_time_s for s in steady) / seconds
+
     return {
         "steps": len(steps),
         "steady_steps": len(steady),
-        "step_time_s": statistics.median(s.step_time_s for s in steady),
-        "tokens_per_s_per_gpu": statistics.median(s.tokens_per_s_per_gpu for s in steady),
-        "model_tflops_per_gpu": statistics.median(s.model_tflops_per_gpu for s in steady),
-        "mfu": statistics.median(s.mfu for s in steady),
+        "timing": TIMING,
+        "step_time_s": seconds / len(steady),
+        "step_time_s_median": statistics.median(s.step_time_s for s in steady),
+        "tokens_per_s_per_gpu": per_second("tokens_per_s_per_gpu"),
+        "model_tflops_per_gpu": per_second("model_tflops_per_gpu"),
+        "mfu": per_second("mfu"),
         "peak_mem_allocated_gib": max(s.mem_allocated_gib for s in steps),
         "peak_mem_reserved_gib": max(s.mem_reserved_gib for s in steps),
         "first_lm_loss": steps[0].lm_loss,

@@ -52,6 +52,8 @@ def _parse_line(run: RunLog, line: str, where: str) -> None:
             step = run.steps.setdefault(int(match.group(1)), {})
             if "throughput per GPU (TFLOP/s/GPU)" in values:
                 step["megatron_tflops_per_gpu"] = float(values["throughput per GPU (TFLOP/s/GPU)"])
+            if "elapsed time per iteration (ms)" in values:  # its interval timer: GC and logging too
+                step["megatron_step_time_s"] = float(values["elapsed time per iteration (ms)"]) / 1000
             if "learning rate" in values:
                 step["learning_rate"] = float(values["learning rate"])
             for key, value in values.items():
@@ -83,11 +85,26 @@ def read_run(logdir: str | Path) -> RunLog:
     return run
 
 
+def megatron_throughput(run: RunLog, tokens_per_step_per_gpu: float, warmup_steps: int) -> dict[str, float]:
+    """Tokens/s/GPU and TFLOPS/GPU by Megatron's own clock and FLOPs count, over the steps after warm-up
+    from their total time: its interval timer counts what happens between steps (GC, logging)."""
+    rows = [r for r in run.rows() if r["step"] > warmup_steps and "megatron_step_time_s" in r]
+    seconds = sum(r["megatron_step_time_s"] for r in rows)
+    if not rows:
+        return {}
+    flops = sum(r.get("megatron_tflops_per_gpu", 0.0) * r["megatron_step_time_s"] for r in rows)
+    return {
+        "megatron_tokens_per_s_per_gpu": tokens_per_step_per_gpu * len(rows) / seconds,
+        "megatron_tflops_per_gpu": flops / seconds,
+    }
+
+
 COLUMNS = (
     ("step", "step", "{:.0f}"),
     ("lm_loss", "lm loss", "{:.4f}"),
     ("mtp_1_loss", "mtp loss", "{:.4f}"),
     ("step_time_s", "step s", "{:.3f}"),
+    ("megatron_step_time_s", "Megatron step s", "{:.3f}"),
     ("tokens_per_s_per_gpu", "tok/s/GPU", "{:,.0f}"),
     ("model_tflops_per_gpu", "TFLOPS/GPU", "{:.1f}"),
     ("megatron_tflops_per_gpu", "Megatron TFLOPS", "{:.1f}"),

@@ -44,3 +44,36 @@ def test_recomputed_forwards_and_earlier_steps_are_not_counted():
 
 def test_no_counts_no_summary():
     assert ExpertLoad([Router()], experts=4, device="cpu").summary() is None
+
+
+def test_a_step_is_timed_from_the_end_of_the_one_before(monkeypatch, capsys):
+    """What Bridge does between two steps (its manual GC) counts in the next step's time, as in
+    Megatron's own iteration time: steps of 1 s with a 2 s pause after the second read 1, 1, 3."""
+    import types
+
+    from dsv3_recipes.launch import build_task, recipe_of
+    from dsv3_recipes.train import callbacks
+
+    clock = iter([0.0, 1.0, 2.0, 5.0])  # step 1 starts at 0; the steps end at 1, 2 and (after the GC) 5
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    for name, value in {
+        "synchronize": lambda: None,
+        "memory_allocated": lambda: 0,
+        "max_memory_allocated": lambda: 0,
+        "max_memory_reserved": lambda: 0,
+        "get_device_name": lambda: "NVIDIA H200",
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    callback = callbacks.ThroughputCallback(recipe_of(build_task("proxy_1gpu")))
+    for step in range(3):
+        context = types.SimpleNamespace(
+            state=types.SimpleNamespace(train_state=types.SimpleNamespace(step=step)),
+            optimizer=None,
+            loss_dict={"lm loss": 1.0},
+        )
+        callback.on_train_step_start(context)
+        callback.on_train_step_end(context)
+    assert [m.step_time_s for m in callback.history] == [1.0, 1.0, 3.0]
+    assert "DSV3_METRICS" in capsys.readouterr().out

@@ -2,8 +2,9 @@
 
 import pytest
 
-from dsv3_recipes import hardware
+from dsv3_recipes import hardware, metrics, report
 from dsv3_recipes.cli import main
+from dsv3_recipes.launch import build_task, recipe_of
 from dsv3_recipes.metrics import step_metrics, summarize
 from dsv3_recipes.report import parse_log, read_run
 
@@ -29,7 +30,7 @@ def test_step_metrics_by_hand():
     assert step_metrics(**common, fp8=True).mfu == pytest.approx(40.96 / 1979)
 
 
-def test_summary_skips_warmup_and_takes_medians():
+def test_summary_skips_warmup_and_counts_every_second_of_the_rest():
     def at(step, seconds):
         return step_metrics(
             step=step,
@@ -44,10 +45,20 @@ def test_summary_skips_warmup_and_takes_medians():
             fp8=False,
         )
 
-    steps = [at(1, 30.0), at(2, 1.0), at(3, 2.0), at(4, 3.0)]
+    # Four quick steps and one with a GC pause: the median would say 1 s a step; a run pays 1.6 s.
+    steps = [at(1, 30.0), at(2, 1.0), at(3, 1.0), at(4, 3.4), at(5, 1.0), at(6, 1.0)]
     s = summarize(steps, warmup_steps=1)
-    assert s["step_time_s"] == 2.0 and s["steady_steps"] == 3
-    assert s["peak_mem_allocated_gib"] == 4 and (s["first_lm_loss"], s["last_lm_loss"]) == (9.0, 6.0)
+    assert s["steady_steps"] == 5 and s["step_time_s_median"] == 1.0
+    assert s["step_time_s"] == pytest.approx(1.48)
+    assert s["tokens_per_s_per_gpu"] == pytest.approx(5 * 4096 / 7.4)
+    assert s["mfu"] == pytest.approx(5 * 4096 * 1e9 / 7.4 / 989e12)
+    assert s["peak_mem_allocated_gib"] == 6 and (s["first_lm_loss"], s["last_lm_loss"]) == (9.0, 4.0)
+
+
+def test_capturing_cuda_graphs_is_warm_up_too():
+    assert metrics.warmup_steps(recipe_of(build_task("proxy_1gpu"))) == metrics.WARMUP_STEPS
+    graphs = build_task("proxy_1gpu", ["model.cuda_graph_impl=transformer_engine"])
+    assert metrics.warmup_steps(recipe_of(graphs)) == metrics.WARMUP_STEPS + 1
 
 
 @pytest.mark.parametrize(
@@ -84,6 +95,18 @@ def test_parse_log_joins_megatron_and_project_lines():
     assert rows[1]["megatron_tflops_per_gpu"] == 55.1 and rows[1]["model_tflops_per_gpu"] == 56.0
     assert rows[1]["mtp_1_loss"] == 9.9 and rows[1]["lm_loss"] == 9.8
     assert run.summary == {"recipe": "proxy_1gpu", "num_gpus": 1, "step_time_s": 2.5}
+
+
+def test_megatron_clock_counts_the_pause_between_steps():
+    """Megatron's iteration time holds what Bridge does between steps (its manual GC): step 2 here."""
+    text = LOG + LOG.splitlines()[2].replace("iteration        2/", "iteration        3/").replace(
+        "2500.0", "500.0"
+    )
+    by_megatron = report.megatron_throughput(parse_log(text), 4096, warmup_steps=1)
+    assert by_megatron["megatron_tokens_per_s_per_gpu"] == pytest.approx(2 * 4096 / 3.0)
+    assert by_megatron["megatron_tflops_per_gpu"] == pytest.approx(55.1)  # the same FLOPs each step
+    assert parse_log(text).steps[3]["megatron_step_time_s"] == 0.5
+    assert report.megatron_throughput(parse_log(LOG), 4096, warmup_steps=2) == {}
 
 
 def test_report_command_writes_table_and_png(tmp_path, capsys):

@@ -12,10 +12,13 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize("key", list(MEASURED_MFU))
-def test_each_measured_mfu_is_its_result_files(key):
+def test_each_measured_mfu_is_its_result_by_megatrons_clock(key):
     measured = MEASURED_MFU[key]
+    table = json.loads((ROOT / "benchmarks/results/wall_clock/2026-12-01-h200-text.json").read_text())
+    (row,) = [r for r in table["runs"] if r["result"] == measured.result]
+    assert row["mfu_by_megatron_clock"] == pytest.approx(measured.mfu, abs=5e-5)
     result = json.loads((ROOT / measured.result).read_text())
-    assert result["mfu"] == pytest.approx(measured.mfu, abs=5e-5)
+    assert result["mfu"] > measured.mfu  # the run's own figure left the GC between steps out
     assert result["data"]["kind"] == "text" and result["routing"] == "natural"  # the protocol's runs
     assert result["gpu"].lower().endswith(key[0]) and result["num_gpus"] == 1
 

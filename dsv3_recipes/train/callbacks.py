@@ -16,11 +16,9 @@ from megatron.bridge.training.callbacks import Callback, CallbackContext
 from dsv3_recipes import hardware
 from dsv3_recipes.flops import model_flops_per_token
 from dsv3_recipes.memory import GIB
-from dsv3_recipes.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize
+from dsv3_recipes.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize, warmup_steps
 from dsv3_recipes.recipe import Recipe
 from dsv3_recipes.train.memory_census import census_gib
-
-WARMUP_STEPS = 3
 
 
 class ExpertLoad:
@@ -69,14 +67,18 @@ class ExpertLoad:
 
 class ThroughputCallback(Callback):
     """Times each optimizer step and prints one metrics line from ``logger.log_rank`` (default: the last
-    rank); validate.check_log_rank keeps it on the last pipeline stage, which holds the loss."""
+    rank); validate.check_log_rank keeps it on the last pipeline stage, which holds the loss.
+
+    A step's time runs from the end of the step before (the first: from its own start), so what Bridge
+    does between steps -- the manual GC every ``train.manual_gc_interval`` steps, logging, saves --
+    is counted, as Megatron's own "elapsed time per iteration" counts it."""
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.flops_per_token = model_flops_per_token(recipe.model)
         self.tokens_per_step = recipe.train.global_batch_size * recipe.model.seq_length
         self.history: list[StepMetrics] = []
-        self._start = 0.0
+        self._last_end: float | None = None
         self._static_mem_gib = 0.0
         self._census: dict[str, float] = {}
         self._expert_load: ExpertLoad | None = None
@@ -95,12 +97,14 @@ class ThroughputCallback(Callback):
     def on_train_step_start(self, context: CallbackContext) -> None:
         if self._expert_load is not None:
             self._expert_load.reset()  # at the end it holds the last step's routing
-        torch.cuda.synchronize()
-        self._start = time.perf_counter()
+        if self._last_end is None:
+            torch.cuda.synchronize()
+            self._last_end = time.perf_counter()
 
     def on_train_step_end(self, context: CallbackContext) -> None:
         torch.cuda.synchronize()
-        elapsed = time.perf_counter() - self._start
+        now = time.perf_counter()
+        elapsed, self._last_end = now - self._last_end, now  # type: ignore[operator]
         if not self._is_reporting_rank():
             return
         if not self._census and context.optimizer is not None:
@@ -132,7 +136,7 @@ class ThroughputCallback(Callback):
             "static_mem_allocated_gib": self._static_mem_gib,
             "memory_after_step1_gib": self._census,
             "expert_load_last_step": self._expert_load.summary() if self._expert_load else None,
-            **summarize(self.history, WARMUP_STEPS),
+            **summarize(self.history, warmup_steps(self.recipe)),
         }
         print(f"{SUMMARY_TAG} {json.dumps(summary)}", flush=True)
         os.makedirs(self.recipe.output_dir, exist_ok=True)
