@@ -9,6 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.bridge", reason="needs the train extra (uv sync --extra train)")
 
+from dsv3_recipes import metrics, report  # noqa: E402
+from dsv3_recipes.launch import build_task, recipe_of  # noqa: E402
 from dsv3_recipes.report import parse_log  # noqa: E402
 from dsv3_recipes.train.memory_census import census_gib  # noqa: E402
 
@@ -46,3 +48,10 @@ def test_proxy_trains_with_falling_loss_and_mtp(tmp_path):
     assert run.summary["tokens_per_s_per_gpu"] > 0 and run.summary["peak_mem_allocated_gib"] > 10
     census = run.summary["memory_after_step1_gib"]
     assert census["weights"] > 6 and census["other"] > -0.01
+    # The project's clock counts what happens between steps (the GC after step 5) as Megatron's does.
+    recipe = recipe_of(build_task("proxy_1gpu"))
+    tokens_per_step = recipe.train.global_batch_size * recipe.model.seq_length
+    by_megatron = report.megatron_throughput(run, tokens_per_step, metrics.WARMUP_STEPS)
+    assert run.summary["tokens_per_s_per_gpu"] == pytest.approx(
+        by_megatron["megatron_tokens_per_s_per_gpu"], rel=0.05
+    )
