@@ -34,6 +34,10 @@ def wall_clock(result_path: Path) -> dict[str, object]:
     ratio = result["tokens_per_s_per_gpu"] / by_megatron["megatron_tokens_per_s_per_gpu"]
     return {
         "result": str(result_path),
+        "machine": result["machine"],
+        "date": result["date"],
+        "data": result["data"],
+        "routing": result["routing"],
         "warmup_steps_left_out": warmup_steps(recipe),
         "recorded_tokens_per_s_per_gpu": result["tokens_per_s_per_gpu"],
         "recorded_megatron_tflops_per_gpu": result.get("megatron_tflops_per_gpu"),
