@@ -105,9 +105,6 @@ def main() -> int:
         return 1
 
     rows = run.rows()
-    tokens_per_step_per_gpu = (
-        recipe.train.global_batch_size * recipe.model.seq_length / run.summary["num_gpus"]
-    )
     gpu = hardware.detect(run.summary["gpu"]).name
     result = {
         "recipe": args.recipe,
@@ -127,7 +124,7 @@ def main() -> int:
         "step_time_s_median": run.summary["step_time_s_median"],
         "tokens_per_s_per_gpu": run.summary["tokens_per_s_per_gpu"],
         "model_tflops_per_gpu": run.summary["model_tflops_per_gpu"],
-        **megatron_throughput(run, tokens_per_step_per_gpu, warmup_steps(recipe)),
+        **megatron_throughput(run, recipe.tokens_per_step / run.summary["num_gpus"], warmup_steps(recipe)),
         "mfu": run.summary["mfu"],
         "peak_mem_allocated_gib": run.summary["peak_mem_allocated_gib"],
         "peak_mem_reserved_gib": run.summary["peak_mem_reserved_gib"],

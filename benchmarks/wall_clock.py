@@ -28,9 +28,8 @@ def wall_clock(result_path: Path) -> dict[str, object]:
     args = shlex.split(result["command"])  # dsv3 pretrain --factory NAME [--shrink N] overrides...
     shrink = int(args[5]) if args[4:5] == ["--shrink"] else None
     recipe = recipe_of(build_task(args[3], args[6 if shrink else 4 :], shrink, Capabilities.here()))
-    tokens_per_step_per_gpu = recipe.train.global_batch_size * recipe.model.seq_length / result["num_gpus"]
     log = parse_log(result_path.with_suffix(".log").read_text())
-    by_megatron = megatron_throughput(log, tokens_per_step_per_gpu, warmup_steps(recipe))
+    by_megatron = megatron_throughput(log, recipe.tokens_per_step / result["num_gpus"], warmup_steps(recipe))
     ratio = result["tokens_per_s_per_gpu"] / by_megatron["megatron_tokens_per_s_per_gpu"]
     return {
         "result": str(result_path),

@@ -692,6 +692,11 @@ class Recipe:
         ]
 
     @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over every rank."""
+        return self.train.global_batch_size * self.model.seq_length
+
+    @property
     def data_parallel_size(self) -> int:
         m = self.model
         return self.launch.num_gpus // (

@@ -49,8 +49,7 @@ def test_proxy_trains_with_falling_loss_and_mtp(tmp_path):
     census = run.summary["memory_after_step1_gib"]
     assert census["weights"] > 6 and census["other"] > -0.01
     # The project's clock counts what happens between steps (the GC after step 5) as Megatron's does.
-    recipe = recipe_of(build_task("proxy_1gpu"))
-    tokens_per_step = recipe.train.global_batch_size * recipe.model.seq_length
+    tokens_per_step = recipe_of(build_task("proxy_1gpu")).tokens_per_step
     by_megatron = report.megatron_throughput(run, tokens_per_step, metrics.WARMUP_STEPS)
     assert run.summary["tokens_per_s_per_gpu"] == pytest.approx(
         by_megatron["megatron_tokens_per_s_per_gpu"], rel=0.05

@@ -76,7 +76,6 @@ class ThroughputCallback(Callback):
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.flops_per_token = model_flops_per_token(recipe.model)
-        self.tokens_per_step = recipe.train.global_batch_size * recipe.model.seq_length
         self.history: list[StepMetrics] = []
         self._last_end: float | None = None
         self._static_mem_gib = 0.0
@@ -115,7 +114,7 @@ class ThroughputCallback(Callback):
             step=context.state.train_state.step + 1,  # Bridge counts the step after this hook
             lm_loss=float(loss) if loss is not None else None,
             step_time_s=elapsed,
-            tokens_per_step=self.tokens_per_step,
+            tokens_per_step=self.recipe.tokens_per_step,
             flops_per_token=self.flops_per_token,
             world_size=torch.distributed.get_world_size(),
             gpu=hardware.detect(torch.cuda.get_device_name()),
