@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from dsv3_recipes.cli import parser
 from dsv3_recipes.launch import build_task, recipe_of
 from dsv3_recipes.metrics import warmup_steps
 from dsv3_recipes.report import megatron_throughput, parse_log
@@ -25,9 +26,8 @@ from dsv3_recipes.shrink import Capabilities
 
 def wall_clock(result_path: Path) -> dict[str, object]:
     result = json.loads(result_path.read_text())
-    args = shlex.split(result["command"])  # dsv3 pretrain --factory NAME [--shrink N] overrides...
-    shrink = int(args[5]) if args[4:5] == ["--shrink"] else None
-    recipe = recipe_of(build_task(args[3], args[6 if shrink else 4 :], shrink, Capabilities.here()))
+    args = parser().parse_args(shlex.split(result["command"])[1:])  # read as `dsv3` reads it
+    recipe = recipe_of(build_task(args.name, args.overrides, args.shrink, Capabilities.here()))
     log = parse_log(result_path.with_suffix(".log").read_text())
     by_megatron = megatron_throughput(log, recipe.tokens_per_step / result["num_gpus"], warmup_steps(recipe))
     ratio = result["tokens_per_s_per_gpu"] / by_megatron["megatron_tokens_per_s_per_gpu"]
