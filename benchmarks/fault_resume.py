@@ -61,6 +61,12 @@ BAND_RUNS = 4
 SAVED = re.compile(rf"successfully saved checkpoint from iteration\s+{SAVE_INTERVAL}\b")
 SAVING_LAST = re.compile(rf"saving checkpoint at iteration\s+{STEPS}\b")
 LOADED = re.compile(r"successfully loaded checkpoint from .* at iteration (\d+)")
+# The benchmark protocol's condition, in the result and in the progress file.
+CONDITION = {
+    "data": {"kind": "mock"},
+    "routing": "natural",
+    "concurrent_runs": "every case and reference at once on one GPU",
+}
 # What a log excerpt keeps besides its command and its last lines: every line the judging reads.
 EXCERPT = re.compile(
     r"DSV3_METRICS|DSV3_SUMMARY|iteration\s+\d+/|successfully (saved|loaded) checkpoint|saving checkpoint at"
@@ -190,7 +196,7 @@ def max_abs_diff(a: list[float | None], b: list[float | None]) -> float | None:
 
 def progress(launches: dict[str, Launch]) -> dict[str, object]:
     """How each finished launch ended, for a run cut short before every case could be judged."""
-    return {
+    finished = {
         key: {
             "exit_code": run.returncode,
             "wall_s": run.wall_s,
@@ -200,6 +206,7 @@ def progress(launches: dict[str, Launch]) -> dict[str, object]:
         }
         for key, run in sorted(launches.items())
     }
+    return {**CONDITION, "launches": finished}
 
 
 def run_cases(names: list[str], work: Path, out: Path | None = None) -> dict[str, object]:
@@ -349,9 +356,7 @@ def main() -> int:
     results = {
         "date": datetime.date.today().isoformat(),
         "gpu": args.gpu,
-        "data": {"kind": "mock"},
-        "routing": "natural",
-        "concurrent_runs": "every case and reference at once on one GPU",
+        **CONDITION,
         **run_cases(args.cases, work, out),
     }
     path = out / f"{results['date']}-{args.gpu}-resume.json"

@@ -108,7 +108,9 @@ def test_cases_are_judged_from_their_launches(monkeypatch, tmp_path):
     assert all("checkpoint.save=" not in t for t in launched if "/ref-" in t)
     assert not list(tmp_path.rglob("iter_0000004"))
     # What finished is on disk as it finishes: every launch, with how it ended.
-    progress = json.loads((out / "resume-progress.json").read_text())
+    recorded = json.loads((out / "resume-progress.json").read_text())
+    assert {k: recorded[k] for k in fault_resume.CONDITION} == fault_resume.CONDITION
+    progress = recorded["launches"]
     assert len(progress) == len(launched) and progress["deterministic#0"]["killed_at_s"] == 1.0
     assert progress["deterministic#1"]["resumed_from_iteration"] == 4
     assert len(list((out / "logs").glob("*.log"))) == len(launched)
