@@ -343,6 +343,17 @@ def judge(names: list[str], launches: dict[str, Launch]) -> dict[str, object]:
     return results
 
 
+def machine() -> str:
+    """``N x <GPU name>`` as nvidia-smi gives it (the launch side does not import torch)."""
+    try:
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        names = subprocess.run(query, capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError) as err:
+        return f"unknown ({err})"
+    names = [n.strip() for n in names if n.strip()]
+    return f"{len(names)} x {names[0]}" if names else "unknown (nvidia-smi listed no GPU)"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", choices=CHOICES, default=CHOICES)
@@ -354,6 +365,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     results = {
+        "command": shlex.join(["python", "benchmarks/fault_resume.py", *sys.argv[1:]]),
+        "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "gpu": args.gpu,
         **CONDITION,

@@ -130,28 +130,55 @@ def test_band_references_make_up_four_uninterrupted_runs():
 RECORDED = Path(__file__).parents[1] / "benchmarks" / "results" / "resume"
 
 
-def test_the_recorded_gpu_run_is_judged_again_from_its_log_excerpts():
-    """The committed excerpts hold what the judging reads: judged again, call A's deterministic and
-    default cases give the numbers recorded on the GPU, and its one pair of default runs is now too
-    few for a band verdict."""
-    recorded = json.loads((RECORDED / "2026-12-01-h200-resume-a.json").read_text())
+def _recorded_launches(logs: Path) -> dict[str, fault_resume.Launch]:
+    """The launches of a GPU call, read back from its committed log excerpts."""
     launches = {}
-    for log in (RECORDED / "logs-a").glob("*.log"):
+    for log in logs.glob("*.log"):
         key, i = log.stem.rsplit("-", 1)
         text = log.read_text()
         killed = re.search(r"SIGKILL to the job at ([\d.]+) s", text)
         run = fault_resume.Launch(shlex.split(text.splitlines()[0][2:]), returncode=-9 if killed else 0)
         run.killed_at_s = float(killed.group(1)) if killed else None
         launches[f"{'ref-band1' if key == 'ref-band' else key}#{i}"] = fault_resume.read_log(run, text)
-    judged = fault_resume.judge(["deterministic", "default"], launches)
+    return launches
+
+
+JUDGED_FIELDS = ("resumed_lm_loss", "reference_lm_loss", "max_abs_loss_diff", "resumed_from_iteration")
+
+
+def test_the_recorded_gpu_run_is_judged_again_from_its_log_excerpts():
+    """The committed excerpts hold what the judging reads: judged again, call A's deterministic and
+    default cases give the numbers recorded on the GPU, and its one pair of default runs is now too
+    few for a band verdict."""
+    recorded = json.loads((RECORDED / "2026-12-01-h200-resume-a.json").read_text())
+    judged = fault_resume.judge(["deterministic", "default"], _recorded_launches(RECORDED / "logs-a"))
     for case in ("deterministic", "default"):
-        for field in ("resumed_lm_loss", "reference_lm_loss", "max_abs_loss_diff", "resumed_from_iteration"):
+        for field in JUDGED_FIELDS:
             assert judged[case][field] == recorded[case][field], (case, field)
     assert judged["band_default_mode"] == recorded["band_default_mode"]
     assert judged["deterministic"]["passed"] and judged["deterministic"]["max_abs_loss_diff"] == 0.0
     assert (
         judged["band_runs"] == ["ref-band1#0", "ref-proxy_1gpu-plain#0"] and not judged["default"]["passed"]
     )
+
+
+def test_the_all_cases_gpu_run_passes_again_from_its_log_excerpts():
+    """The one-call run of every case (the result issue 17 closes on): its excerpts, judged again, give
+    the recorded losses, band and verdicts -- every case passed, the band from five uninterrupted runs."""
+    recorded = json.loads((RECORDED / "2026-12-01-h200-resume.json").read_text())
+    judged = fault_resume.judge(list(fault_resume.CHOICES), _recorded_launches(RECORDED / "logs"))
+    for case in fault_resume.CHOICES:
+        assert judged[case]["passed"] and recorded[case]["passed"], case
+        for field in JUDGED_FIELDS:
+            if field in recorded[case]:
+                assert judged[case][field] == recorded[case][field], (case, field)
+    assert (judged["band_default_mode"], judged["band_runs"]) == (
+        recorded["band_default_mode"],
+        recorded["band_runs"],
+    )
+    assert len(judged["band_runs"]) >= fault_resume.BAND_RUNS
+    assert judged["deterministic"]["max_abs_loss_diff"] == 0.0
+    assert all(judged[case]["first_step_equals_killed_run"] for case in ("save_kill", "async"))
 
 
 def test_an_excerpt_keeps_every_line_the_judging_reads():
