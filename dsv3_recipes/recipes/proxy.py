@@ -62,6 +62,9 @@ def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
     r.model.moe_shared_expert_overlap = False  # no EP communication to hide the shared expert behind
     r.model.apply_rope_fusion = True  # Megatron's fused MLA RoPE kernels
     r.train.check_for_nan_in_loss_and_grad = False  # a host sync per step; the loss is logged anyway
+    # Bridge's 5 spends a 0.6-0.7 s gc.collect() per 5 steps of ~0.5 s: 50 ran 1.21x and 1.37x faster on
+    # H200 (benchmarks/results/h200_text_gc_*); TorchTitan collects every 50 too.
+    r.train.manual_gc_interval = 50
     if not _fits(task):  # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped
         r.model.recompute_granularity = "selective"  # benchmarks/proxy_1gpu_tuning.md
         r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]  # benchmarks/proxy_1gpu_tuning.md
