@@ -4,7 +4,7 @@
 
 Results recorded before the project's step timer counted the time between steps (commit 1e675f9 and
 earlier) took the median of each step's own time. That left out Megatron's manual GC, which runs after
-every ``train.manual_gc_interval``-th step (5 in the proxies). Megatron's "elapsed time per iteration"
+every ``train.manual_gc_interval``-th step (5 in those runs). Megatron's "elapsed time per iteration"
 counts it. This reads those lines back and gives tokens/s and TFLOPS over the steps after warm-up from
 their total time (``report.megatron_throughput``), beside the figure the result recorded. The recipe
 (tokens per step, CUDA graphs) is rebuilt from the result's command.
