@@ -20,14 +20,20 @@ from pathlib import Path
 from dsv3_recipes.cli import parser
 from dsv3_recipes.launch import build_task, recipe_of
 from dsv3_recipes.metrics import warmup_steps
+from dsv3_recipes.recipe import Recipe
 from dsv3_recipes.report import megatron_throughput, parse_log
 from dsv3_recipes.shrink import Capabilities
 
 
+def result_recipe(result: dict) -> Recipe:
+    """The recipe a result ran, rebuilt from its command as `dsv3` reads it."""
+    args = parser().parse_args(shlex.split(result["command"])[1:])
+    return recipe_of(build_task(args.name, args.overrides, args.shrink, Capabilities.here()))
+
+
 def wall_clock(result_path: Path) -> dict[str, object]:
     result = json.loads(result_path.read_text())
-    args = parser().parse_args(shlex.split(result["command"])[1:])  # read as `dsv3` reads it
-    recipe = recipe_of(build_task(args.name, args.overrides, args.shrink, Capabilities.here()))
+    recipe = result_recipe(result)
     log = parse_log(result_path.with_suffix(".log").read_text())
     by_megatron = megatron_throughput(log, recipe.tokens_per_step / result["num_gpus"], warmup_steps(recipe))
     ratio = result["tokens_per_s_per_gpu"] / by_megatron["megatron_tokens_per_s_per_gpu"]

@@ -1,13 +1,12 @@
 """The planner's step time uses the MFU a proxy run measured, and says where it comes from."""
 
 import json
-import shlex
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from dsv3_recipes.cli import parser
+from benchmarks import wall_clock
 from dsv3_recipes.launch import build_task, recipe_of
 from dsv3_recipes.plan import ASSUMED_MFU, MEASURED_MFU, plan
 
@@ -24,8 +23,7 @@ def test_each_measured_mfu_is_the_committed_proxy_by_the_wall_clock(key):
     assert result["data"]["kind"] == "text" and result["routing"] == "natural"  # the protocol's runs
     assert result["gpu"].lower().endswith(key[0]) and result["num_gpus"] == 1
     # What ran is the committed proxy_1gpu on that GPU, up to its data, step count and output directory.
-    args = parser().parse_args(shlex.split(result["command"])[1:])
-    ran = recipe_of(build_task(args.name, args.overrides))
+    ran = wall_clock.result_recipe(result)
     committed = recipe_of(build_task("proxy_1gpu", [f"launch.gpu_type={key[0]}"]))
     for section in ("model", "optimizer", "mixed_precision", "comm_overlap", "launch"):
         assert getattr(ran, section) == getattr(committed, section), section
