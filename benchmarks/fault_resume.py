@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from dsv3_recipes.report import parse_log
+from dsv3_recipes.report.logs import parse_log
 
 STEPS = 8
 SAVE_INTERVAL = 4

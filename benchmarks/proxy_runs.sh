@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy runs through benchmarks/run_recipe.py, on mock data or (`RECIPE:indexed`) on a Megatron indexed
 # dataset that `dsv3 preprocess` makes from a generated C4-style corpus and tokenizer
-# (dsv3_recipes.proxy_data). The default is issue 4's 2-GPU set.
+# (dsv3_recipes.data.proxy_data). The default is issue 4's 2-GPU set.
 #   source benchmarks/gpu_env.sh && bash benchmarks/proxy_runs.sh OUT_DIR
 #   RUNS="proxy_1gpu:indexed" STEPS=15 bash benchmarks/proxy_runs.sh OUT_DIR
 # Writes OUT_DIR/proxy_runs.tgz (results/*.json and log excerpts) after every run, so a run cut off by
@@ -25,7 +25,7 @@ bench() {
 }
 
 indexed_data() {
-  python3 -m dsv3_recipes.proxy_data "$WORK/corpus"
+  python3 -m dsv3_recipes.data.proxy_data "$WORK/corpus"
   # shellcheck disable=SC2086  # DSV3 is a command with arguments
   $DSV3 preprocess -i "$WORK/corpus/raw/c4-train.*.json.gz" -o "$WORK/data/c4-train" \
     --tokenizer "$WORK/corpus/tokenizer" --workers 4 >"$WORK/results/preprocess.log" 2>&1

@@ -24,7 +24,7 @@ import torch
 
 from conversion import selfcheck
 from conversion.checks import Parallelism
-from dsv3_recipes import hardware
+from dsv3_recipes.recipe import hardware
 
 PACKAGES = ("torch", "megatron-core", "megatron-bridge", "transformer-engine", "transformers")
 

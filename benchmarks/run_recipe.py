@@ -22,13 +22,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dsv3_recipes import hardware
-from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.metrics import warmup_steps
-from dsv3_recipes.mlperf_rules import idx_token_count
-from dsv3_recipes.recipe import Recipe, blend_prefixes
-from dsv3_recipes.report import megatron_throughput, parse_log
-from dsv3_recipes.shrink import Capabilities
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.mlperf.rules import idx_token_count
+from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.schema import Recipe, blend_prefixes
+from dsv3_recipes.recipes.shrinking import Capabilities
+from dsv3_recipes.report.logs import megatron_throughput, parse_log
+from dsv3_recipes.report.metrics import warmup_steps
 
 EXCERPT_LINES = 40
 
@@ -52,8 +52,8 @@ def routing_condition(recipe: Recipe) -> str:
 
 def planner_memory_gib(recipe: Recipe) -> dict[str, float]:
     """The planner's peak allocated estimate, and its model-state part (measured before step 0)."""
-    from dsv3_recipes.memory import GIB
-    from dsv3_recipes.plan import plan
+    from dsv3_recipes.plan.memory import GIB
+    from dsv3_recipes.plan.preflight import plan
 
     rank = plan(recipe).memory
     static = sum(t.bytes for t in rank.states)

@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 from dsv3_recipes.cli import parser
-from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.metrics import warmup_steps
-from dsv3_recipes.recipe import Recipe
-from dsv3_recipes.report import megatron_throughput, parse_log
-from dsv3_recipes.shrink import Capabilities
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.recipe.schema import Recipe
+from dsv3_recipes.recipes.shrinking import Capabilities
+from dsv3_recipes.report.logs import megatron_throughput, parse_log
+from dsv3_recipes.report.metrics import warmup_steps
 
 
 def result_recipe(result: dict) -> Recipe:

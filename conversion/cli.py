@@ -20,8 +20,8 @@ def _positive_int(text: str) -> int:
 
 
 def _add_launch_arguments(p: argparse.ArgumentParser) -> None:
-    from dsv3_recipes.images import PLATFORM_FOR_GPU
-    from dsv3_recipes.launch_options import LaunchOptions
+    from dsv3_recipes.launch.options import LaunchOptions
+    from dsv3_recipes.recipe.images import PLATFORM_FOR_GPU
 
     g = p.add_argument_group("conversion layout")
     g.add_argument("--tp", type=_positive_int, default=1, help="tensor parallel size (divides the heads)")
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     """Check, build and submit (or dry-run) the conversion the arguments describe."""
     from conversion import launch
     from conversion.checks import Parallelism
-    from dsv3_recipes.launch_options import LaunchOptions
+    from dsv3_recipes.launch.options import LaunchOptions
 
     options = LaunchOptions.from_args(args)
     parallel = Parallelism(args.tp, args.pp, args.ep)

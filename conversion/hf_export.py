@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from conversion.checks import INDEX_FILE, SCALE_SUFFIX, HFCheckpoint
 from conversion.distributed import Ranks
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe.schema import RecipeError
 
 
 def mtp_shared_copies(reference: HFCheckpoint, with_mtp: bool) -> dict[str, list[str]]:

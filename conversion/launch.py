@@ -17,10 +17,10 @@ import nemo_run as run
 
 from conversion import checks, tasks
 from conversion.checks import Parallelism
-from dsv3_recipes import executors
-from dsv3_recipes.images import image_for
-from dsv3_recipes.launch import LaunchOptions, SlurmOptions, check_local_machine, run_task
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch import executors
+from dsv3_recipes.launch.submit import LaunchOptions, SlurmOptions, check_local_machine, run_task
+from dsv3_recipes.recipe.images import image_for
+from dsv3_recipes.recipe.schema import RecipeError
 
 EXECUTORS = executors.EXECUTORS
 

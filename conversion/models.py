@@ -13,7 +13,7 @@ from megatron.core.utils import get_model_config
 
 from conversion.checks import Parallelism
 from conversion.distributed import on_gpu
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe.schema import RecipeError
 
 DTYPE = torch.bfloat16
 # Architecture fields an export reference must share with the Megatron model (MTP is checked apart:

@@ -13,8 +13,8 @@ from typing import Optional
 
 from conversion import checks
 from conversion.checks import Parallelism
-from dsv3_recipes import code_check
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch import code_check
+from dsv3_recipes.recipe.schema import RecipeError
 
 
 class VerifyFailed(RuntimeError):

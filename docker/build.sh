@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build one platform's image, tagged with the name the Slurm executor uses (dsv3_recipes.images):
+# Build one platform's image, tagged with the name the Slurm executor uses (dsv3_recipes.recipe.images):
 #   docker/build.sh PLATFORM [--push] [--dry-run] [more `docker build` flags...]
 # Run it with the project's Python on PATH (`uv run bash docker/build.sh gb200`), on a build host of the
 # image's CPU architecture. With DSV3_IMAGE_REGISTRY set the tag names that registry; --push pushes it.
@@ -24,7 +24,7 @@ while [[ ${1:-} == --push || ${1:-} == --dry-run ]]; do
 done
 print_command() { printf '%q ' "$@"; echo; }
 
-image=$(python3 -m dsv3_recipes.images "$platform")
+image=$(python3 -m dsv3_recipes.recipe.images "$platform")
 tag=${image/\#//} # enroot's REGISTRY#IMAGE is REGISTRY/IMAGE to docker
 
 build_args=()

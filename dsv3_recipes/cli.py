@@ -11,8 +11,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from dsv3_recipes.launch_options import JobFailed, LaunchOptions
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch.options import JobFailed, LaunchOptions
+from dsv3_recipes.recipe.schema import RecipeError
 
 if TYPE_CHECKING:
     import nemo_run as run
@@ -41,7 +41,7 @@ def _add_recipe_args(p: argparse.ArgumentParser, positional: bool = True) -> Non
 
 def _recipe_task(args: argparse.Namespace) -> run.Partial:
     """The named recipe's task with the command line's recipe options applied."""
-    from dsv3_recipes.launch import recipe_task
+    from dsv3_recipes.launch.submit import recipe_task
 
     return recipe_task(args.name, args.overrides, args.shrink, getattr(args, "executor", "local"))
 
@@ -55,7 +55,7 @@ def _recipe_command(command):
             return command(args, task)
         from nemo_run.cli.config import ConfigSerializer
 
-        from dsv3_recipes.launch import resolved_task
+        from dsv3_recipes.launch.submit import resolved_task
 
         text = ConfigSerializer().serialize_yaml(resolved_task(task))
         if args.to_yaml == "-":
@@ -78,7 +78,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, task: run.Partial) -> int:
-    from dsv3_recipes.launch import recipe_of, to_dict
+    from dsv3_recipes.launch.submit import recipe_of, to_dict
 
     recipe = recipe_of(task)
     data = to_dict(recipe)
@@ -86,7 +86,7 @@ def _cmd_show(args: argparse.Namespace, task: run.Partial) -> int:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
     if recipe.shrink:
-        from dsv3_recipes.shrink import summary
+        from dsv3_recipes.recipes.shrinking import summary
 
         print(summary(recipe.shrink) + "\n")
     print(_render_tree(data))
@@ -105,8 +105,8 @@ def _render_tree(data: dict, indent: int = 0) -> str:
 
 
 def _cmd_plan(args: argparse.Namespace, task: run.Partial) -> int:
-    from dsv3_recipes.launch import recipe_of
-    from dsv3_recipes.plan import plan
+    from dsv3_recipes.launch.submit import recipe_of
+    from dsv3_recipes.plan.preflight import plan
 
     report = plan(recipe_of(task), mfu=args.mfu)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
@@ -114,18 +114,18 @@ def _cmd_plan(args: argparse.Namespace, task: run.Partial) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace, task: run.Partial) -> int:
-    from dsv3_recipes.launch import launch
+    from dsv3_recipes.launch.submit import launch
 
     launch(task, LaunchOptions.from_args(args))
     return 0
 
 
 def _cmd_mlperf_check(args: argparse.Namespace) -> int:
-    from dsv3_recipes.mlperf_compliance import RULES, ProxyScale, check_log
+    from dsv3_recipes.mlperf.compliance import RULES, ProxyScale, check_log
 
     proxy = None
     if args.recipe:
-        from dsv3_recipes.launch import build_task, recipe_of
+        from dsv3_recipes.launch.submit import build_task, recipe_of
 
         recipe = recipe_of(build_task(args.recipe, args.overrides))
         proxy = ProxyScale.of(recipe) if recipe.mlperf.proxy else None
@@ -138,7 +138,7 @@ def _cmd_mlperf_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from dsv3_recipes.report import report
+    from dsv3_recipes.report.logs import report
 
     print(report(args.logdir, plot_png=not args.no_plot))
     return 0
@@ -180,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     from conversion.cli import add_arguments as add_convert_arguments
-    from dsv3_recipes import preprocess, text_corpus
+    from dsv3_recipes.data import preprocess, text_corpus
 
     preprocess.add_arguments(sub)
     text_corpus.add_arguments(sub)

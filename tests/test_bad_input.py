@@ -16,10 +16,11 @@ from pathlib import Path
 import nemo_run as run
 import pytest
 
-from dsv3_recipes import executors, recipes
+from dsv3_recipes import recipes
 from dsv3_recipes.cli import main
-from dsv3_recipes.launch import recipe_of
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch import executors
+from dsv3_recipes.launch.submit import recipe_of
+from dsv3_recipes.recipe.schema import RecipeError
 from dsv3_recipes.train.entry import pretrain
 
 NAN = float("nan")

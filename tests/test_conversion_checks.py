@@ -12,7 +12,7 @@ import pytest
 from conversion import checks
 from conversion.checks import Parallelism
 from conversion.staging import staged_directory
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe.schema import RecipeError
 
 CONFIG = {
     "model_type": "deepseek_v3",

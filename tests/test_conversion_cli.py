@@ -86,7 +86,7 @@ def test_bad_layouts_and_executors_are_refused(tmp_path, capsys, monkeypatch, ar
 
 def test_local_conversion_needs_its_gpus_here(tmp_path, capsys, monkeypatch):
     """The same machine check as `dsv3 pretrain`: the conversion's ranks, or a pointer to --dryrun."""
-    from dsv3_recipes import launch
+    from dsv3_recipes.launch import submit as launch
 
     monkeypatch.setattr(launch, "local_gpu_count", lambda: 2)
     write_checkpoint(tmp_path / "hf")

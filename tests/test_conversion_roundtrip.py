@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from conversion import tasks  # noqa: E402
 from conversion.selfcheck import hf_greedy, hf_weights, mismatched_tensors  # noqa: E402
 from conversion.tiny import is_fp8_weight, make_tiny_checkpoint, quantize_fp8_blockwise  # noqa: E402
-from dsv3_recipes.recipe import RecipeError  # noqa: E402
+from dsv3_recipes.recipe.schema import RecipeError  # noqa: E402
 
 
 def _cpu_provider_bridge(original):

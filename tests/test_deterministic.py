@@ -7,8 +7,8 @@ import types
 import pytest
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import build_task, make_executor, recipe_of, render_launch
-from dsv3_recipes.recipe import DETERMINISTIC_ENV_VARS
+from dsv3_recipes.launch.submit import build_task, make_executor, recipe_of, render_launch
+from dsv3_recipes.recipe.schema import DETERMINISTIC_ENV_VARS
 
 
 def test_the_local_launch_exports_the_deterministic_env_over_the_recipes_own():

@@ -17,8 +17,8 @@ import pytest
 from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 
-from dsv3_recipes import hardware, images
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe import hardware, images
+from dsv3_recipes.recipe.schema import RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -249,7 +249,7 @@ def test_image_gets_the_pyprojects_pinned_training_stack_from_the_lock():
         assert packages[req.name]["version"] == str(req.specifier).removeprefix("=="), req
 
 
-# --- dsv3_recipes.images --------------------------------------------------------------------------
+# --- dsv3_recipes.recipe.images --------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def test_a_step_is_timed_from_the_end_of_the_one_before(monkeypatch, capsys):
     Megatron's own iteration time: steps of 1 s with a 2 s pause after the second read 1, 1, 3."""
     import types
 
-    from dsv3_recipes.launch import build_task, recipe_of
+    from dsv3_recipes.launch.submit import build_task, recipe_of
     from dsv3_recipes.train import callbacks
 
     clock = iter([0.0, 1.0, 2.0, 5.0])  # step 1 starts at 0; the steps end at 1, 2 and (after the GC) 5

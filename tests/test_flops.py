@@ -5,7 +5,8 @@ import dataclasses
 import fiddle as fdl
 import pytest
 
-from dsv3_recipes import flops, models
+from dsv3_recipes.plan import flops
+from dsv3_recipes.recipe import models
 
 # DeepSeek-V3 671B (HF config.json): hidden, heads, q/kv LoRA ranks, head dims, experts, FFN widths.
 H, HEADS, Q_LORA, KV_LORA, QK, ROPE, V = 7168, 128, 1536, 512, 128, 64, 128

@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from dsv3_recipes import images, launch, recipes
+from dsv3_recipes import recipes
 from dsv3_recipes.cli import main
-from dsv3_recipes.launch import SlurmOptions, build_task, recipe_of, render_launch
+from dsv3_recipes.launch import submit as launch
+from dsv3_recipes.launch.submit import SlurmOptions, build_task, recipe_of, render_launch
+from dsv3_recipes.recipe import images
 
 # A login node has no torch: nemo_run's yaml module imports torch opportunistically, so hide it (and the
 # rest of the train stack) the way a bare login node would, and check every recipe still plans and renders.
@@ -20,7 +22,9 @@ class LoginNode:
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, LoginNode())
 import nemo_run as run
-from dsv3_recipes import cli, executors, launch, plan, recipes
+from dsv3_recipes import cli, recipes
+from dsv3_recipes.launch import executors, submit as launch
+from dsv3_recipes.plan import preflight as plan
 for name in recipes.RECIPES:
     if name == "torchtitan_bf16":
         continue
@@ -195,4 +199,4 @@ def test_recipe_task_renders_to_yaml_like_any_partial():
 
     text = YamlSerializer().serialize(recipes.get("proxy_1gpu"))
     assert "_target_: dsv3_recipes.train.entry.pretrain" in text and "_partial_: true" in text
-    assert "_target_: dsv3_recipes.recipe.Recipe" in text
+    assert "_target_: dsv3_recipes.recipe.schema.Recipe" in text

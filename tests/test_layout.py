@@ -5,15 +5,15 @@ import dataclasses
 import fiddle as fdl
 import pytest
 
-from dsv3_recipes import models
-from dsv3_recipes.layout import (
+from dsv3_recipes.recipe import models
+from dsv3_recipes.recipe.layout import (
     default_stages,
     parse_layout,
     pipeline_stages,
     stages_of_rank,
     validate_stages,
 )
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe.schema import RecipeError
 
 E, T, M, L = "embedding", "decoder", "mtp", "loss"
 

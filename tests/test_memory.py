@@ -5,11 +5,12 @@ import dataclasses
 import fiddle as fdl
 import pytest
 
-from dsv3_recipes import flops, memory, models
-from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.layout import pipeline_stages, stages_of_rank
-from dsv3_recipes.parallel import parallel_sizes
-from dsv3_recipes.recipe import LaunchConfig, OptimizerConfig, Recipe, TrainConfig
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.plan import flops, memory
+from dsv3_recipes.recipe import models
+from dsv3_recipes.recipe.layout import pipeline_stages, stages_of_rank
+from dsv3_recipes.recipe.parallel import parallel_sizes
+from dsv3_recipes.recipe.schema import LaunchConfig, OptimizerConfig, Recipe, TrainConfig
 
 SEQ = 4096
 # The 1-GPU proxy: hidden 2048, 16 heads, q/kv LoRA 768/512, 64 experts top-6 of width 1024.

@@ -2,11 +2,13 @@
 
 import pytest
 
-from dsv3_recipes import hardware, metrics, report
 from dsv3_recipes.cli import main
-from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.metrics import step_metrics, summarize
-from dsv3_recipes.report import parse_log, read_run
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.recipe import hardware
+from dsv3_recipes.report import logs as report
+from dsv3_recipes.report import metrics
+from dsv3_recipes.report.logs import parse_log, read_run
+from dsv3_recipes.report.metrics import step_metrics, summarize
 
 
 def test_step_metrics_by_hand():

@@ -16,9 +16,10 @@ import torch  # noqa: E402
 from megatron.core.datasets.indexed_dataset import IndexedDataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from dsv3_recipes import mlperf_rules, preprocess, proxy_data  # noqa: E402
-from dsv3_recipes.launch import recipe_of  # noqa: E402
-from dsv3_recipes.recipe import RecipeError  # noqa: E402
+from dsv3_recipes.data import preprocess, proxy_data  # noqa: E402
+from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
+from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.recipe.schema import RecipeError  # noqa: E402
 from dsv3_recipes.recipes.mlperf import mlperf_gb300_256gpu, mlperf_proxy_1gpu  # noqa: E402
 from dsv3_recipes.train.mlperf_data import FirstSequences, MLPerfC4Data  # noqa: E402
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dsv3_recipes import mlperf_rules as rules
-from dsv3_recipes.launch import recipe_of
-from dsv3_recipes.plan import plan
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch.submit import recipe_of
+from dsv3_recipes.mlperf import rules
+from dsv3_recipes.plan.preflight import plan
+from dsv3_recipes.recipe.schema import RecipeError
 from dsv3_recipes.recipes.mlperf import mlperf_gb300_256gpu, mlperf_h100_1024gpu, mlperf_proxy_1gpu
 
 DSV3_HF_CONFIG = {  # deepseek-ai/DeepSeek-V3 config.json, the fields the check compares

@@ -14,9 +14,9 @@ pytest.importorskip("megatron.bridge", reason="needs the train extra")
 import torch  # noqa: E402
 from megatron.bridge.training.callbacks import CallbackContext  # noqa: E402
 
-from dsv3_recipes import mlperf_rules  # noqa: E402
-from dsv3_recipes.launch import recipe_of  # noqa: E402
-from dsv3_recipes.mlperf_compliance import ProxyScale, check_log  # noqa: E402
+from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
+from dsv3_recipes.mlperf import rules as mlperf_rules  # noqa: E402
+from dsv3_recipes.mlperf.compliance import ProxyScale, check_log  # noqa: E402
 from dsv3_recipes.recipes.mlperf import mlperf_gb300_256gpu, mlperf_proxy_1gpu  # noqa: E402
 from dsv3_recipes.train.mlperf_log import MLPerfCallback  # noqa: E402
 

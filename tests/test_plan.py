@@ -6,10 +6,11 @@ import time
 
 import pytest
 
-from dsv3_recipes import memory, recipes
-from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.plan import plan
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes import recipes
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.plan import memory
+from dsv3_recipes.plan.preflight import plan
+from dsv3_recipes.recipe.schema import RecipeError
 
 RECIPES_671B = [
     "gb200_mxfp8_256gpu",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import wall_clock
-from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.plan import ASSUMED_MFU, MEASURED_MFU, plan
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.plan.preflight import ASSUMED_MFU, MEASURED_MFU, plan
 
 ROOT = Path(__file__).parent.parent
 

@@ -4,8 +4,8 @@ import fiddle as fdl
 import pytest
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import build_task, recipe_of
-from dsv3_recipes.recipe import RecipeError, check_types
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.recipe.schema import RecipeError, check_types
 
 
 def test_override_reaches_the_recipe():

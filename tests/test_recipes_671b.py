@@ -14,8 +14,8 @@ import fiddle as fdl
 import pytest
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import recipe_of
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch.submit import recipe_of
+from dsv3_recipes.recipe.schema import RecipeError
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,11 +9,11 @@ import fiddle as fdl
 import pytest
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import build_task, preflight, recipe_of
-from dsv3_recipes.layout import parse_layout, render_layout
-from dsv3_recipes.plan import plan
-from dsv3_recipes.recipe import RecipeError
-from dsv3_recipes.shrink import Capabilities, shrink
+from dsv3_recipes.launch.submit import build_task, preflight, recipe_of
+from dsv3_recipes.plan.preflight import plan
+from dsv3_recipes.recipe.layout import parse_layout, render_layout
+from dsv3_recipes.recipe.schema import RecipeError
+from dsv3_recipes.recipes.shrinking import Capabilities, shrink
 
 BARE = Capabilities(deep_ep=False, hybrid_ep=False, apex=False, wandb=False)
 FULL = Capabilities(deep_ep=True, hybrid_ep=True, apex=True, wandb=True)

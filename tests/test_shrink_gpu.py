@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.bridge", reason="needs the train extra (uv sync --extra train)")
 
-from dsv3_recipes import hardware  # noqa: E402
-from dsv3_recipes.report import parse_log  # noqa: E402
+from dsv3_recipes.recipe import hardware  # noqa: E402
+from dsv3_recipes.report.logs import parse_log  # noqa: E402
 
 
 def _dsv3(*args):

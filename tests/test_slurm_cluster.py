@@ -17,7 +17,7 @@ import test_mlperf_launch as mlperf_launch
 from test_conversion_checks import write_checkpoint
 from test_plan import RECIPES_671B
 
-from dsv3_recipes import code_check
+from dsv3_recipes.launch import code_check
 
 pytestmark = pytest.mark.slurm
 
@@ -71,7 +71,7 @@ def job_id_of(line: str) -> str:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from dsv3_recipes import proxy_data
+    from dsv3_recipes.data import proxy_data
 
     root = tmp_path_factory.mktemp("corpus")
     return proxy_data.write_corpus(str(root), train_documents=40, validation_documents=10) | {

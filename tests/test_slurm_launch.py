@@ -12,10 +12,11 @@ import pytest
 from test_mlperf_launch import data_dir  # noqa: F401  (a fixture)
 from test_plan import RECIPES_671B as PLANNED_671B
 
-from dsv3_recipes import code_check, executors, job_paths, launch
 from dsv3_recipes.cli import main
-from dsv3_recipes.launch import LaunchOptions, SlurmOptions, build_task, recipe_of, render_launch
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch import code_check, executors, job_paths
+from dsv3_recipes.launch import submit as launch
+from dsv3_recipes.launch.submit import LaunchOptions, SlurmOptions, build_task, recipe_of, render_launch
+from dsv3_recipes.recipe.schema import RecipeError
 
 IMAGE = "registry.example.com/team/dsv3-recipes:test"
 RECIPES_671B = [*PLANNED_671B, "torchtitan_bf16", "mlperf_gb300_256gpu", "mlperf_h100_1024gpu"]
@@ -232,7 +233,7 @@ def test_to_yaml_writes_the_resolved_task_and_runs_nothing(tmp_path, capsys):
 LOAD_BACK = """
 import sys
 from nemo_run.cli.config import ConfigSerializer
-from dsv3_recipes import launch
+from dsv3_recipes.launch import submit as launch
 loaded = ConfigSerializer().deserialize_yaml(sys.stdin.read())
 assert launch.recipe_of(loaded) == launch.recipe_of(launch.recipe_task(sys.argv[1])), sys.argv[1]
 """

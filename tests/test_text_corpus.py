@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("tokenizers", reason="needs the train extra")
 pytest.importorskip("megatron.core", reason="needs the train extra")
 
-from dsv3_recipes import text_corpus  # noqa: E402
-from dsv3_recipes.mlperf_rules import idx_token_count  # noqa: E402
+from dsv3_recipes.data import text_corpus  # noqa: E402
+from dsv3_recipes.mlperf.rules import idx_token_count  # noqa: E402
 
 PROSE = "The river runs past the old mill, and the miller counts the sacks of grain each evening. " * 8
 

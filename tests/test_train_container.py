@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from megatron.bridge.training.config import runtime_config_update  # noqa: E402
 
 from dsv3_recipes import recipes  # noqa: E402
-from dsv3_recipes.launch import recipe_of  # noqa: E402
+from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
 from dsv3_recipes.train.container import to_config_container  # noqa: E402
 
 # Bridge asks the GPU's compute capability to validate flex dispatchers: answer as the target GPU would.

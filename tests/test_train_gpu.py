@@ -9,9 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.bridge", reason="needs the train extra (uv sync --extra train)")
 
-from dsv3_recipes import metrics, report  # noqa: E402
-from dsv3_recipes.launch import build_task, recipe_of  # noqa: E402
-from dsv3_recipes.report import parse_log  # noqa: E402
+from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
+from dsv3_recipes.report import logs as report  # noqa: E402
+from dsv3_recipes.report import metrics  # noqa: E402
+from dsv3_recipes.report.logs import parse_log  # noqa: E402
 from dsv3_recipes.train.memory_census import census_gib  # noqa: E402
 
 MIB = 2**20

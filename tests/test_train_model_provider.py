@@ -12,7 +12,7 @@ pytest.importorskip("megatron.bridge", reason="needs the train extra")
 from megatron.bridge.models.conversion.auto_bridge import AutoBridge  # noqa: E402
 
 from dsv3_recipes import recipes  # noqa: E402
-from dsv3_recipes.launch import recipe_of  # noqa: E402
+from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
 from dsv3_recipes.train.container import hf_config, model_provider, recipe_choices  # noqa: E402
 
 # torchtitan_bf16 reads GPU_TYPE from the environment; its named variants are in the list. Each recipe

@@ -5,8 +5,8 @@ runs the real one (MXFP8 asked of an H200) and records it under benchmarks/resul
 import pytest
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import recipe_of
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.launch.submit import recipe_of
+from dsv3_recipes.recipe.schema import RecipeError
 from dsv3_recipes.train import preflight
 from dsv3_recipes.train.entry import pretrain
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe.schema import RecipeError
 
 if TYPE_CHECKING:
     import nemo_run as run
@@ -106,7 +106,7 @@ def __getattr__(attr: str) -> object:
     """``RECIPES`` (name -> factory, all registered), ``shrink``, a factory by its function name, or a
     module of this package."""
     if attr == "shrink":
-        from dsv3_recipes.shrink import shrink
+        from dsv3_recipes.recipes.shrinking import shrink
 
         return shrink
     if attr == "RECIPES":

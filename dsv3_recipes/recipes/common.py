@@ -9,11 +9,11 @@ import nemo_run as run
 import nemo_run.core.serialization.yaml  # noqa: F401  (registers run.Partial's YAML representer)
 import yaml
 
-from dsv3_recipes import models
-from dsv3_recipes.plan import check_launch
-from dsv3_recipes.recipe import LaunchConfig, Recipe
+from dsv3_recipes.plan.preflight import check_launch
+from dsv3_recipes.plan.validate import build
+from dsv3_recipes.recipe import models
+from dsv3_recipes.recipe.schema import LaunchConfig, Recipe
 from dsv3_recipes.train.entry import pretrain
-from dsv3_recipes.validate import build
 
 # [mcore-gb200] lists these; [moe-zoo]'s DeepSeek-V3.yaml, which the H100 guide ([mcore-h100]) launches
 # with, sets the same ones, so all Megatron-Core guide recipes share them.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nemo_run as run
 
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.recipe.schema import Recipe
 from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, MCORE_DSV3_ENV_VARS, dsv3_671b
 from dsv3_recipes.recipes.torchtitan import torchtitan_bf16
 

@@ -1,6 +1,6 @@
 """MLPerf Training DeepSeek-V3 671B ([mlperf-dsv3]): the benchmark's rules on top of the 671B recipes.
 
-The rules themselves live in ``dsv3_recipes.mlperf_rules`` (checked whenever a recipe is validated);
+The rules themselves live in ``dsv3_recipes.mlperf.rules`` (checked whenever a recipe is validated);
 the factories here set a recipe that follows them, so only the cluster-specific fields (data paths,
 the converted checkpoint, Slurm options) come from ``experiments/mlperf/config_*.sh``. The learning
 rate is left to the rule: ``optimizer.lr=None`` is derived from the GBS when the recipe is built, so
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import nemo_run as run
 
-from dsv3_recipes import mlperf_rules as rules
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.mlperf import rules
+from dsv3_recipes.recipe.schema import Recipe
 from dsv3_recipes.recipes.common import MCORE_DSV3_ENV_VARS, dsv3_671b
 from dsv3_recipes.recipes.h100 import h100_fp8_blockwise
 from dsv3_recipes.recipes.proxy import proxy_1gpu

@@ -12,8 +12,8 @@ import copy
 import fiddle as fdl
 import nemo_run as run
 
-from dsv3_recipes import models
-from dsv3_recipes.recipe import LaunchConfig, RecipeError
+from dsv3_recipes.recipe import models
+from dsv3_recipes.recipe.schema import LaunchConfig, RecipeError
 from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, pretrain_task, recipe_config
 
 
@@ -73,7 +73,7 @@ def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
 
 def _fits(task: run.Partial) -> bool:
     """The planner's verdict on the task's memory (the planner is within 2% of the measured peaks)."""
-    from dsv3_recipes.plan import plan
+    from dsv3_recipes.plan.preflight import plan
 
     try:
         plan(fdl.build(copy.deepcopy(task.recipe)))

@@ -27,8 +27,8 @@ from collections.abc import Mapping
 
 import nemo_run as run
 
-from dsv3_recipes import hardware
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.schema import RecipeError
 from dsv3_recipes.recipes.common import dsv3_671b
 
 # [titan-dsv3]'s defaults per GPU type: JOB_TOTAL_GPUS (the tables) and DATA_PARALLEL_SHARD_DEGREE.

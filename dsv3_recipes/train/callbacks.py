@@ -13,11 +13,11 @@ import time
 import torch
 from megatron.bridge.training.callbacks import Callback, CallbackContext
 
-from dsv3_recipes import hardware
-from dsv3_recipes.flops import model_flops_per_token
-from dsv3_recipes.memory import GIB
-from dsv3_recipes.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize, warmup_steps
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.plan.flops import model_flops_per_token
+from dsv3_recipes.plan.memory import GIB
+from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.schema import Recipe
+from dsv3_recipes.report.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize, warmup_steps
 from dsv3_recipes.train.memory_census import census_gib
 
 

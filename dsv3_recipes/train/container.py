@@ -36,7 +36,7 @@ from megatron.core.datasets.utils import get_blend_from_list
 from megatron.core.transformer.enums import AttnBackend
 from transformers import DeepseekV3Config
 
-from dsv3_recipes.recipe import ModelConfig, Recipe
+from dsv3_recipes.recipe.schema import ModelConfig, Recipe
 from dsv3_recipes.train import mlperf_data
 
 DEEPSEEK_V3_ARCHITECTURE = "DeepseekV3ForCausalLM"  # picks DeepSeekV3Bridge

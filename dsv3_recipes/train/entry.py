@@ -7,10 +7,10 @@ import os
 import socket
 import sys
 
-from dsv3_recipes import code_check
-from dsv3_recipes.checkpoints import check_resume
-from dsv3_recipes.recipe import Recipe, RecipeError
-from dsv3_recipes.validate import validate
+from dsv3_recipes.launch import code_check
+from dsv3_recipes.plan.validate import validate
+from dsv3_recipes.recipe.checkpoints import check_resume
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 
 def pretrain(recipe: Recipe) -> None:

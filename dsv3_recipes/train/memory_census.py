@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from dsv3_recipes.memory import GIB
+from dsv3_recipes.plan.memory import GIB
 
 
 def _storage(t: torch.Tensor) -> tuple[int, int]:

@@ -37,8 +37,8 @@ from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
-from dsv3_recipes import mlperf_rules
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.recipe.schema import Recipe
 
 
 def first_tokens(dataset: IndexedDataset, count: int) -> numpy.ndarray:

@@ -32,8 +32,8 @@ from megatron.bridge.training.callbacks import Callback, CallbackContext
 from mlperf_logging.mllog import constants as c
 from mlperf_logging.mllog.mllog import MLLogger
 
-from dsv3_recipes import mlperf_rules
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.recipe.schema import Recipe
 
 if TYPE_CHECKING:
     from megatron.bridge.training.state import GlobalState

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from dsv3_recipes.recipe import Recipe, RecipeError
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 FP8_SUPPORT_CHECK = {  # recipe name -> Transformer Engine's own support check for the local GPU
     "tensorwise": "check_fp8_support",

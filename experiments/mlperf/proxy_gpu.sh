@@ -17,7 +17,7 @@ DSV3=${DSV3:-python3 -m dsv3_recipes.cli}
 rm -rf "$WORK"
 mkdir -p "$WORK" "$OUT"
 
-python3 -m dsv3_recipes.proxy_data "$WORK"
+python3 -m dsv3_recipes.data.proxy_data "$WORK"
 # shellcheck disable=SC2086  # DSV3 is a command with arguments
 $DSV3 preprocess -i "$WORK/raw/c4-train.*.json.gz" -o "$WORK/data/c4-train.en_0" \
   --tokenizer "$WORK/tokenizer" --workers 4

@@ -8,7 +8,7 @@ segment, bindpcie) and ``mlperf`` the benchmark rules when a recipe runs in MLPe
 
 Each section checks its own fields when it is built (``Section.__post_init__``: types, ranges, and
 the rules between its own fields), so ``fdl.build`` of a bad recipe fails with the field's name.
-The rules that span sections and the parallel layout live in ``dsv3_recipes.validate``.
+The rules that span sections and the parallel layout live in ``dsv3_recipes.plan.validate``.
 
 This module imports only the standard library: the launch side builds, overrides and validates
 recipes on a login node that has no torch.

@@ -5,7 +5,7 @@ The text is sentences of a few dozen words from a fixed grammar, so a proxy mode
 tens of steps and reaches the benchmark's 3.60 validation-loss target (the unigram entropy alone is
 below it). Documents are json lines ``{"text", "timestamp", "url"}`` like C4's.
 
-    python -m dsv3_recipes.proxy_data OUT_DIR   # OUT_DIR/tokenizer, OUT_DIR/raw/*.json.gz
+    python -m dsv3_recipes.data.proxy_data OUT_DIR   # OUT_DIR/tokenizer, OUT_DIR/raw/*.json.gz
 
 Needs ``tokenizers`` and ``transformers`` (train side).
 """

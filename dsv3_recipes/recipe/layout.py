@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from dsv3_recipes.recipe import ModelConfig, RecipeError
+from dsv3_recipes.recipe.schema import ModelConfig, RecipeError
 
 LAYOUT_FIELD = "model.pipeline_model_parallel_layout"
 SYMBOLS = {"E": "embedding", "t": "decoder", "m": "mtp", "L": "loss"}

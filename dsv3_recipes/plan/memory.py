@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsv3_recipes import flops
-from dsv3_recipes.layout import Stage, stages_of_rank
-from dsv3_recipes.parallel import ParallelSizes
-from dsv3_recipes.recipe import ModelConfig, Recipe
+from dsv3_recipes.plan import flops
+from dsv3_recipes.recipe.layout import Stage, stages_of_rank
+from dsv3_recipes.recipe.parallel import ParallelSizes
+from dsv3_recipes.recipe.schema import ModelConfig, Recipe
 
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}

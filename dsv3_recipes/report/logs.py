@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsv3_recipes.metrics import METRICS_TAG, SUMMARY_TAG
+from dsv3_recipes.report.metrics import METRICS_TAG, SUMMARY_TAG
 
 _MEGATRON_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|(.*)")
 _MEGATRON_FIELD = re.compile(r"\s*([^|:]+?):\s*([-+0-9.eE]+)\s*\|")

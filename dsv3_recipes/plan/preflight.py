@@ -14,12 +14,15 @@ import io
 import os
 from dataclasses import dataclass
 
-from dsv3_recipes import checkpoints, executors, flops, hardware, memory, mlperf_rules
-from dsv3_recipes.hardware import Gpu
-from dsv3_recipes.layout import Stage, pipeline_stages
-from dsv3_recipes.parallel import ParallelSizes
-from dsv3_recipes.recipe import Recipe, RecipeError
-from dsv3_recipes.validate import validate
+from dsv3_recipes.launch import executors
+from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.plan import flops, memory
+from dsv3_recipes.plan.validate import validate
+from dsv3_recipes.recipe import checkpoints, hardware
+from dsv3_recipes.recipe.hardware import Gpu
+from dsv3_recipes.recipe.layout import Stage, pipeline_stages
+from dsv3_recipes.recipe.parallel import ParallelSizes
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 ASSUMED_MFU = 0.4
 

@@ -21,8 +21,8 @@ import struct
 
 import fiddle as fdl
 
-from dsv3_recipes import checkpoints, models
-from dsv3_recipes.recipe import MLPerfConfig, Recipe, RecipeError, blend_prefixes
+from dsv3_recipes.recipe import checkpoints, models
+from dsv3_recipes.recipe.schema import MLPerfConfig, Recipe, RecipeError, blend_prefixes
 
 BENCHMARK = "deepseekv3_671b"  # mlperf-logging's name (mllog.constants.DEEPSEEKV3_671B)
 RULESET = "6.1.0"  # the mlperf-logging ruleset the logs are checked against

@@ -10,8 +10,8 @@ import json
 import statistics
 from dataclasses import asdict, dataclass
 
-from dsv3_recipes.hardware import Gpu
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.recipe.hardware import Gpu
+from dsv3_recipes.recipe.schema import Recipe
 
 METRICS_TAG = "DSV3_METRICS"
 SUMMARY_TAG = "DSV3_SUMMARY"

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import fiddle as fdl
 
-from dsv3_recipes import flops, hardware, mlperf_rules
-from dsv3_recipes.hardware import Gpu
-from dsv3_recipes.layout import pipeline_stages
-from dsv3_recipes.parallel import ParallelSizes, parallel_sizes
-from dsv3_recipes.recipe import Recipe, RecipeError, check_types
+from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.plan import flops
+from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.hardware import Gpu
+from dsv3_recipes.recipe.layout import pipeline_stages
+from dsv3_recipes.recipe.parallel import ParallelSizes, parallel_sizes
+from dsv3_recipes.recipe.schema import Recipe, RecipeError, check_types
 
 RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
 GIB = 1024**3

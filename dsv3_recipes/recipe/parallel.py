@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsv3_recipes.recipe import Recipe, RecipeError
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Mapping
 
-from dsv3_recipes.recipe import Recipe, RecipeError
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 # recipe ModelConfig field -> (HF config.json key, Bridge run_config.yaml model key)

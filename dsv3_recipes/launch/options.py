@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe.schema import RecipeError
 
 EXECUTORS = ("local", "slurm")
 

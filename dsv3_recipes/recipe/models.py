@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import nemo_run as run
 
-from dsv3_recipes.recipe import ModelConfig
+from dsv3_recipes.recipe.schema import ModelConfig
 
 
 def deepseek_v3_671b() -> run.Config[ModelConfig]:

@@ -129,8 +129,8 @@ def build(
     workers: int = 2,
 ) -> dict[str, object]:
     """Gather, train the tokenizer, tokenize; returns the manifest (also written to manifest.json)."""
-    from dsv3_recipes.mlperf_rules import idx_token_count
-    from dsv3_recipes.preprocess import preprocess
+    from dsv3_recipes.data.preprocess import preprocess
+    from dsv3_recipes.mlperf.rules import idx_token_count
 
     documents, sources = gather(roots if roots is not None else default_roots(), int(max_mb * 2**20), pydoc)
     if not documents:

@@ -26,12 +26,12 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from dsv3_recipes import code_check
+from dsv3_recipes.launch import code_check
 
 if TYPE_CHECKING:
     import nemo_run
 
-    from dsv3_recipes.launch_options import LaunchOptions
+    from dsv3_recipes.launch.options import LaunchOptions
 
 _tokenizer = None  # each worker's own tokenizer
 
@@ -119,7 +119,7 @@ def preprocess(
 
 def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     """The `dsv3 preprocess` subcommand."""
-    from dsv3_recipes.launch_options import LaunchOptions
+    from dsv3_recipes.launch.options import LaunchOptions
 
     p = subparsers.add_parser(
         "preprocess", help="C4 json(.gz) shards -> Megatron .bin/.idx with a Hugging Face tokenizer"
@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     """Check the arguments, then run (or render) the preprocessing task on the chosen executor."""
     import nemo_run
 
-    from dsv3_recipes.launch import run_task
-    from dsv3_recipes.launch_options import LaunchOptions
+    from dsv3_recipes.launch.options import LaunchOptions
+    from dsv3_recipes.launch.submit import run_task
 
     options = LaunchOptions.from_args(args)
     task = nemo_run.Partial(
@@ -163,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
 def _executor(args: argparse.Namespace, options: LaunchOptions) -> nemo_run.Executor:
     import nemo_run
 
-    from dsv3_recipes import executors
-    from dsv3_recipes.recipe import RecipeError
+    from dsv3_recipes.launch import executors
+    from dsv3_recipes.recipe.schema import RecipeError
 
     if args.workers < 1:
         raise RecipeError("--workers", f"must be >= 1, got {args.workers}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dsv3_recipes.recipe import Recipe, RecipeError, blend_prefixes
+from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes
 
 
 @dataclass(frozen=True)

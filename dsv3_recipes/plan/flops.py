@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from dsv3_recipes.recipe import ModelConfig
+from dsv3_recipes.recipe.schema import ModelConfig
 
 Sharding = Literal["tp", "replicated", "expert"]
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 
 import nemo_run as run
 
-from dsv3_recipes import code_check, job_paths
-from dsv3_recipes.images import BINDPCIE_PATH
-from dsv3_recipes.launch_options import EXECUTORS
-from dsv3_recipes.recipe import Recipe, RecipeError
+from dsv3_recipes.launch import code_check, job_paths
+from dsv3_recipes.launch.options import EXECUTORS
+from dsv3_recipes.recipe.images import BINDPCIE_PATH
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 SECRET_ENV_VARS = ("HF_TOKEN", "WANDB_API_KEY")
 _SECRET_NAME = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)$")

@@ -27,10 +27,14 @@ from collections.abc import Iterator, Sequence
 import nemo_run as run
 from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
-from dsv3_recipes import executors, hardware, mlperf_rules, recipes, validate
-from dsv3_recipes.launch_options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
-from dsv3_recipes.recipe import Recipe, RecipeError, blend_prefixes, describe_type
-from dsv3_recipes.shrink import Capabilities
+from dsv3_recipes import recipes
+from dsv3_recipes.launch import executors
+from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
+from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.plan import validate
+from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes, describe_type
+from dsv3_recipes.recipes.shrinking import Capabilities
 
 __all__ = ["EXECUTORS", "JobFailed", "LaunchOptions", "SlurmOptions", "build_task", "launch", "run_task"]
 LOG_TAIL_LINES = 20
@@ -154,7 +158,7 @@ def to_dict(recipe: Recipe) -> dict:
 def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.Executor:
     if kind != "slurm":
         return executors.for_recipe(kind, recipe)
-    from dsv3_recipes.images import image_for
+    from dsv3_recipes.recipe.images import image_for
 
     slurm = slurm or SlurmOptions()
     return executors.for_recipe("slurm", recipe, **slurm.executor_kwargs(image_for(recipe.launch.gpu_type)))
@@ -162,7 +166,7 @@ def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.
 
 def preflight(recipe: Recipe, executor: str, dryrun: bool) -> None:
     """Refuse, before submission, anything that would fail once the job starts."""
-    from dsv3_recipes.plan import check_launch
+    from dsv3_recipes.plan.preflight import check_launch
 
     check_launch(recipe)
     if executor == "local":

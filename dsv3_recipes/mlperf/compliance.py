@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import yaml
 from mlperf_logging.compliance_checker import mlp_compliance, mlp_parser
 
-from dsv3_recipes import mlperf_rules
-from dsv3_recipes.recipe import Recipe
+from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.recipe.schema import Recipe
 
 USAGE = "training"
 RULES = f"{USAGE}_{mlperf_rules.RULESET}/common.yaml"

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import fiddle as fdl
 import nemo_run as run
 
-from dsv3_recipes import hardware, images
-from dsv3_recipes.layout import parse_layout, shrink_layout
-from dsv3_recipes.recipe import FieldChange, Recipe, RecipeError, ShrinkRecord, check_types
+from dsv3_recipes.recipe import hardware, images
+from dsv3_recipes.recipe.layout import parse_layout, shrink_layout
+from dsv3_recipes.recipe.schema import FieldChange, Recipe, RecipeError, ShrinkRecord, check_types
 
 DEFAULT_STEPS = 10
 MOE_LAYERS_WITHOUT_PP = 3  # with one dense layer in front: every layer kind, four layers in all
@@ -378,7 +378,7 @@ def shrink(
 
 def _check_runs(task: run.Partial, parent: str, gpus: int, gpu_type: str) -> None:
     """The planner's verdict on the shrunk recipe, naming the field a substitution could not fix."""
-    from dsv3_recipes.plan import plan
+    from dsv3_recipes.plan.preflight import plan
 
     try:
         plan(fdl.build(task.recipe))

@@ -15,7 +15,7 @@ import sys
 from importlib import metadata, resources
 from importlib.resources.abc import Traversable
 
-from dsv3_recipes.recipe import RecipeError
+from dsv3_recipes.recipe.schema import RecipeError
 
 REPOSITORY = "dsv3-recipes"  # the image repository is named after the project (its dist name)
 REGISTRY_ENV = "DSV3_IMAGE_REGISTRY"

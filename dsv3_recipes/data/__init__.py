@@ -1,0 +1,1 @@
+"""Data tools: preprocessing to .bin/.idx, the offline English corpus, the generated proxy corpus."""
