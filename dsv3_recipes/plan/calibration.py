@@ -1,0 +1,260 @@
+"""Measured per-layer costs: what one rank of a recipe computes, as a one-GPU stand-in, and its timings.
+
+A rank of a 671B recipe runs, per micro-batch, its layers' attention on ``heads / TP`` heads, its dense
+MLPs at ``ffn / TP``, the shared expert at ``shared / TP``, and ``num_experts / EP`` local experts on
+the token copies the all-to-all brings it (balanced routing: ``seq x MBS / TP x top-k x ETP``), then the
+vocabulary-parallel output layer on ``vocab / TP``. ``stand_in(resolved)`` is a one-GPU recipe of
+exactly those shapes (TP = PP = EP = 1; two decoder layers, one dense and one MoE, and the recipe's MTP
+layer), with every kernel choice of the recipe kept. What the one GPU cannot show -- communication,
+the pipeline schedule, CUDA graphs' host savings -- the step-time model adds (``plan.step_time``).
+
+``benchmarks/calibrate.py`` builds each stand-in with Megatron-Core and Transformer Engine on the GPU
+at hand and times its parts (``train.calibrate``); the result is the committed calibration file that
+the planner reads (``dsv3_recipes/plan/calibration_h200.json``). Launch side: standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Optional
+
+from dsv3_recipes.plan import flops
+from dsv3_recipes.recipe.resolve import Resolved
+from dsv3_recipes.recipe.schema import LaunchConfig, Recipe, RecipeError
+
+CALIBRATION_FILE = "calibration_h200.json"
+MEASURED_GPU = "h200"
+# The flex dispatcher (DeepEP/HybridEP) exists only between ranks: on one GPU the stand-in permutes
+# locally as the all-to-all dispatcher does, and the step-time model adds the transfer.
+LOCAL_DISPATCHER = "alltoall"
+# Hopper has no MXFP8: the block-scaled FP8 recipe it runs stands in, and the GPU scaling applies
+# Blackwell's FP8 rate to the GEMMs (GPU_SCALING below).
+STAND_IN_FP8 = {"mxfp8": "blockwise"}
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """The one-GPU recipe whose parts cost what one rank's parts cost, and how to read its timings.
+
+    ``moe_micro_batch`` sequences go through the stand-in so that its MoE layer receives the rank's
+    routed copies with ``min(top-k, local experts)`` copies per token; the token-linear parts measured at
+    that size are scaled by ``micro_batch / moe_micro_batch`` (the MoE block is not: its copies are the
+    rank's)."""
+
+    recipe: Recipe
+    micro_batch: int
+    moe_micro_batch: int
+    full_recompute: bool  # the rank recomputes each layer's forward (Megatron's full recompute)
+
+    @property
+    def key(self) -> str:
+        return case_key(self.recipe)
+
+    @property
+    def token_scale(self) -> float:
+        return self.micro_batch / self.moe_micro_batch
+
+    @property
+    def label(self) -> str:
+        m = self.recipe.model
+        return (
+            f"h{m.hidden_size} heads{m.num_attention_heads} ffn{m.ffn_hidden_size} "
+            f"experts{m.num_moe_experts}x{m.moe_ffn_hidden_size} top{m.moe_router_topk} "
+            f"shared{m.moe_shared_expert_intermediate_size} mbs{self.moe_micro_batch} vocab{m.vocab_size} "
+            f"{self.recipe.mixed_precision.fp8_recipe or 'bf16'} mtp{m.mtp_num_layers or 0}"
+        )
+
+
+def case_key(stand_in: Recipe) -> str:
+    """What identifies a measurement: every field that changes the kernels a stand-in runs."""
+    fields = {
+        "model": dataclasses.asdict(stand_in.model),
+        "micro_batch_size": stand_in.train.micro_batch_size,
+        "mixed_precision": dataclasses.asdict(stand_in.mixed_precision),
+        "deterministic": stand_in.train.deterministic,
+    }
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stand_in(resolved: Resolved) -> StandIn:
+    """The one-GPU stand-in of the most common rank of ``resolved`` (every rank of a stage computes
+    alike; stages differ only in how many layers they hold, which the step-time model counts)."""
+    r, s = resolved.recipe, resolved.sizes
+    m = r.model
+    if s.cp > 1:
+        raise RecipeError("model.context_parallel_size", "the calibration has no context-parallel stand-in")
+    local_experts = m.num_moe_experts // s.ep
+    copies_per_token = m.moe_router_topk * s.etp / s.tp  # routed copies per sequence position of the rank
+    if copies_per_token != int(copies_per_token):
+        raise RecipeError(
+            "model.expert_tensor_parallel_size",
+            f"top-k x ETP / TP = {copies_per_token} is not a whole number of copies",
+        )
+    topk = int(copies_per_token)
+    moe_micro_batch = r.train.micro_batch_size
+    if topk > local_experts:  # more copies per token than local experts: feed more tokens instead
+        if (topk * moe_micro_batch) % local_experts:
+            raise RecipeError(
+                "model.expert_model_parallel_size",
+                f"{local_experts} local experts cannot take {topk} copies per token in whole sequences",
+            )
+        moe_micro_batch = topk * moe_micro_batch // local_experts
+        topk = local_experts
+    model = dataclasses.replace(
+        m,
+        num_layers=2,
+        first_k_dense_replace=1,
+        num_attention_heads=m.num_attention_heads // s.tp,
+        ffn_hidden_size=m.ffn_hidden_size // s.tp,
+        num_moe_experts=local_experts,
+        moe_ffn_hidden_size=m.moe_ffn_hidden_size // s.etp,
+        moe_shared_expert_intermediate_size=m.moe_shared_expert_intermediate_size // s.tp,
+        moe_router_topk=topk,
+        mtp_num_layers=1,  # measured once for recipes with and without MTP (the model adds it or not)
+        moe_router_num_groups=0,  # group-limited routing picks among all 256 experts, not the local ones
+        moe_router_group_topk=0,
+        moe_router_force_load_balancing=True,  # balanced routing, as the published benchmarks force it
+        vocab_size=flops.padded_vocab_size(m) // s.tp,
+        make_vocab_size_divisible_by=1,
+        tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=1,
+        virtual_pipeline_model_parallel_size=None,
+        pipeline_model_parallel_layout=None,
+        context_parallel_size=1,
+        expert_model_parallel_size=1,
+        expert_tensor_parallel_size=1,
+        sequence_parallel=False,
+        moe_token_dispatcher_type=LOCAL_DISPATCHER if resolved.dispatcher == "flex" else resolved.dispatcher,
+        moe_flex_dispatcher_backend=None,
+        cuda_graph_impl="none",  # eager: the step-time model adds what graphs save on the host
+        cuda_graph_scope=None,
+        use_te_rng_tracker=False,
+        gradient_accumulation_fusion=False,
+        # Full recompute is a schedule of the block: the stand-in times each layer once with and once
+        # without autograd, and the model adds the recomputed forward.
+        recompute_granularity=None if m.recompute_granularity == "full" else m.recompute_granularity,
+        recompute_method=None,
+        recompute_num_layers=None,
+    )
+    mp = r.mixed_precision
+    precision = dataclasses.replace(
+        mp,
+        fp8_recipe=STAND_IN_FP8.get(mp.fp8_recipe, mp.fp8_recipe) if mp.fp8_recipe else None,
+        fp8_param_gather=False,  # no data-parallel gather on one GPU
+        reuse_grad_buf_for_mxfp8_param_ag=False,
+    )
+    train = dataclasses.replace(
+        r.train,
+        micro_batch_size=moe_micro_batch,
+        global_batch_size=moe_micro_batch,
+        train_iters=1,
+        train_samples=None,
+    )
+    recipe = Recipe(
+        name=f"{r.name}_standin",
+        model=model,
+        train=train,
+        optimizer=r.optimizer,
+        mixed_precision=precision,
+        launch=LaunchConfig(gpu_type=MEASURED_GPU, num_nodes=1, gpus_per_node=1),
+    )
+    return StandIn(
+        recipe=recipe,
+        micro_batch=r.train.micro_batch_size,
+        moe_micro_batch=moe_micro_batch,
+        full_recompute=m.recompute_granularity == "full",
+    )
+
+
+@dataclass(frozen=True)
+class PartTiming:
+    """Seconds for one pass of a part over the stand-in's micro-batch, and the share of its GPU time in
+    tensor-core kernels (GEMMs, attention): that share scales with a GPU's peak rate, the rest with its
+    memory bandwidth."""
+
+    forward_backward_s: float
+    forward_s: float  # without autograd: what full recompute runs again
+    gemm_share: float
+    attention_share: float
+
+
+@dataclass(frozen=True)
+class CaseTiming:
+    key: str
+    label: str
+    dense_layer: PartTiming
+    moe_layer: PartTiming
+    moe_block: PartTiming  # the MoE layer's MLP alone: router, permute, experts, shared expert, unpermute
+    embedding: PartTiming
+    head: PartTiming  # final norm, output layer, cross-entropy
+    mtp: Optional[PartTiming]  # what the MTP depth adds to the whole stand-in, None without MTP
+    whole_model_s: float  # the stand-in's forward+backward in one piece (a check on the parts' sum)
+
+
+@dataclass(frozen=True)
+class OptimizerTiming:
+    """Seconds per parameter of one optimizer step on the measured GPU (memory-bound)."""
+
+    adam_s_per_param: dict[str, float]  # by the optimizer's state dtypes, e.g. "fp32/bf16/bf16"
+    grad_norm_s_per_param: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    gpu: str
+    command: str
+    machine: str
+    date: str
+    commit: str
+    cases: dict[str, CaseTiming]
+    optimizer: OptimizerTiming
+
+    def case(self, stand: StandIn) -> CaseTiming:
+        try:
+            return self.cases[stand.key]
+        except KeyError:
+            raise RecipeError(
+                "calibration",
+                f"no measured stand-in {stand.key} ({stand.label}) in {CALIBRATION_FILE}: run "
+                f"benchmarks/calibrate.py with this recipe on a GPU",
+            ) from None
+
+
+def _part(data: dict) -> PartTiming:
+    return PartTiming(**data)
+
+
+def from_dict(data: dict) -> Calibration:
+    cases = {}
+    for key, c in data["cases"].items():
+        parts = {
+            name: _part(c[name]) for name in ("dense_layer", "moe_layer", "moe_block", "embedding", "head")
+        }
+        cases[key] = CaseTiming(
+            key=key,
+            label=c["label"],
+            mtp=_part(c["mtp"]) if c.get("mtp") else None,
+            whole_model_s=c["whole_model_s"],
+            **parts,
+        )
+    return Calibration(
+        gpu=data["gpu"],
+        command=data["command"],
+        machine=data["machine"],
+        date=data["date"],
+        commit=data["commit"],
+        cases=cases,
+        optimizer=OptimizerTiming(**data["optimizer"]),
+    )
+
+
+@cache
+def load() -> Calibration:
+    """The committed calibration (package data, so that an installed launch side has it too)."""
+    text = (resources.files(__package__) / CALIBRATION_FILE).read_text()
+    return from_dict(json.loads(text))

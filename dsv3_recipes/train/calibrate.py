@@ -1,0 +1,240 @@
+"""Time the parts of one-GPU stand-ins (``plan.calibration.stand_in``) with Megatron-Core and TE.
+
+Each stand-in is built the way the train entry builds a model (the recipe's ConfigContainer, Bridge's
+mixed-precision setup, Bridge's provider), on one rank with every parallel size 1. Its parts run the
+real modules: the dense and the MoE decoder layer, the MoE layer's MLP alone, the embedding, the head
+(final norm, output layer, cross-entropy) and the whole model, whose excess over the parts is the MTP
+depth. Each part is timed forward+backward (and forward alone without autograd, for full recompute)
+over several passes after warm-up, and profiled once to split its GPU time into tensor-core kernels
+(GEMMs, attention) and the memory-bound rest. The optimizer is timed per parameter with TE's FusedAdam,
+as Megatron's precision-aware optimizer runs it. GPU only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.fp8_utils import get_fp8_context
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+from torch.autograd import DeviceType
+
+from dsv3_recipes.plan.calibration import OptimizerTiming, PartTiming, StandIn
+from dsv3_recipes.train.container import to_config_container
+
+WARMUP = 3
+PASSES = 8
+ATTENTION_KERNEL = re.compile(r"fmha|flash|sdpa|fused_attn|cudnn.*(attn|sdpa)", re.I)
+GEMM_KERNEL = re.compile(r"gemm|nvjet|cutlass|xmma|cublas|wgmma|matmul|Kernel2", re.I)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_single_rank(seed: int = 1234) -> None:
+    """torch.distributed and Megatron's groups for one process on one GPU."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    torch.cuda.set_device(0)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel()
+    model_parallel_cuda_manual_seed(seed)
+
+
+def build(stand: StandIn) -> torch.nn.Module:
+    """The stand-in's model as the train entry would build it (Bridge's provider and precision setup)."""
+    cfg = to_config_container(stand.recipe)
+    cfg.mixed_precision.finalize()
+    cfg.mixed_precision.setup(cfg.model, cfg.optimizer, cfg.ddp)
+    cfg.model.finalize()
+    (model,) = cfg.model.provide_distributed_model(ddp_config=cfg.ddp, wrap_with_ddp=False)
+    return model
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):  # Float16Module
+        model = model.module
+    return model
+
+
+def _seconds(fn: Callable[[], None], passes: int = PASSES) -> float:
+    for _ in range(WARMUP):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(passes):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / passes
+
+
+def _shares(fn: Callable[[], None]) -> tuple[float, float]:
+    """GPU-time shares of GEMM and attention kernels in two passes of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        fn()
+        torch.cuda.synchronize()
+    total = gemm = attention = 0.0
+    for event in prof.key_averages():
+        t = event.self_device_time_total
+        if event.device_type != DeviceType.CUDA or t <= 0:  # kernels only: CPU ops repeat their time
+            continue
+        total += t
+        if ATTENTION_KERNEL.search(event.key):
+            attention += t
+        elif GEMM_KERNEL.search(event.key):
+            gemm += t
+    return (gemm / total, attention / total) if total else (0.0, 0.0)
+
+
+def _part(forward: Callable[[], torch.Tensor], grad_of: Callable[[torch.Tensor], torch.Tensor]) -> PartTiming:
+    def forward_backward() -> None:
+        out = forward()
+        out.backward(grad_of(out))
+
+    def forward_only() -> None:
+        with torch.no_grad():
+            forward()
+
+    gemm, attention = _shares(forward_backward)
+    return PartTiming(
+        forward_backward_s=_seconds(forward_backward),
+        forward_s=_seconds(forward_only),
+        gemm_share=gemm,
+        attention_share=attention,
+    )
+
+
+def measure_case(stand: StandIn) -> dict:
+    """Every part of one stand-in, timed; the dict ``plan.calibration.from_dict`` reads per case."""
+    wrapped = build(stand)
+    model = _unwrap(wrapped)
+    config = model.config
+    m = stand.recipe.model
+    seq, batch = m.seq_length, stand.moe_micro_batch
+    device = torch.cuda.current_device()
+    tokens = torch.randint(0, m.vocab_size, (batch, seq), device=device)
+    positions = torch.arange(seq, device=device).unsqueeze(0).expand(batch, seq)
+    hidden = torch.randn(seq, batch, m.hidden_size, device=device, dtype=torch.bfloat16, requires_grad=True)
+    ones = torch.ones_like
+
+    def layer(index: int) -> Callable[[], torch.Tensor]:
+        module = model.decoder.layers[index]
+
+        def run() -> torch.Tensor:
+            with get_fp8_context(config, module.layer_number - 1):
+                return module(hidden_states=hidden, attention_mask=None)[0]
+
+        return run
+
+    def moe_block() -> torch.Tensor:
+        module = model.decoder.layers[1]
+        with get_fp8_context(config, module.layer_number - 1):
+            return module.mlp(hidden)[0]
+
+    def embedding() -> torch.Tensor:
+        return model.embedding(input_ids=tokens, position_ids=positions)
+
+    def head() -> torch.Tensor:
+        logits, _ = model.output_layer(model.decoder.final_layernorm(hidden))
+        return model.compute_language_model_loss(tokens, logits)
+
+    def whole() -> torch.Tensor:
+        return wrapped(input_ids=tokens, position_ids=positions, attention_mask=None, labels=tokens)
+
+    parts = {
+        "dense_layer": _part(layer(0), torch.randn_like),
+        "moe_layer": _part(layer(1), torch.randn_like),
+        "moe_block": _part(moe_block, torch.randn_like),
+        "embedding": _part(embedding, torch.randn_like),
+        "head": _part(head, ones),
+    }
+    whole_part = _part(whole, ones)
+    result = {"label": stand.label, **{k: dataclasses.asdict(v) for k, v in parts.items()}}
+    result["whole_model_s"] = whole_part.forward_backward_s
+    mtp_s = whole_part.forward_backward_s - sum(
+        parts[k].forward_backward_s for k in ("dense_layer", "moe_layer", "embedding", "head")
+    )
+    result["mtp"] = (
+        dataclasses.asdict(
+            PartTiming(
+                forward_backward_s=mtp_s,
+                forward_s=whole_part.forward_s
+                - sum(parts[k].forward_s for k in ("dense_layer", "moe_layer", "embedding", "head")),
+                gemm_share=whole_part.gemm_share,
+                attention_share=whole_part.attention_share,
+            )
+        )
+        if m.mtp_num_layers
+        else None
+    )
+    return result
+
+
+def release() -> None:
+    """Give the last case's memory back before the next one is built."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+ADAM_STATES = {  # "master/exp_avg/exp_avg_sq" -> TE FusedAdam arguments, as Megatron's optimizer passes them
+    "fp32/fp32/fp32": dict(master_weights=True, use_decoupled_grad=True),
+    "fp32/bf16/bf16": dict(
+        master_weights=True,
+        use_decoupled_grad=True,
+        exp_avg_dtype=torch.bfloat16,
+        exp_avg_sq_dtype=torch.bfloat16,
+        store_param_remainders=True,
+    ),
+}
+
+
+def measure_optimizer(params: int = 2**28, chunk: int = 2**24) -> OptimizerTiming:
+    """One Adam step and one gradient-norm pass over ``params`` bf16 parameters, per parameter."""
+    from transformer_engine.pytorch.optimizers import FusedAdam, multi_tensor_applier
+    from transformer_engine.pytorch.optimizers import multi_tensor_l2norm as l2norm
+
+    adam = {}
+    for states, kwargs in ADAM_STATES.items():
+        weights = [
+            torch.nn.Parameter(torch.randn(chunk, device="cuda", dtype=torch.bfloat16))
+            for _ in range(params // chunk)
+        ]
+        for w in weights:
+            w.decoupled_grad = torch.randn(chunk, device="cuda", dtype=torch.float32)
+        optimizer = FusedAdam(weights, lr=1e-4, **kwargs)
+        adam[states] = _seconds(optimizer.step, passes=4) / params
+        del optimizer, weights
+        torch.cuda.empty_cache()
+    grads = [torch.randn(chunk, device="cuda", dtype=torch.bfloat16) for _ in range(params // chunk)]
+    overflow = torch.zeros(1, dtype=torch.int, device="cuda")
+    norm = _seconds(lambda: multi_tensor_applier(l2norm, overflow, [grads], False), passes=4) / params
+    return OptimizerTiming(adam_s_per_param=adam, grad_norm_s_per_param=norm)
+
+
+@contextlib.contextmanager
+def quiet() -> object:
+    """Megatron and TE log per module build; the benchmark prints its own lines."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
