@@ -181,6 +181,7 @@ class PartTiming:
     forward_s: float  # without autograd: what full recompute runs again
     gemm_share: float
     attention_share: float
+    kernels: float  # kernel launches per pass: what CUDA graphs take off the host
 
 
 @dataclass(frozen=True)

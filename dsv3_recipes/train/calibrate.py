@@ -81,25 +81,26 @@ def _seconds(fn: Callable[[], None], passes: int = PASSES) -> float:
     return (time.perf_counter() - start) / passes
 
 
-def _shares(fn: Callable[[], None]) -> tuple[float, float]:
-    """GPU-time shares of GEMM and attention kernels in two passes of ``fn``."""
+def _shares(fn: Callable[[], None]) -> tuple[float, float, float]:
+    """GPU-time shares of GEMM and attention kernels, and kernels launched per pass (two passes)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         fn()
         torch.cuda.synchronize()
-    total = gemm = attention = 0.0
+    total = gemm = attention = launches = 0.0
     for event in prof.key_averages():
         t = event.self_device_time_total
         if event.device_type != DeviceType.CUDA or t <= 0:  # kernels only: CPU ops repeat their time
             continue
         total += t
+        launches += event.count
         if ATTENTION_KERNEL.search(event.key):
             attention += t
         elif GEMM_KERNEL.search(event.key):
             gemm += t
-    return (gemm / total, attention / total) if total else (0.0, 0.0)
+    return (gemm / total, attention / total, launches / 2) if total else (0.0, 0.0, 0.0)
 
 
 def _part(forward: Callable[[], torch.Tensor], grad_of: Callable[[torch.Tensor], torch.Tensor]) -> PartTiming:
@@ -111,12 +112,13 @@ def _part(forward: Callable[[], torch.Tensor], grad_of: Callable[[torch.Tensor],
         with torch.no_grad():
             forward()
 
-    gemm, attention = _shares(forward_backward)
+    gemm, attention, kernels = _shares(forward_backward)
     return PartTiming(
         forward_backward_s=_seconds(forward_backward),
         forward_s=_seconds(forward_only),
         gemm_share=gemm,
         attention_share=attention,
+        kernels=kernels,
     )
 
 
@@ -178,6 +180,8 @@ def measure_case(stand: StandIn) -> dict:
                 - sum(parts[k].forward_s for k in ("dense_layer", "moe_layer", "embedding", "head")),
                 gemm_share=whole_part.gemm_share,
                 attention_share=whole_part.attention_share,
+                kernels=whole_part.kernels
+                - sum(parts[k].kernels for k in ("dense_layer", "moe_layer", "embedding", "head")),
             )
         )
         if m.mtp_num_layers
