@@ -1,0 +1,76 @@
+"""The one-GPU stand-in of a recipe's rank computes what that rank computes (plan.calibration)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dsv3_recipes import recipes
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.plan import flops, memory
+from dsv3_recipes.plan.calibration import stand_in
+from dsv3_recipes.recipe.resolve import resolve
+
+ROOT = Path(__file__).parent.parent
+PUBLISHED = json.loads((ROOT / "benchmarks" / "published_runs.json").read_text())["rows"]
+
+
+def standin(name, *overrides):
+    return stand_in(resolve(recipe_of(build_task(name, list(overrides)))))
+
+
+def test_h100_blockwise_rank_shapes():
+    s = standin("h100_fp8_blockwise")  # TP2 EP64: 64 heads, 4 local experts, 2048 x 8 routed copies
+    m = s.recipe.model
+    assert (m.num_attention_heads, m.ffn_hidden_size, m.num_moe_experts) == (64, 18432 // 2, 4)
+    assert (m.moe_router_topk, s.moe_micro_batch, s.token_scale) == (4, 1, 1.0)
+    assert m.moe_shared_expert_intermediate_size == 1024 and m.vocab_size == 130560 // 2  # padded to 2 x 1280
+    assert m.moe_token_dispatcher_type == "alltoall" and m.moe_router_force_load_balancing
+    assert (
+        s.recipe.mixed_precision.fp8_recipe == "blockwise" and not s.recipe.mixed_precision.fp8_param_gather
+    )
+    assert m.recompute_modules == ["mla_up_proj", "mlp"]  # the recipe's own recompute is measured
+
+
+def test_more_copies_than_local_experts_feed_more_sequences():
+    s = standin(
+        "gb200_mxfp8_256gpu",
+        "model.expert_model_parallel_size=64",
+        "launch.nvl_segment_nodes=16",
+        "model.pipeline_model_parallel_size=4",
+        'model.pipeline_model_parallel_layout="Et*4|(t*4|)*14tL"',
+    )
+    m = s.recipe.model
+    assert (m.num_moe_experts, m.moe_router_topk, s.moe_micro_batch, s.token_scale) == (4, 4, 2, 0.5)
+    assert s.recipe.mixed_precision.fp8_recipe == "blockwise"  # Hopper's stand-in for MXFP8
+
+
+def test_mtp_is_measured_once_for_recipes_with_and_without_it():
+    with_mtp = standin("proxy_1gpu", "launch.gpu_type=h200")
+    without = standin("proxy_1gpu", "launch.gpu_type=h200", "model.mtp_num_layers=None")
+    assert with_mtp.key == without.key and with_mtp.recipe.model.mtp_num_layers == 1
+
+
+def test_a_changed_kernel_choice_is_another_case():
+    assert standin("proxy_1gpu").key != standin("proxy_1gpu", "model.moe_permute_fusion=False").key
+
+
+@pytest.mark.parametrize("name", [n for n in recipes.names() if n != "torchtitan_bf16"])
+def test_every_stand_in_receives_its_ranks_routed_copies(name):
+    recipe = recipe_of(build_task(name))
+    r = resolve(recipe)
+    s = stand_in(r)
+    m, rank = s.recipe.model, memory.tokens(recipe, r.sizes)
+    copies = m.seq_length * s.moe_micro_batch * m.moe_router_topk
+    assert copies == pytest.approx(rank.routed)  # the MoE block sees the rank's load ...
+    assert m.num_moe_experts == recipe.model.num_moe_experts // r.sizes.ep  # ... over its local experts
+    assert m.num_attention_heads * r.sizes.tp == recipe.model.num_attention_heads
+    assert m.vocab_size * r.sizes.tp == flops.padded_vocab_size(recipe.model)
+    assert s.recipe.launch.num_gpus == 1 and m.tensor_model_parallel_size == m.expert_model_parallel_size == 1
+
+
+def test_every_published_row_has_a_stand_in():
+    keys = set()
+    for row in PUBLISHED:
+        keys.add(standin(row["recipe"], *row["overrides"]).key)
+    assert len(keys) > 10  # the rows span many rank shapes, each measured once
