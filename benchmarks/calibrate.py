@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from dsv3_recipes import recipes  # noqa: E402
 from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
-from dsv3_recipes.plan.calibration import MEASURED_GPU, StandIn, stand_in  # noqa: E402
+from dsv3_recipes.plan.calibration import MEASURED_GPU, StandIn, part_flops, stand_in  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 
 # The rows the planner must get right first: the fitted published runs' recipes and the 1-GPU checks.
@@ -134,7 +134,13 @@ def main() -> int:
                 save()
                 continue
             calibrate.release()
-            result["cases"][key] = {**case, "used_by": used_by, "seconds": round(time.perf_counter() - t, 1)}
+            result["cases"][key] = {
+                **case,
+                "fp8_recipe": stand.recipe.mixed_precision.fp8_recipe,
+                "flops": part_flops(stand),
+                "used_by": used_by,
+                "seconds": round(time.perf_counter() - t, 1),
+            }
             parts = {
                 k: round(case[k]["forward_backward_s"] * 1e3, 2)
                 for k in ("dense_layer", "moe_layer", "moe_block", "head")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -184,10 +185,32 @@ class PartTiming:
     kernels: float  # kernel launches per pass: what CUDA graphs take off the host
 
 
+PARTS = ("dense_layer", "moe_layer", "moe_block", "embedding", "head")
+
+
+def part_flops(stand: StandIn) -> dict[str, float]:
+    """Forward FLOPs of each measured part over the stand-in's micro-batch (the embedding: values read),
+    for scaling a measured case to a stand-in of another shape."""
+    m = stand.recipe.model
+    tokens = m.seq_length * stand.moe_micro_batch
+    attention = flops.attention_core_flops_per_token(m)
+    per_token = {
+        "dense_layer": flops.matmul_flops_per_token(flops.decoder_layer_weights(m, 0)) + attention,
+        "moe_layer": flops.matmul_flops_per_token(flops.decoder_layer_weights(m, 1)) + attention,
+        "moe_block": flops.matmul_flops_per_token(flops.moe_weights(m)),
+        "embedding": float(m.hidden_size),
+        "head": flops.matmul_flops_per_token(flops.loss_weights(m)),
+        "mtp": flops.matmul_flops_per_token(flops.mtp_layer_weights(m) + flops.loss_weights(m)) + attention,
+    }
+    return {name: value * tokens for name, value in per_token.items()}
+
+
 @dataclass(frozen=True)
 class CaseTiming:
     key: str
     label: str
+    fp8_recipe: Optional[str]
+    flops: dict[str, float]  # part_flops of the stand-in
     dense_layer: PartTiming
     moe_layer: PartTiming
     moe_block: PartTiming  # the MoE layer's MLP alone: router, permute, experts, shared expert, unpermute
@@ -215,15 +238,44 @@ class Calibration:
     cases: dict[str, CaseTiming]
     optimizer: OptimizerTiming
 
-    def case(self, stand: StandIn) -> CaseTiming:
-        try:
-            return self.cases[stand.key]
-        except KeyError:
+    def case_for(self, stand: StandIn) -> tuple[CaseTiming, str]:
+        """The measured case of ``stand``, or the nearest one of its precision scaled by FLOPs, and a
+        sentence saying which."""
+        if stand.key in self.cases:
+            return self.cases[stand.key], f"measured stand-in {stand.key} ({stand.label})"
+        fp8 = stand.recipe.mixed_precision.fp8_recipe
+        wanted = part_flops(stand)
+        same = [c for c in self.cases.values() if c.fp8_recipe == fp8]
+        if not same:
             raise RecipeError(
                 "calibration",
-                f"no measured stand-in {stand.key} ({stand.label}) in {CALIBRATION_FILE}: run "
-                f"benchmarks/calibrate.py with this recipe on a GPU",
-            ) from None
+                f"no measured stand-in in {fp8 or 'bf16'} in {CALIBRATION_FILE}: run benchmarks/calibrate.py "
+                "with this recipe on a GPU",
+            )
+        nearest = min(same, key=lambda c: abs(math.log(c.flops["moe_layer"] / wanted["moe_layer"])))
+        return scaled(nearest, wanted), (
+            f"stand-in {stand.key} ({stand.label}) not measured: case {nearest.key} ({nearest.label}) "
+            "scaled by FLOPs"
+        )
+
+
+def scaled(case: CaseTiming, wanted: dict[str, float]) -> CaseTiming:
+    """``case`` with each part's time scaled by the ratio of FLOPs (shares and launches kept)."""
+
+    def part(name: str, timing: Optional[PartTiming]) -> Optional[PartTiming]:
+        if timing is None:
+            return None
+        ratio = wanted[name] / case.flops[name]
+        return dataclasses.replace(
+            timing, forward_backward_s=timing.forward_backward_s * ratio, forward_s=timing.forward_s * ratio
+        )
+
+    return dataclasses.replace(
+        case,
+        **{name: part(name, getattr(case, name)) for name in (*PARTS, "mtp")},
+        flops=wanted,
+        whole_model_s=float("nan"),
+    )
 
 
 def _part(data: dict) -> PartTiming:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The step-time model's checks on one GPU (issue 26): proxy_1gpu with and without MTP on the English text
+# of the TorchTitan comparison, and two 671B recipes shrunk to this GPU, one after the other, each alone
+# on the GPU. Their measured step times are what `dsv3 plan` must predict within 10%.
+#   source benchmarks/gpu_env.sh && bash benchmarks/planner_checks.sh OUT_DIR
+# Writes OUT_DIR/planner_checks.tgz (results/*.json and log excerpts) after every run.
+set -uo pipefail
+OUT=${1:?usage: planner_checks.sh OUT_DIR}
+WORK=${WORK:-/tmp/planner_checks}
+DATA=${DATA:-$PWD/.bench}
+TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"]"
+  "dataset.data_cache_path=$WORK/cache" tokenizer.tokenizer_type=HuggingFaceTokenizer
+  "tokenizer.tokenizer_model=$DATA/tokenizer")
+RUN=$WORK/run-$(date +%s)
+mkdir -p "$RUN/results" "$OUT"
+run() {  # label, then run_recipe.py arguments
+  local label=$1; shift
+  timeout 300 python3 benchmarks/run_recipe.py "$@" --label "$label" --results-dir "$RUN/results" 2>&1 \
+    | tail -c 300 || echo "run $label failed"
+  tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
+}
+run proxy_mtp proxy_1gpu --steps 12 --corpus bench-text launch.gpu_type=h200 "${TEXT[@]}"
+run proxy_nomtp proxy_1gpu --steps 12 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None "${TEXT[@]}"
+run h100_fp8_blockwise_shrunk1 h100_fp8_blockwise --shrink 1 launch.gpu_type=h200
+run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 launch.gpu_type=h200
