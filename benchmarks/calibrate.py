@@ -81,6 +81,7 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=420.0, help="seconds for the cases (the rest are skipped)")
     p.add_argument("--commit", default="unknown", help="the checkout's commit (the GPU copy has no .git)")
     p.add_argument("--only-priority", action="store_true", help="only the fitted rows and the 1-GPU checks")
+    p.add_argument("--skip", nargs="*", default=[], help="case keys not to measure (measured before)")
     args = p.parse_args()
 
     import torch
@@ -116,12 +117,15 @@ def main() -> int:
         print(f"optimizer {result['optimizer']} ({time.perf_counter() - t:.1f} s)", flush=True)
         save()
         for key, (stand, used_by) in cases.items():
+            if key in args.skip:
+                continue
             if time.perf_counter() - start > args.budget:
                 result["skipped"][key] = {"label": stand.label, "used_by": used_by}
                 continue
             t = time.perf_counter()
             try:
-                case = calibrate.measure_case(stand)
+                with calibrate.recipe_env(stand.env):
+                    case = calibrate.measure_case(stand)
             except Exception as e:  # one case's failure must not lose the others
                 calibrate.release()
                 result["failed"][key] = {

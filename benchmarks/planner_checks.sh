@@ -15,11 +15,11 @@ RUN=$WORK/run-$(date +%s)
 mkdir -p "$RUN/results" "$OUT"
 run() {  # label, then run_recipe.py arguments
   local label=$1; shift
-  timeout 300 python3 benchmarks/run_recipe.py "$@" --label "$label" --results-dir "$RUN/results" 2>&1 \
+  timeout 200 python3 benchmarks/run_recipe.py "$@" --label "$label" --results-dir "$RUN/results" 2>&1 \
     | tail -c 300 || echo "run $label failed"
   tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
 }
-run proxy_mtp proxy_1gpu --steps 12 --corpus bench-text launch.gpu_type=h200 "${TEXT[@]}"
-run proxy_nomtp proxy_1gpu --steps 12 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None "${TEXT[@]}"
+run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 "${TEXT[@]}"
+run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None "${TEXT[@]}"
 run h100_fp8_blockwise_shrunk1 h100_fp8_blockwise --shrink 1 launch.gpu_type=h200
 run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 launch.gpu_type=h200

@@ -57,6 +57,11 @@ class StandIn:
         return case_key(self.recipe)
 
     @property
+    def env(self) -> dict[str, str]:
+        """The environment the rank runs with (TE's NVTE_* switches change its kernels)."""
+        return self.recipe.run_env_vars
+
+    @property
     def token_scale(self) -> float:
         return self.micro_batch / self.moe_micro_batch
 
@@ -78,6 +83,7 @@ def case_key(stand_in: Recipe) -> str:
         "micro_batch_size": stand_in.train.micro_batch_size,
         "mixed_precision": dataclasses.asdict(stand_in.mixed_precision),
         "deterministic": stand_in.train.deterministic,
+        "env": stand_in.run_env_vars,
     }
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -163,6 +169,7 @@ def stand_in(resolved: Resolved) -> StandIn:
         optimizer=r.optimizer,
         mixed_precision=precision,
         launch=LaunchConfig(gpu_type=MEASURED_GPU, num_nodes=1, gpus_per_node=1),
+        env_vars=dict(r.env_vars),
     )
     return StandIn(
         recipe=recipe,

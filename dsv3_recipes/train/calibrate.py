@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.config import set_experimental_flag
 from megatron.core.fp8_utils import get_fp8_context
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from torch.autograd import DeviceType
@@ -55,8 +56,10 @@ def init_single_rank(seed: int = 1234) -> None:
 
 
 def build(stand: StandIn) -> torch.nn.Module:
-    """The stand-in's model as the train entry would build it (Bridge's provider and precision setup)."""
+    """The stand-in's model as the train entry would build it: Bridge's provider and precision setup,
+    Megatron-Core's experimental switch (fused MLA RoPE, the fused routing-map padding)."""
     cfg = to_config_container(stand.recipe)
+    set_experimental_flag(cfg.dist.enable_megatron_core_experimental)
     cfg.mixed_precision.finalize()
     cfg.mixed_precision.setup(cfg.model, cfg.optimizer, cfg.ddp)
     cfg.model.finalize()
@@ -229,6 +232,22 @@ def measure_optimizer(params: int = 2**28, chunk: int = 2**24) -> OptimizerTimin
     overflow = torch.zeros(1, dtype=torch.int, device="cuda")
     norm = _seconds(lambda: multi_tensor_applier(l2norm, overflow, [grads], False), passes=4) / params
     return OptimizerTiming(adam_s_per_param=adam, grad_norm_s_per_param=norm)
+
+
+@contextlib.contextmanager
+def recipe_env(env: dict[str, str]):
+    """The recipe's environment while its stand-in is built and timed (TE reads its NVTE_* switches when
+    a module is built or called), then the previous one again."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
