@@ -49,7 +49,7 @@ def wall_clock(result_path: Path) -> dict[str, object]:
         "recorded_timing": result.get("timing", "median of each step's own time (GC between steps left out)"),
         **by_megatron,
         "recorded_over_megatron": ratio,
-        # The project's FLOPs per token at Megatron's tokens/s (what plan.MEASURED_MFU takes).
+        # The project's FLOPs per token at Megatron's tokens/s (the planner's MFU before its step-time model).
         "mfu_by_megatron_clock": result["mfu"] / ratio,
     }
 

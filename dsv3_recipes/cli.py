@@ -108,7 +108,7 @@ def _cmd_plan(args: argparse.Namespace, task: run.Partial) -> int:
     from dsv3_recipes.launch.submit import recipe_of
     from dsv3_recipes.plan.preflight import plan
 
-    report = plan(recipe_of(task), mfu=args.mfu)
+    report = plan(recipe_of(task))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
@@ -155,12 +155,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_recipe_command(_cmd_show))
 
-    p = sub.add_parser("plan", help="preflight: parallel layout, memory per GPU, FLOPs, step time")
+    p = sub.add_parser("plan", help="preflight: parallel layout, memory per GPU, FLOPs, step time by part")
     _add_recipe_args(p)
     p.add_argument("--json", action="store_true")
-    p.add_argument(
-        "--mfu", type=float, help="MFU for the step-time estimate (default: the measured proxy's, else 0.4)"
-    )
     p.set_defaults(func=_recipe_command(_cmd_plan))
 
     p = sub.add_parser("pretrain", help="launch a recipe (or render its launch with --dryrun)")

@@ -69,12 +69,12 @@ def test_every_671b_recipe_plans_quickly_and_fits(name):
     assert max(r.total_bytes for r in p.ranks) / memory.GIB <= p.gpu.memory_gib
 
 
-def test_step_time_at_a_given_mfu(gb200):
-    p = plan(gb200, mfu=0.5)
-    flops_per_step = 2048 * 4096 * p.flops_per_token
-    assert p.step_time_s == pytest.approx(flops_per_step / (256 * 4900e12 * 0.5))  # GB200 dense FP8 peak
+def test_the_step_time_is_its_parts_and_implies_its_mfu(gb200):
+    p = plan(gb200)
+    assert p.step_time_s == pytest.approx(sum(p.step.parts.values()))
     assert p.tokens_per_s_per_gpu == pytest.approx(2048 * 4096 / p.step_time_s / 256)
-    assert plan(gb200, mfu=0.25).step_time_s == pytest.approx(2 * p.step_time_s)
+    flops_per_step = 2048 * 4096 * p.flops_per_token
+    assert p.mfu == pytest.approx(flops_per_step / (p.step_time_s * 256 * 4900e12))  # GB200 dense FP8 peak
 
 
 @pytest.mark.parametrize(
@@ -143,11 +143,6 @@ def test_step_time_at_a_given_mfu(gb200):
 def test_refusals_name_the_field(gb200, sections, message):
     with pytest.raises(RecipeError, match="^" + message):
         plan(overridden(gb200, **sections))
-
-
-def test_mfu_must_be_a_fraction(gb200):
-    with pytest.raises(RecipeError, match=r"^mfu: must be in \(0, 1\]"):
-        plan(gb200, mfu=40)
 
 
 def test_to_dict_is_json_and_agrees_with_the_plan(bridge_default):

@@ -252,7 +252,10 @@ class Calibration:
             return self.cases[stand.key], f"measured stand-in {stand.key} ({stand.label})"
         fp8 = stand.recipe.mixed_precision.fp8_recipe
         wanted = part_flops(stand)
-        same = [c for c in self.cases.values() if c.fp8_recipe == fp8]
+        # The same FP8 recipe if one was measured, else any FP8 one (FP8 against BF16 otherwise).
+        same = [c for c in self.cases.values() if c.fp8_recipe == fp8] or [
+            c for c in self.cases.values() if (c.fp8_recipe is None) == (fp8 is None)
+        ]
         if not same:
             raise RecipeError(
                 "calibration",
@@ -292,12 +295,12 @@ def _part(data: dict) -> PartTiming:
 def from_dict(data: dict) -> Calibration:
     cases = {}
     for key, c in data["cases"].items():
-        parts = {
-            name: _part(c[name]) for name in ("dense_layer", "moe_layer", "moe_block", "embedding", "head")
-        }
+        parts = {name: _part(c[name]) for name in PARTS}
         cases[key] = CaseTiming(
             key=key,
             label=c["label"],
+            fp8_recipe=c["fp8_recipe"],
+            flops=c["flops"],
             mtp=_part(c["mtp"]) if c.get("mtp") else None,
             whole_model_s=c["whole_model_s"],
             **parts,

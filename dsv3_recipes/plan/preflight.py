@@ -3,9 +3,10 @@
 ``plan(recipe)`` runs ``validate.validate`` (types, ranges, schedule, precision and recompute against
 the GPU and Megatron-Core, the pipeline layout, every parallel divisibility, the MLPerf rules) and
 checks that the most loaded rank fits in GPU memory; it then reports parameters, per-rank memory,
-FLOPs per token and the step time the recipe would have at a given MFU. ``check_launch(recipe)``
-adds what a launch needs wherever it runs: data, the MLPerf data, tokenizer and checkpoints, a
-resumable checkpoint, no secrets in the environment. Everything raises ``RecipeError`` naming the field.
+FLOPs per token and the step time by part (``plan.step_time``: measured per-layer costs, communication,
+pipeline, optimizer, host). ``check_launch(recipe)`` adds what a launch needs wherever it runs: data,
+the MLPerf data, tokenizer and checkpoints, a resumable checkpoint, no secrets in the environment.
+Everything raises ``RecipeError`` naming the field.
 """
 
 from __future__ import annotations
@@ -13,47 +14,18 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 from dsv3_recipes.launch import executors
 from dsv3_recipes.mlperf import rules as mlperf_rules
-from dsv3_recipes.plan import flops, memory
+from dsv3_recipes.plan import flops, memory, step_time
 from dsv3_recipes.plan.validate import validate
 from dsv3_recipes.recipe import checkpoints, hardware
 from dsv3_recipes.recipe.hardware import Gpu
 from dsv3_recipes.recipe.layout import Stage, pipeline_stages
 from dsv3_recipes.recipe.parallel import ParallelSizes
+from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.recipe.schema import Recipe, RecipeError
-
-ASSUMED_MFU = 0.4
-
-
-@dataclass(frozen=True)
-class MeasuredMfu:
-    """The model-FLOPs utilisation a proxy run reached (its result file says command, data, routing)."""
-
-    mfu: float
-    result: str  # benchmarks/results/... of the run
-
-
-# The committed 1-GPU proxy (``proxy_1gpu``, MTP on, as the 671B recipes) measured on each (GPU type,
-# FP8?) under the benchmark protocol (English text, natural routing): the step-time estimate uses it
-# instead of an assumed MFU. Its timer counts the GC between steps (Megatron's clock agrees within 0.1%).
-# tests/test_plan_mfu.py checks each value against the result file and the run against the recipe.
-MEASURED_MFU: dict[tuple[str, bool], MeasuredMfu] = {
-    ("h200", False): MeasuredMfu(
-        0.2622, "benchmarks/results/h200_text_gc_2/2026-12-01-h200-h200_text_gc50.json"
-    ),
-}
-
-
-def default_mfu(recipe: Recipe) -> tuple[float, str]:
-    """The MFU the step-time estimate assumes for this recipe's GPU and precision, and where it is from."""
-    fp8 = recipe.mixed_precision.fp8_recipe is not None
-    measured = MEASURED_MFU.get((recipe.launch.gpu_type, fp8))
-    if measured:
-        return measured.mfu, f"measured on the 1-GPU proxy: {measured.result}"
-    precision = "FP8" if fp8 else "BF16"
-    return ASSUMED_MFU, f"assumed: no measured proxy run on {recipe.launch.gpu_type} in {precision}"
 
 
 @dataclass(frozen=True)
@@ -68,8 +40,8 @@ class Plan:
     ranks: list[memory.RankMemory]
     flops_per_token: float
     tokens_per_step: int
-    mfu: float
-    mfu_source: str
+    step: Optional[step_time.StepTime]  # None where no calibration can price it (the reason is below)
+    step_unpriced: str
     fp8: bool
 
     @property
@@ -82,16 +54,23 @@ class Plan:
         return self.gpu.peak_fp8_tflops if self.fp8 else self.gpu.peak_bf16_tflops
 
     @property
-    def step_time_s(self) -> float:
+    def step_time_s(self) -> Optional[float]:
+        return self.step.step_time_s if self.step else None
+
+    @property
+    def tokens_per_s_per_gpu(self) -> Optional[float]:
+        return self.tokens_per_step / self.step_time_s / self.sizes.world if self.step else None
+
+    @property
+    def mfu(self) -> Optional[float]:
+        """The model-FLOPs utilisation the predicted step time implies (of the dense peak)."""
+        if not self.step:
+            return None
         return (
             self.tokens_per_step
             * self.flops_per_token
-            / (self.sizes.world * self.peak_tflops * 1e12 * self.mfu)
+            / (self.step_time_s * self.sizes.world * self.peak_tflops * 1e12)
         )
-
-    @property
-    def tokens_per_s_per_gpu(self) -> float:
-        return self.tokens_per_step / self.step_time_s / self.sizes.world
 
     def to_dict(self) -> dict:
         """JSON-able summary (`dsv3 plan --json`)."""
@@ -135,11 +114,20 @@ class Plan:
             },
             "flops_per_token": self.flops_per_token,
             "tokens_per_step": self.tokens_per_step,
-            "mfu": self.mfu,
-            "mfu_source": self.mfu_source,
             "peak_tflops": self.peak_tflops,
             "step_time_s": self.step_time_s,
             "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+            "step_time_parts": dict(self.step.parts) if self.step else None,
+            "mfu": self.mfu,
+            "step_time_source": (
+                {
+                    "case": self.step.case,
+                    "calibration": self.step.calibration,
+                    "slowest_pp_rank": self.step.slowest_pp_rank,
+                }
+                if self.step
+                else {"unpriced": self.step_unpriced}
+            ),
         }
 
     def render(self) -> str:
@@ -181,11 +169,25 @@ class Plan:
         )
         terms.add_row("total", f"{mem.total_bytes / memory.GIB:.2f}", f"of {self.gpu.memory_gib:.1f} GiB")
         console.print(terms)
+        console.print(
+            f"Compute: {self.flops_per_token / 1e9:.1f} GFLOP/token x {self.tokens_per_step:,} tokens/step"
+        )
+        if not self.step:
+            console.print(f"Step time: not predicted ({self.step_unpriced})")
+            return out.getvalue()
+        parts = Table(title=f"Step time by part (slowest pipeline rank: {self.step.slowest_pp_rank})")
+        parts.add_column("part")
+        parts.add_column("s", justify="right")
+        parts.add_column("share", justify="right")
+        for name, seconds in self.step.parts.items():
+            parts.add_row(name, f"{seconds:.3f}", f"{seconds / self.step_time_s:.1%}")
+        parts.add_row("step", f"{self.step_time_s:.3f}", "")
+        console.print(parts)
         precision = "FP8" if self.fp8 else "BF16"
         console.print(
-            f"Compute: {self.flops_per_token / 1e9:.1f} GFLOP/token x {self.tokens_per_step:,} tokens/step\n"
-            f"At MFU {self.mfu:.1%} of {self.peak_tflops:.0f} {precision} TFLOPS/GPU ({self.mfu_source}): "
-            f"{self.step_time_s:.2f} s/step, {self.tokens_per_s_per_gpu:,.0f} tokens/s/GPU"
+            f"{self.step_time_s:.2f} s/step, {self.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, MFU "
+            f"{self.mfu:.1%} of {self.peak_tflops:.0f} {precision} TFLOPS/GPU\n"
+            f"Layer costs: {self.step.case}; {self.step.calibration}"
         )
         return out.getvalue()
 
@@ -213,18 +215,18 @@ def check_fits(rank: memory.RankMemory, gpu: Gpu) -> None:
     )
 
 
-def plan(recipe: Recipe, mfu: float | None = None) -> Plan:
-    """Check a built recipe and estimate its memory and speed; raises RecipeError on bad input.
-
-    ``mfu`` None: the measured MFU of the matching proxy run (``MEASURED_MFU``), else 40% assumed."""
-    mfu, mfu_source = (mfu, "given") if mfu is not None else default_mfu(recipe)
-    if not 0 < mfu <= 1:
-        raise RecipeError("mfu", f"must be in (0, 1], got {mfu}")
+def plan(recipe: Recipe) -> Plan:
+    """Check a built recipe and estimate its memory and speed; raises RecipeError on bad input."""
     sizes = validate(recipe)
     gpu = hardware.gpu(recipe.launch.gpu_type)
     stages = pipeline_stages(recipe.model)
     ranks = memory.all_ranks(recipe, sizes, stages)
     check_fits(memory.most_loaded(ranks), gpu)
+    step, unpriced = None, ""
+    try:
+        step = step_time.step_time(resolve(recipe))
+    except RecipeError as err:  # a shape the calibration cannot price: the plan says so, and still stands
+        unpriced = str(err)
     return Plan(
         recipe_name=recipe.name,
         gpu=gpu,
@@ -234,8 +236,8 @@ def plan(recipe: Recipe, mfu: float | None = None) -> Plan:
         ranks=ranks,
         flops_per_token=flops.model_flops_per_token(recipe.model),
         tokens_per_step=recipe.tokens_per_step,
-        mfu=mfu,
-        mfu_source=mfu_source,
+        step=step,
+        step_unpriced=unpriced,
         fp8=recipe.mixed_precision.fp8_recipe is not None,
     )
 

@@ -1,0 +1,130 @@
+"""Fit the step-time model's three constants on the published runs marked ``fitted``, and report every row.
+
+    python benchmarks/fit_step_time.py --out benchmarks/results/step_time_fit/2026-12-03.json
+
+Each row of benchmarks/published_runs.json is rebuilt from its recipe and overrides and planned with the
+committed calibration. The constants (EP efficiency over NVLink and over the scale-out network, host
+time per kernel launch) minimise the squared log-ratios of the fitted rows, each within its physical
+bounds; the held-out rows are only predicted. The 1-GPU checks (benchmarks/results/planner_checks/)
+are predicted beside them. Copy the constants into ``plan/step_time.py``'s ``FITTED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
+from dsv3_recipes.plan import calibration  # noqa: E402
+from dsv3_recipes.plan.step_time import Constants, step_time  # noqa: E402
+from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
+
+BOUNDS = {  # each constant's physical range
+    "ep_efficiency_nvlink": (0.05, 1.0),
+    "ep_efficiency_network": (0.05, 1.0),
+    "host_s_per_launch": (0.0, 20e-6),
+}
+ROUNDS, POINTS = 6, 11  # grid refinement: rounds x points per constant
+
+
+def published_rows() -> list[dict]:
+    return json.loads((ROOT / "benchmarks" / "published_runs.json").read_text())["rows"]
+
+
+def predict(row: dict, resolved, cal, constants: Constants) -> dict:
+    t = step_time(resolved, cal, constants)
+    published = row["published"]["step_time_s"]
+    return {
+        "id": row["id"],
+        "role": row["role"],
+        "published_step_time_s": published,
+        "predicted_step_time_s": round(t.step_time_s, 3),
+        "ratio": round(t.step_time_s / published, 3),
+        "parts": {k: round(v, 3) for k, v in t.parts.items()},
+        "case": t.case,
+    }
+
+
+def fit(rows: list[tuple[dict, object]], cal) -> Constants:
+    """Coordinate-free grid refinement of the squared log-ratios over the bounds."""
+    lows = {k: lo for k, (lo, _) in BOUNDS.items()}
+    highs = {k: hi for k, (_, hi) in BOUNDS.items()}
+    best = None
+    for _ in range(ROUNDS):
+        axes = [[lows[k] + (highs[k] - lows[k]) * i / (POINTS - 1) for i in range(POINTS)] for k in BOUNDS]
+        for values in itertools.product(*axes):
+            c = Constants(*values)
+            loss = sum(
+                math.log(step_time(r, cal, c).step_time_s / row["published"]["step_time_s"]) ** 2
+                for row, r in rows
+            )
+            if best is None or loss < best[0]:
+                best = (loss, c)
+        for k, (lo, hi) in BOUNDS.items():  # zoom in around the best point
+            span = (highs[k] - lows[k]) / (POINTS - 1)
+            centre = getattr(best[1], k)
+            lows[k], highs[k] = max(lo, centre - span), min(hi, centre + span)
+    return best[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    cal = calibration.load()
+    rows = [
+        (row, resolve(recipe_of(build_task(row["recipe"], row["overrides"])))) for row in published_rows()
+    ]
+    constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
+    checks = []
+    for path in sorted((ROOT / "benchmarks" / "results" / "planner_checks").glob("*.json")):
+        result = json.loads(path.read_text())
+        words = shlex.split(result["command"])[1:]  # dsv3 pretrain --factory NAME [--shrink N] k=v ...
+        name = words[words.index("--factory") + 1]
+        shrink = int(words[words.index("--shrink") + 1]) if "--shrink" in words else None
+        overrides = [w for w in words if "=" in w and not w.startswith("-")]
+        r = resolve(recipe_of(build_task(name, overrides, shrink_gpus=shrink)))
+        t = step_time(r, cal, constants)
+        measured = result["step_time_s_median"]
+        checks.append(
+            {
+                "result": str(path.relative_to(ROOT)),
+                "label": result["label"],
+                "data": result["data"]["kind"],
+                "routing": result["routing"],
+                "measured_step_time_s": round(measured, 4),
+                "predicted_step_time_s": round(t.step_time_s, 4),
+                "ratio": round(t.step_time_s / measured, 3),
+                "parts": {k: round(v, 4) for k, v in t.parts.items()},
+                "case": t.case,
+            }
+        )
+    out = {
+        "command": shlex.join(["python", "benchmarks/fit_step_time.py", *sys.argv[1:]]),
+        "date": datetime.date.today().isoformat(),
+        "calibration": {k: cal.__dict__[k] for k in ("machine", "date", "commit")},
+        "constants": dataclasses.asdict(constants),
+        "bounds": BOUNDS,
+        "rows": [predict(row, r, cal, constants) for row, r in rows],
+        "one_gpu_checks": checks,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    for row in out["rows"] + checks:
+        print(f"{row.get('role', '1gpu'):8s} {row.get('id', row.get('label')):40s} ratio {row['ratio']}")
+    print("constants", out["constants"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The step time of a recipe, part by part, from measured per-layer costs.
+
+Per pipeline rank and micro-batch, each layer costs what its one-GPU stand-in measured
+(``plan.calibration``), scaled to the recipe's GPU: its tensor-core share by the ratio of peak rates
+(FP8 or BF16 for the GEMMs, BF16 for attention), the rest by the ratio of memory bandwidths. Full
+recompute runs each layer's forward again. Around the compute:
+
+- **expert-parallel dispatch and combine**: the rank's routed copies (``seq x MBS / TP x top-k x ETP``
+  tokens of ``hidden`` BF16 values) cross the network four times per MoE layer (dispatch and combine,
+  forward and backward): to peers in the NVLink domain over NVLink, to the others over the scale-out NIC,
+  each at a fitted share of its rate; the flex dispatchers (DeepEP, HybridEP) send a token once to each
+  remote domain its group-limited routing reaches. With ``overlap_moe_expert_parallel_comm`` only what
+  exceeds the layer's compute is exposed.
+- **tensor-parallel collectives**: with sequence parallelism an all-gather and a reduce-scatter around
+  the attention and around the MLP, forward and backward, over NVLink.
+- **pipeline**: the slowest rank sets the pace; warm-up and cool-down of the 1F1B schedule cost
+  ``(PP - 1) / VPP`` of its time per micro-batch (the bubble ``(p - 1) / (v m)``); without interleaving
+  the activations and gradients crossing each stage boundary are exposed.
+- **data-parallel sync** (distributed optimizer): the reduce-scatter of the rank's gradients and the
+  all-gather of its parameters over their data-parallel groups, exposed beyond the last micro-batch's
+  backward and the first one's forward when overlapped.
+- **optimizer**: Adam over the rank's shard and the gradient norm over its gradients, per parameter as
+  measured, scaled by memory bandwidth.
+- **host**: kernel launches the GPU waits for, a fitted time per launch; CUDA graphs take the launches
+  of their scope off the host.
+
+``FITTED`` holds the three constants fitted on the published runs marked ``fitted`` in
+``benchmarks/published_runs.json`` (``benchmarks/fit_step_time.py``); ``tests/test_step_time.py`` checks
+them and every published row. Launch side: standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsv3_recipes.plan import calibration, memory
+from dsv3_recipes.plan.calibration import CaseTiming, PartTiming, StandIn
+from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.layout import Stage
+from dsv3_recipes.recipe.resolve import Resolved
+
+BF16_BYTES = 2
+# Share of a link's rate that NCCL's ring collectives (DP, TP, PP transfers) reach: assumed, not fitted.
+COLLECTIVE_EFFICIENCY = 0.8
+# Share of the MoE block's launches that TE's moe_router and moe_preprocess graph scopes each capture
+# (router scores and top-k; the permute bookkeeping): assumed, not fitted.
+ROUTER_LAUNCH_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Constants:
+    """The step-time model's fitted constants."""
+
+    ep_efficiency_nvlink: float  # share of the NVLink rate the EP all-to-all reaches
+    ep_efficiency_network: float  # share of the scale-out NIC's rate it reaches beyond the NVLink domain
+    host_s_per_launch: float  # host time the GPU waits for, per kernel launch outside CUDA graphs
+
+
+# benchmarks/results/step_time_fit/2026-12-03-h200.json (benchmarks/fit_step_time.py): both EP efficiencies
+# and the host time are fitted within their physical bounds; two of them end on a bound (NVLink at 1.0,
+# host at 0), which says that the measured compute leaves the fitted runs no time for them.
+FITTED = Constants(ep_efficiency_nvlink=1.0, ep_efficiency_network=0.8265072, host_s_per_launch=0.0)
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """A step's predicted time by named part; the parts sum to ``step_time_s``."""
+
+    parts: dict[str, float]
+    slowest_pp_rank: int
+    rank_microbatch_s: tuple[float, ...]  # each pipeline rank's time per micro-batch
+    case: str  # the measured stand-in the layers' costs come from, and how
+    calibration: str  # where and when it was measured
+
+    @property
+    def step_time_s(self) -> float:
+        return sum(self.parts.values())
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A layer's cost per micro-batch on the recipe's GPU: compute (forward+backward and a recomputed
+    forward) and the kernel launches left on the host."""
+
+    compute_s: float
+    launches: float
+
+
+class _Costs:
+    """Per-micro-batch costs of the recipe's layer kinds on its GPU, from its measured stand-in."""
+
+    def __init__(self, r: Resolved, stand: StandIn, case: CaseTiming):
+        self.r, self.stand = r, stand
+        self.measured = hardware.gpu(calibration.MEASURED_GPU)
+        scope = set(r.cuda_graph_scope)
+        self.on_host = 0.0 if "full_iteration" in scope else 1.0
+        s = stand.token_scale
+        block = self._seconds(case.moe_block)
+        layer = self._seconds(case.moe_layer)
+        attention = tuple((a - b) * s for a, b in zip(layer, block, strict=True))
+        attention_launches = case.moe_layer.kernels - case.moe_block.kernels
+        dense_launches = case.dense_layer.kernels
+        dense_launches -= attention_launches if "attn" in scope else 0
+        dense_launches -= case.dense_layer.kernels - attention_launches if "mlp" in scope else 0
+        moe_launches = case.moe_layer.kernels
+        moe_launches -= attention_launches if "attn" in scope else 0
+        moe_launches -= case.moe_block.kernels if "moe" in scope else 0
+        moe_launches -= (
+            case.moe_block.kernels * ROUTER_LAUNCH_SHARE * len(scope & {"moe_router", "moe_preprocess"})
+        )
+        self.dense = self._layer(self._scaled(case.dense_layer), dense_launches)
+        self.moe = self._layer(tuple(a + b for a, b in zip(attention, block, strict=True)), moe_launches)
+        self.embedding = self._layer(self._scaled(case.embedding), case.embedding.kernels)
+        self.head = self._layer(self._scaled(case.head), case.head.kernels)
+        mtp = case.mtp or case.moe_layer  # a stand-in always measures MTP; the fallback uses a layer
+        self.mtp = self._layer(
+            tuple((x - b) * s + b for x, b in zip(self._seconds(mtp), block, strict=True)), mtp.kernels
+        )
+
+    def _seconds(self, part: PartTiming) -> tuple[float, float]:
+        """(forward+backward, forward) of ``part`` on the recipe's GPU."""
+        fp8 = self.r.fp8_recipe is not None
+        peak = (lambda g: g.peak_fp8_tflops) if fp8 else (lambda g: g.peak_bf16_tflops)
+        gpu, measured = self.r.gpu, self.measured
+        factor = (
+            part.gemm_share * peak(measured) / peak(gpu)
+            + part.attention_share * measured.peak_bf16_tflops / gpu.peak_bf16_tflops
+            + (1 - part.gemm_share - part.attention_share) * measured.hbm_tb_s / gpu.hbm_tb_s
+        )
+        return part.forward_backward_s * factor, part.forward_s * factor
+
+    def _scaled(self, part: PartTiming) -> tuple[float, float]:
+        """A token-linear part measured on the stand-in's micro-batch, for the recipe's."""
+        return tuple(x * self.stand.token_scale for x in self._seconds(part))  # type: ignore[return-value]
+
+    def _layer(self, seconds: tuple[float, float], launches: float) -> _Layer:
+        forward_backward, forward = seconds
+        recompute = forward if self.stand.full_recompute else 0.0
+        return _Layer(compute_s=forward_backward + recompute, launches=max(0.0, launches) * self.on_host)
+
+
+def _ep_comm_s(r: Resolved, constants: Constants) -> float:
+    """One MoE layer's four all-to-alls for one micro-batch, before any overlap."""
+    s, m, gpu = r.sizes, r.recipe.model, r.gpu
+    if s.ep == 1:
+        return 0.0
+    tokens = m.seq_length * r.recipe.train.micro_batch_size / s.cp / s.tp
+    token_bytes = m.hidden_size * BF16_BYTES * s.etp
+    in_domain = max(1, min(s.ep, gpu.nvlink_domain_gpus // s.etp))  # EP peers in the NVLink domain
+    near = m.moe_router_topk * (in_domain - 1) / s.ep  # copies per token to other GPUs in the domain
+    far = m.moe_router_topk * (s.ep - in_domain) / s.ep  # ... and beyond it
+    if r.dispatcher == "flex" and m.moe_router_group_topk and far:
+        # DeepEP and HybridEP send a token once to each remote domain that holds one of its experts;
+        # group-limited routing lets it reach at most group_topk groups.
+        domains = s.ep / in_domain
+        far = min(far, m.moe_router_group_topk * (domains - 1) / domains)
+    seconds = (
+        tokens
+        * token_bytes
+        * (
+            near / (gpu.nvlink_gb_s * 1e9 * constants.ep_efficiency_nvlink)
+            + far / (gpu.network_gb_s * 1e9 * constants.ep_efficiency_network)
+        )
+    )
+    return 4 * seconds
+
+
+def _tp_comm_s(r: Resolved) -> float:
+    """One layer's sequence-parallel all-gathers and reduce-scatters for one micro-batch (NVLink)."""
+    s, m = r.sizes, r.recipe.model
+    if s.tp == 1:
+        return 0.0
+    volume = m.seq_length * r.recipe.train.micro_batch_size / s.cp * m.hidden_size * BF16_BYTES
+    return 8 * volume * (s.tp - 1) / s.tp / (r.gpu.nvlink_gb_s * 1e9 * COLLECTIVE_EFFICIENCY)
+
+
+def _link_bytes_per_s(r: Resolved, span_gpus: int) -> float:
+    """A collective's rate over ranks spread across ``span_gpus`` consecutive GPUs."""
+    link = r.gpu.nvlink_gb_s if span_gpus <= r.gpu.nvlink_domain_gpus else r.gpu.network_gb_s
+    return link * 1e9 * COLLECTIVE_EFFICIENCY
+
+
+def _ring_s(volume: float, ranks: int, bytes_per_s: float) -> float:
+    return volume * (ranks - 1) / ranks / bytes_per_s if ranks > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class _Rank:
+    """One pipeline rank's time per micro-batch, by part."""
+
+    compute_s: float
+    ep_s: float
+    tp_s: float
+    host_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.ep_s + self.tp_s + self.host_s
+
+
+def _rank(r: Resolved, costs: _Costs, chunks: list[Stage], constants: Constants) -> _Rank:
+    first_moe = r.recipe.model.first_k_dense_replace
+    ep_layer, tp_layer = _ep_comm_s(r, constants), _tp_comm_s(r)
+    layers: list[_Layer] = []
+    ep = tp = 0.0
+    for stage in chunks:
+        moe = [costs.moe if d >= first_moe else None for d in stage.decoder_ids] + [
+            costs.mtp
+        ] * stage.mtp_layers
+        for layer in moe:
+            tp += tp_layer
+            if layer is None:
+                layers.append(costs.dense)
+                continue
+            layers.append(layer)
+            ep += max(0.0, ep_layer - layer.compute_s) if r.ep_overlap else ep_layer
+        layers += [costs.embedding] * ("embedding" in stage.layers) + [costs.head] * ("loss" in stage.layers)
+    compute = sum(layer.compute_s for layer in layers)
+    launches = sum(layer.launches for layer in layers)
+    return _Rank(compute, ep, tp, launches * constants.host_s_per_launch)
+
+
+def _data_parallel_s(r: Resolved, weights: memory.RankWeights, rank: _Rank) -> float:
+    """Exposed gradient reduce-scatter and parameter all-gather of one rank's weights."""
+    s, o, mp, co = r.sizes, r.recipe.optimizer, r.recipe.mixed_precision, r.recipe.comm_overlap
+    span = s.world // s.pp  # both rank grids put PP outermost: a DP group spans the GPUs of one stage
+    rate = _link_bytes_per_s(r, span)
+    dense_shards, expert_shards = s.dense_optimizer_shards, s.expert_dp
+    grad_bytes = 4 if mp.grad_reduce_in_fp32 or not mp.bf16 else BF16_BYTES
+    reduce = _ring_s(grad_bytes * weights.dense, dense_shards, rate)
+    reduce += _ring_s(grad_bytes * weights.expert, expert_shards, rate)
+    gather = 0.0
+    if o.use_distributed_optimizer:
+        param_bytes = 1 if mp.fp8_param_gather else BF16_BYTES
+        gather = _ring_s(param_bytes * weights.dense, dense_shards, rate)
+        gather += _ring_s(param_bytes * weights.expert, expert_shards, rate)
+    backward, forward = 2 / 3 * rank.compute_s, 1 / 3 * rank.compute_s
+    exposed_reduce = max(0.0, reduce - backward) if co.overlap_grad_reduce else reduce
+    exposed_gather = max(0.0, gather - forward) if co.overlap_param_gather else gather
+    return exposed_reduce + exposed_gather
+
+
+def _optimizer_s(r: Resolved, cal: calibration.Calibration, weights: memory.RankWeights) -> float:
+    """Adam over the rank's optimizer shard and the norm of its gradients, scaled by memory bandwidth."""
+    s, o = r.sizes, r.recipe.optimizer
+    shards = (s.dense_optimizer_shards, s.expert_dp) if o.use_distributed_optimizer else (1, 1)
+    sharded = weights.dense / shards[0] + weights.expert / shards[1]
+    states = (
+        "fp32/bf16/bf16"
+        if o.use_precision_aware_optimizer and o.exp_avg_dtype == "bf16"
+        else "fp32/fp32/fp32"
+    )
+    seconds = sharded * cal.optimizer.adam_s_per_param[states]
+    seconds += (weights.dense + weights.expert) * cal.optimizer.grad_norm_s_per_param
+    return seconds * hardware.gpu(calibration.MEASURED_GPU).hbm_tb_s / r.gpu.hbm_tb_s
+
+
+def step_time(
+    r: Resolved, cal: calibration.Calibration | None = None, constants: Constants = FITTED
+) -> StepTime:
+    """The recipe's step time by part, from the calibration's stand-in of its ranks."""
+    cal = cal or calibration.load()
+    stand = calibration.stand_in(r)
+    case, how = cal.case_for(stand)
+    costs = _Costs(r, stand, case)
+    s, recipe = r.sizes, r.recipe
+    ranks = [_rank(r, costs, r.chunks_of(p), constants) for p in range(s.pp)]
+    slowest = max(range(s.pp), key=lambda p: ranks[p].total_s)
+    worst = ranks[slowest]
+    # The 1F1B schedule without interleaving sends activations and receives gradients across each stage
+    # boundary in the open; the interleaved one overlaps them with compute (Megatron's overlap_p2p_comm).
+    p2p = 0.0
+    if s.pp > 1 and s.vpp == 1:
+        m = recipe.model
+        boundary = m.seq_length * recipe.train.micro_batch_size / s.cp / (s.tp if s.sequence_parallel else 1)
+        p2p = 2 * boundary * m.hidden_size * BF16_BYTES / _link_bytes_per_s(r, s.world)
+    weights = memory.rank_weights(recipe, s, r.chunks_of(slowest))
+    micro = s.num_microbatches
+    parts = {
+        "compute": micro * worst.compute_s,
+        "ep_dispatch_combine": micro * worst.ep_s,
+        "tp_collectives": micro * worst.tp_s,
+        "pp_p2p": micro * p2p,
+        "pp_bubble": (s.pp - 1) / s.vpp * (worst.total_s + p2p),
+        "dp_grad_param_sync": _data_parallel_s(r, weights, worst),
+        "optimizer": _optimizer_s(r, cal, weights),
+        "host": micro * worst.host_s,
+    }
+    return StepTime(
+        parts=parts,
+        slowest_pp_rank=slowest,
+        rank_microbatch_s=tuple(rank.total_s + p2p for rank in ranks),
+        case=how,
+        calibration=f"{calibration.CALIBRATION_FILE}: {cal.machine}, {cal.date}",
+    )

@@ -1,0 +1,152 @@
+"""The step-time model (plan.step_time) against published DSV3-671B runs and its own arithmetic.
+
+benchmarks/results/step_time_fit/2026-12-03-h200.json is the fit (benchmarks/fit_step_time.py): its
+constants are the planner's, its predictions are what the planner says today for every published row
+and every 1-GPU check, and README's table quotes it. Fitted rows must be within 10%.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from dsv3_recipes.cli import main
+from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.plan import calibration, step_time
+from dsv3_recipes.plan.preflight import plan
+from dsv3_recipes.recipe.resolve import resolve
+from dsv3_recipes.recipe.schema import RecipeError
+
+ROOT = Path(__file__).parent.parent
+FIT = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-03-h200.json").read_text())
+ROWS = json.loads((ROOT / "benchmarks" / "published_runs.json").read_text())["rows"]
+
+
+def resolved(name, *overrides, shrink=None):
+    return resolve(recipe_of(build_task(name, list(overrides), shrink_gpus=shrink)))
+
+
+def test_the_planner_uses_the_fitted_constants():
+    assert dataclasses.asdict(step_time.FITTED) == FIT["constants"]
+    for name, (low, high) in FIT["bounds"].items():
+        assert low <= FIT["constants"][name] <= high
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["id"] for r in ROWS])
+def test_each_published_row_is_predicted_as_the_fit_says(row):
+    t = step_time.step_time(resolved(row["recipe"], *row["overrides"]))
+    fitted = next(f for f in FIT["rows"] if f["id"] == row["id"])
+    assert t.step_time_s == pytest.approx(fitted["predicted_step_time_s"], rel=2e-3)
+    assert fitted["published_step_time_s"] == row["published"]["step_time_s"]
+    if row["role"] == "fitted":
+        assert t.step_time_s == pytest.approx(row["published"]["step_time_s"], rel=0.10)
+
+
+def test_three_rows_are_fitted_and_the_rest_held_out():
+    roles = [r["role"] for r in ROWS]
+    assert roles.count("fitted") == 3 and set(roles) == {"fitted", "held_out"}
+
+
+@pytest.mark.parametrize("check", FIT["one_gpu_checks"], ids=[c["label"] for c in FIT["one_gpu_checks"]])
+def test_each_one_gpu_check_is_its_committed_run(check):
+    result = json.loads((ROOT / check["result"]).read_text())
+    assert result["step_time_s_median"] == pytest.approx(check["measured_step_time_s"], abs=1e-4)
+    assert result["num_gpus"] == 1 and result["gpu"] == "NVIDIA H200"
+
+
+def test_parts_sum_to_the_step_and_json_carries_them(capsys):
+    assert main(["plan", "h100_fp8_blockwise", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    parts = data["step_time_parts"]
+    assert set(parts) == {
+        "compute",
+        "ep_dispatch_combine",
+        "tp_collectives",
+        "pp_p2p",
+        "pp_bubble",
+        "dp_grad_param_sync",
+        "optimizer",
+        "host",
+    }
+    assert sum(parts.values()) == pytest.approx(data["step_time_s"])
+    assert data["tokens_per_s_per_gpu"] == pytest.approx(8192 * 4096 / data["step_time_s"] / 1024)
+    assert data["step_time_source"]["case"].startswith("measured stand-in")
+
+
+def test_the_printout_shows_every_part(capsys):
+    assert main(["plan", "bridge_default_1024gpu"]) == 0
+    out = capsys.readouterr().out
+    for part in ("compute", "ep_dispatch_combine", "pp_bubble", "dp_grad_param_sync", "optimizer", "host"):
+        assert part in out
+
+
+def test_the_bubble_is_pp_minus_one_over_vpp_micro_batches_of_the_slowest_rank():
+    r = resolved("gb200_mxfp8_256gpu")  # PP8 VPP4, 64 micro-batches
+    t = step_time.step_time(r)
+    per_microbatch = t.rank_microbatch_s[t.slowest_pp_rank]
+    assert t.parts["pp_bubble"] == pytest.approx(7 / 4 * per_microbatch)
+    assert t.parts["compute"] + t.parts["ep_dispatch_combine"] == pytest.approx(64 * per_microbatch, rel=1e-6)
+
+
+def test_a_larger_batch_adds_micro_batches_but_not_bubble():
+    small = step_time.step_time(resolved("bridge_default_1024gpu"))
+    large = step_time.step_time(resolved("bridge_default_1024gpu", "train.global_batch_size=8192"))
+    assert large.parts["compute"] == pytest.approx(2 * small.parts["compute"])
+    assert large.parts["pp_bubble"] == pytest.approx(small.parts["pp_bubble"])
+
+
+def test_ep_overlap_hides_the_all_to_all_behind_the_layer():
+    overlapped = step_time.step_time(resolved("h100_fp8_blockwise"))
+    exposed = step_time.step_time(
+        resolved(
+            "h100_fp8_blockwise",
+            "comm_overlap.overlap_moe_expert_parallel_comm=False",
+            "comm_overlap.delay_wgrad_compute=False",
+        )
+    )
+    assert overlapped.parts["ep_dispatch_combine"] < exposed.parts["ep_dispatch_combine"]
+    assert exposed.parts["ep_dispatch_combine"] > 0
+
+
+def test_all_to_all_beyond_the_nvlink_domain_costs_more():
+    inside = step_time._ep_comm_s(resolved("gb200_mxfp8_256gpu"), step_time.FITTED)  # EP32 in an NVL72
+    beyond = step_time._ep_comm_s(resolved("h100_fp8_blockwise"), step_time.FITTED)  # EP64 over 8 nodes
+    assert beyond > inside > 0
+
+
+def test_cuda_graphs_take_launches_off_the_host():
+    constants = dataclasses.replace(step_time.FITTED, host_s_per_launch=5e-6)
+    eager = step_time.step_time(resolved("proxy_1gpu", "launch.gpu_type=h200"), constants=constants)
+    graphed = step_time.step_time(
+        resolved(
+            "proxy_1gpu",
+            "launch.gpu_type=h200",
+            "model.cuda_graph_impl=transformer_engine",
+            'model.cuda_graph_scope=["attn","moe_router"]',
+            "model.use_te_rng_tracker=True",
+            "model.moe_token_dispatcher_type=alltoall",
+        ),
+        constants=constants,
+    )
+    assert 0 < graphed.parts["host"] < eager.parts["host"]
+
+
+def test_memory_bound_work_is_slower_on_h100_than_on_h200():
+    h200 = step_time.step_time(resolved("bridge_default_1024gpu", "launch.gpu_type=h200"))
+    h100 = step_time.step_time(resolved("bridge_default_1024gpu"))
+    assert h100.parts["compute"] > h200.parts["compute"]
+    assert h100.parts["optimizer"] == pytest.approx(h200.parts["optimizer"] * 4.8 / 3.35)
+
+
+def test_an_unmeasured_shape_is_scaled_from_a_measured_one_and_says_so():
+    t = step_time.step_time(resolved("bridge_default_1024gpu", "model.moe_ffn_hidden_size=1024"))
+    assert "scaled by FLOPs" in t.case and t.step_time_s > 0
+
+
+def test_a_plan_without_a_measurement_of_its_precision_still_plans():
+    cal = calibration.load()
+    bf16_only = dataclasses.replace(cal, cases={k: c for k, c in cal.cases.items() if c.fp8_recipe is None})
+    with pytest.raises(RecipeError, match="^calibration: no measured stand-in in blockwise"):
+        step_time.step_time(resolved("h100_fp8_blockwise"), bf16_only)
+    assert plan(recipe_of(build_task("h100_fp8_blockwise"))).step is not None
