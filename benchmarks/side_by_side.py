@@ -163,6 +163,9 @@ def targets(runs: dict[str, dict]) -> list[str]:
             continue
         ratio = r["tokens_per_s_per_gpu"] / tt_tps
         mfu = (r.get("megatron_tflops_per_gpu") or 0) / H200_BF16_PEAK_TFLOPS
+        if "fp8_recipe=" in r.get("command", ""):
+            # TorchTitan's FP8 needs torchao's float8 converter, which .tt does not carry.
+            label = f"{label} (FP8, against TorchTitan's BF16 run: no TorchTitan FP8 run)"
         if "mtp_num_layers=None" in r.get("command", ""):
             met = ratio >= 1.3 and mfu >= 0.40
             out.append(

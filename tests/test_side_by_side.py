@@ -106,6 +106,13 @@ def test_the_report_compares_with_torchtitan_and_says_which_target_is_met(tmp_pa
     )
     assert "mtp (MTP): 0.90x TorchTitan's no-MTP tokens/s (target 1.00x): NOT met" in text
     assert sbs.targets({"nomtp": nomtp}) == ["targets: no TorchTitan run in this call, so no ratio to it"]
+    fp8 = {
+        **nomtp,
+        "command": "dsv3 pretrain ... model.mtp_num_layers=None mixed_precision.fp8_recipe=blockwise",
+    }
+    assert sbs.targets({"torchtitan": tt, "fp8": fp8})[0].startswith(
+        "fp8 (FP8, against TorchTitan's BF16 run: no TorchTitan FP8 run) (no MTP): 1.50x TorchTitan"
+    )
 
 
 def test_the_report_adds_the_kernel_tables_of_the_runs_that_were_profiled(tmp_path):
