@@ -28,9 +28,17 @@ from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.schema import Recipe, blend_prefixes
 from dsv3_recipes.recipes.shrinking import Capabilities
 from dsv3_recipes.report.logs import megatron_throughput, parse_log
-from dsv3_recipes.report.metrics import warmup_steps
+from dsv3_recipes.report.metrics import profiled_steps, warmup_steps
 
 EXCERPT_LINES = 40
+EXPERT_LOAD_KEYS = (
+    "tokens_per_expert_min",
+    "tokens_per_expert_mean",
+    "tokens_per_expert_max",
+    "worst_router_max_over_mean",
+    "expert_bias_min",
+    "expert_bias_max",
+)
 
 
 def data_condition(recipe: Recipe, corpus: str | None) -> dict[str, object]:
@@ -48,6 +56,16 @@ def data_condition(recipe: Recipe, corpus: str | None) -> dict[str, object]:
 
 def routing_condition(recipe: Recipe) -> str:
     return "force_balanced" if recipe.model.moe_router_force_load_balancing else "natural"
+
+
+def profile_trace(recipe: Recipe, since: float) -> str | None:
+    """The PyTorch profiler's trace this run wrote: Bridge puts it beside the tensorboard directory."""
+    if not recipe.profiling.use_pytorch_profiler:
+        return None
+    tensorboard = recipe.logger.tensorboard_dir or os.path.join(recipe.output_dir, "tensorboard")
+    rank = recipe.profiling.profile_ranks[0] if recipe.profiling.profile_ranks else 0
+    trace = Path(tensorboard).parent / "torch_profile" / f"rank-{rank}.json.gz"
+    return str(trace) if trace.is_file() and trace.stat().st_mtime >= since else None
 
 
 def planner_memory_gib(recipe: Recipe) -> dict[str, float]:
@@ -88,6 +106,7 @@ def main() -> int:
     dsv3_args = ["pretrain", "--factory", args.recipe, *shrink, *overrides]
     recipe = recipe_of(build_task(args.recipe, overrides, args.shrink, Capabilities.here()))
     command = [sys.executable, "-m", "dsv3_recipes.cli", *dsv3_args]
+    started = datetime.datetime.now().timestamp()
     try:
         proc = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.timeout)
         log, returncode = proc.stdout + proc.stderr, proc.returncode
@@ -117,6 +136,11 @@ def main() -> int:
         "data": data_condition(recipe, args.corpus),
         "routing": routing_condition(recipe),
         "expert_load_last_step": run.summary.get("expert_load_last_step"),
+        "expert_load_per_step": [
+            {"step": r["step"], **{k: r[k] for k in EXPERT_LOAD_KEYS if k in r}}
+            for r in rows
+            if "worst_router_max_over_mean" in r
+        ],
         "concurrent_runs": args.concurrent,
         "steps": len(rows),
         "timing": run.summary["timing"],
@@ -124,7 +148,14 @@ def main() -> int:
         "step_time_s_median": run.summary["step_time_s_median"],
         "tokens_per_s_per_gpu": run.summary["tokens_per_s_per_gpu"],
         "model_tflops_per_gpu": run.summary["model_tflops_per_gpu"],
-        **megatron_throughput(run, recipe.tokens_per_step / run.summary["num_gpus"], warmup_steps(recipe)),
+        **megatron_throughput(
+            run,
+            recipe.tokens_per_step / run.summary["num_gpus"],
+            warmup_steps(recipe),
+            profiled_steps(recipe),
+        ),
+        "profiled_steps_left_out": sorted(profiled_steps(recipe)),
+        "profile_trace": profile_trace(recipe, started),
         "mfu": run.summary["mfu"],
         "peak_mem_allocated_gib": run.summary["peak_mem_allocated_gib"],
         "peak_mem_reserved_gib": run.summary["peak_mem_reserved_gib"],

@@ -286,6 +286,12 @@ class TrainConfig(Section):
     eval_iters: int = 0
     manual_gc: bool = True
     manual_gc_interval: int = 10
+    # What each manual collection sweeps: 2 is Bridge's gc.collect() (every tracked object); 1 is
+    # TorchTitan's GarbageCollection (gc.collect(1): the objects made since the last full collection).
+    manual_gc_generation: int = 2
+    # gc.freeze() once training starts: what set-up made (the model, the data index, configs) leaves the
+    # collector's generations, so a later full collection scans only what training has made.
+    gc_freeze: bool = False
     seed: int = 1234
     check_for_nan_in_loss_and_grad: bool = True
     distributed_timeout_minutes: int = 60
@@ -309,6 +315,7 @@ class TrainConfig(Section):
         "train_samples": Limit(1, 2**63 - 1),  # Megatron counts samples in int64
         "eval_iters": COUNT,
         "manual_gc_interval": COUNT,
+        "manual_gc_generation": Limit(0, 2),
         "seed": Limit(0, 2**32 - 1),  # numpy's RandomState seeds the data order
     }
 
@@ -326,6 +333,12 @@ class TrainConfig(Section):
             raise RecipeError(
                 "train.micro_batch_size",
                 f"{self.micro_batch_size} exceeds train.global_batch_size={self.global_batch_size}",
+            )
+        if self.manual_gc_generation != 2 and not self.manual_gc:
+            raise RecipeError(
+                "train.manual_gc_generation",
+                f"{self.manual_gc_generation} given while train.manual_gc=False: only manual collections "
+                "have a generation to choose (train.manual_gc=True)",
             )
 
 

@@ -85,10 +85,17 @@ def read_run(logdir: str | Path) -> RunLog:
     return run
 
 
-def megatron_throughput(run: RunLog, tokens_per_step_per_gpu: float, warmup_steps: int) -> dict[str, float]:
+def megatron_throughput(
+    run: RunLog, tokens_per_step_per_gpu: float, warmup_steps: int, left_out: frozenset[int] = frozenset()
+) -> dict[str, float]:
     """Tokens/s/GPU and TFLOPS/GPU by Megatron's own clock and FLOPs count, over the steps after warm-up
-    from their total time: its interval timer counts what happens between steps (GC, logging)."""
-    rows = [r for r in run.rows() if r["step"] > warmup_steps and "megatron_step_time_s" in r]
+    (and outside ``left_out``, the profiled ones) from their total time: its interval timer counts what
+    happens between steps (GC, logging)."""
+    rows = [
+        r
+        for r in run.rows()
+        if r["step"] > warmup_steps and r["step"] not in left_out and "megatron_step_time_s" in r
+    ]
     seconds = sum(r["megatron_step_time_s"] for r in rows)
     if not rows:
         return {}
@@ -110,6 +117,7 @@ COLUMNS = (
     ("megatron_tflops_per_gpu", "Megatron TFLOPS", "{:.1f}"),
     ("mfu", "MFU", "{:.1%}"),
     ("mem_allocated_gib", "alloc GiB", "{:.1f}"),
+    ("worst_router_max_over_mean", "router max/mean", "{:.2f}"),
 )
 
 

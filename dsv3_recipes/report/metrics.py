@@ -25,6 +25,19 @@ def warmup_steps(recipe: Recipe) -> int:
     return WARMUP_STEPS + (recipe.model.cuda_graph_impl != "none")
 
 
+def profiled_steps(recipe: Recipe) -> frozenset[int]:
+    """Steps (numbered as Megatron's iterations) that a profiler slows. Bridge's PyTorch profiler warms up
+    in the step before ``profile_step_start``, records up to ``profile_step_end - 1`` and writes its
+    trace during step ``profile_step_end``; nsys records ``profile_step_start + 1`` to
+    ``profile_step_end``."""
+    p = recipe.profiling
+    if p.use_pytorch_profiler:
+        return frozenset(range(p.profile_step_start - 1, p.profile_step_end + 1))
+    if p.use_nsys_profiler:
+        return frozenset(range(p.profile_step_start + 1, p.profile_step_end + 1))
+    return frozenset()
+
+
 @dataclass
 class StepMetrics:
     step: int
@@ -35,9 +48,13 @@ class StepMetrics:
     mfu: float
     mem_allocated_gib: float
     mem_reserved_gib: float
+    # Tokens per expert in this step over every router (ExpertLoad.summary), written flat into the line.
+    expert_load: dict[str, float] | None = None
 
     def to_line(self) -> str:
-        return f"{METRICS_TAG} {json.dumps(asdict(self))}"
+        values = asdict(self)
+        values.update(values.pop("expert_load") or {})
+        return f"{METRICS_TAG} {json.dumps(values)}"
 
 
 def step_metrics(
@@ -72,11 +89,14 @@ def step_metrics(
 TIMING = "total time of the steps after warm-up, each from the end of the one before (GC, logging included)"
 
 
-def summarize(steps: list[StepMetrics], warmup_steps: int) -> dict[str, float | int | str]:
+def summarize(
+    steps: list[StepMetrics], warmup_steps: int, left_out: frozenset[int] = frozenset()
+) -> dict[str, float | int | str | list[int]]:
     """Throughput over the steps after warm-up (compilation, allocator growth, CUDA-graph capture) from
     their total time, not a median: a pause every few steps, such as Megatron's manual GC, costs a
-    long run its share, and a median of 1-in-5 slow steps would hide it."""
-    steady = steps[warmup_steps:] or steps
+    long run its share, and a median of 1-in-5 slow steps would hide it. Steps in ``left_out`` (the
+    profiled ones) count for memory and loss only."""
+    steady = [s for s in steps[warmup_steps:] if s.step not in left_out] or steps
     seconds = sum(s.step_time_s for s in steady)
 
     def per_second(value: str) -> float:  # a rate over the whole window, weighting each step by its time
@@ -85,6 +105,7 @@ def summarize(steps: list[StepMetrics], warmup_steps: int) -> dict[str, float | 
     return {
         "steps": len(steps),
         "steady_steps": len(steady),
+        "profiled_steps_left_out": sorted(left_out),
         "timing": TIMING,
         "step_time_s": seconds / len(steady),
         "step_time_s_median": statistics.median(s.step_time_s for s in steady),

@@ -6,6 +6,7 @@ throughput of an MoE model depends on it (Megatron's mock data routes very uneve
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -17,7 +18,14 @@ from dsv3_recipes.plan.flops import model_flops_per_token
 from dsv3_recipes.plan.memory import GIB
 from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.schema import Recipe
-from dsv3_recipes.report.metrics import SUMMARY_TAG, StepMetrics, step_metrics, summarize, warmup_steps
+from dsv3_recipes.report.metrics import (
+    SUMMARY_TAG,
+    StepMetrics,
+    profiled_steps,
+    step_metrics,
+    summarize,
+    warmup_steps,
+)
 from dsv3_recipes.train.memory_census import census_gib
 
 
@@ -30,6 +38,7 @@ class ExpertLoad:
     """
 
     def __init__(self, routers: list[torch.nn.Module], experts: int, device: str = "cuda"):
+        self.routers = routers
         self.counts = torch.zeros(len(routers), experts, dtype=torch.float32, device=device)
         for i, router in enumerate(routers):
             router.register_forward_hook(self._hook(i))
@@ -51,18 +60,25 @@ class ExpertLoad:
         self.counts.zero_()
 
     def summary(self) -> dict[str, float] | None:
-        """Min/mean/max tokens per expert over every (router, expert), and the worst router's max/mean."""
+        """Min/mean/max tokens per expert over every (router, expert), the worst router's max/mean, and
+        the range of the routers' aux-loss-free expert bias (where they have one)."""
         counted = self.counts[self.counts.sum(dim=1) > 0]
         if counted.numel() == 0:
             return None
         mean = counted.mean(dim=1)
-        return {
+        summary = {
             "routers": counted.shape[0],
             "tokens_per_expert_min": counted.min().item(),
             "tokens_per_expert_mean": counted.mean().item(),
             "tokens_per_expert_max": counted.max().item(),
             "worst_router_max_over_mean": (counted.max(dim=1).values / mean).max().item(),
         }
+        biases = [b for b in (getattr(r, "expert_bias", None) for r in self.routers) if b is not None]
+        if biases:
+            stacked = torch.stack([b.detach().float() for b in biases])
+            summary["expert_bias_min"] = stacked.min().item()
+            summary["expert_bias_max"] = stacked.max().item()
+        return summary
 
 
 class ThroughputCallback(Callback):
@@ -122,6 +138,8 @@ class ThroughputCallback(Callback):
             mem_reserved_bytes=torch.cuda.max_memory_reserved(),
             fp8=self.recipe.mixed_precision.fp8_recipe is not None,
         )
+        # The load over the run, step by step (the GPU is synchronized above: the read costs no stall).
+        metrics.expert_load = self._expert_load.summary() if self._expert_load else None
         self.history.append(metrics)
         print(metrics.to_line(), flush=True)
 
@@ -135,7 +153,7 @@ class ThroughputCallback(Callback):
             "static_mem_allocated_gib": self._static_mem_gib,
             "memory_after_step1_gib": self._census,
             "expert_load_last_step": self._expert_load.summary() if self._expert_load else None,
-            **summarize(self.history, warmup_steps(self.recipe)),
+            **summarize(self.history, warmup_steps(self.recipe), profiled_steps(self.recipe)),
         }
         print(f"{SUMMARY_TAG} {json.dumps(summary)}", flush=True)
         os.makedirs(self.recipe.output_dir, exist_ok=True)
@@ -144,9 +162,39 @@ class ThroughputCallback(Callback):
                 f.write(m.to_line().split(" ", 1)[1] + "\n")
 
 
+class GarbageCollection(Callback):
+    """``train.gc_freeze`` and manual collections of ``train.manual_gc_generation`` below 2 (Bridge's own
+    manual GC collects only generation 2). A collection runs after the step whose number is a multiple
+    of ``train.manual_gc_interval``, where Bridge's would, so the next step's time counts it."""
+
+    def __init__(self, recipe: Recipe):
+        self.train = recipe.train
+
+    def on_train_start(self, context: CallbackContext) -> None:
+        if self.train.gc_freeze:  # after Bridge's set-up and its first gc.collect()
+            gc.freeze()
+            print(
+                f"dsv3: gc.freeze(): {gc.get_freeze_count()} objects out of the collector's reach", flush=True
+            )
+
+    def on_train_step_end(self, context: CallbackContext) -> None:
+        t = self.train
+        step = context.state.train_state.step + 1  # Bridge counts the step after this hook
+        if t.manual_gc_generation != 2 and t.manual_gc_interval and step % t.manual_gc_interval == 0:
+            gc.collect(t.manual_gc_generation)
+
+
 def callbacks_for(recipe: Recipe) -> list[Callback]:
-    """Callbacks every run gets, plus the MLPerf logger in MLPerf mode."""
+    """Callbacks every run gets (throughput first: it times the step before anything else runs), the
+    garbage collection Bridge lacks, the profiler's module ranges, and the MLPerf logger in MLPerf mode."""
     callbacks: list[Callback] = [ThroughputCallback(recipe)]
+    t = recipe.train
+    if t.gc_freeze or t.manual_gc_generation != 2:  # a generation below 2 needs train.manual_gc
+        callbacks.append(GarbageCollection(recipe))
+    if recipe.profiling.use_pytorch_profiler:
+        from dsv3_recipes.train.profile_ranges import ProfileRangesCallback
+
+        callbacks.append(ProfileRangesCallback())
     if recipe.mlperf.enabled:
         from dsv3_recipes.train.mlperf_log import MLPerfCallback, drop_page_cache
 

@@ -174,7 +174,8 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             train_samples=t.train_samples,
             exit_duration_in_mins=t.exit_duration_in_mins,
             manual_gc=t.manual_gc,
-            manual_gc_interval=t.manual_gc_interval,
+            # Bridge collects only generation 2; any other is collected by train.callbacks.GarbageCollection.
+            manual_gc_interval=t.manual_gc_interval if t.manual_gc_generation == 2 else 0,
             manual_gc_eval=t.manual_gc_interval,
         ),
         validation=ValidationConfig(eval_interval=t.eval_interval, eval_iters=t.eval_iters),

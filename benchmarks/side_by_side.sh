@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# TorchTitan and proxy_1gpu one after the other on the one GPU, each with one steady step profiled, and the
+# table of where each one's step goes (issue 30). On the lent GPU machine, carrying .gpu, .bench and .tt:
+#   source benchmarks/gpu_env.sh && bash benchmarks/side_by_side.sh OUT_DIR
+# .tt: bash benchmarks/torchtitan/make_assets.sh GIT_DIR on the CPU machine (TorchTitan f1a96b34, its wheels,
+# the bench text and tokenizer, and .tt/harness: ../shared/torchtitan, which the GPU machine lacks).
+#
+# RUNS: "label|overrides" separated by ';'. The label "torchtitan" runs TorchTitan (overrides: more of its
+# own arguments); any other runs `benchmarks/run_recipe.py proxy_1gpu launch.gpu_type=h200` on the bench
+# text with those overrides. The default: TorchTitan, the proxy without MTP (TorchTitan's model), the proxy
+# as shipped (MTP). Candidate changes go in the same list, so each is measured beside the default, e.g.
+#   RUNS="nomtp|model.mtp_num_layers=None;nomtp_graphs|model.mtp_num_layers=None $GRAPHS"
+# with GRAPHS as in benchmarks/proxy_h200_sweep.sh; benchmarks/README.md ("Side by side") lists more.
+# Knobs: STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
+# BUDGET=540 (s, whole script). Each run is time-boxed to what is left. Results land in OUT_DIR as they
+# come: side_by_side.md (the tables), results.tgz (result JSONs, logs, kernel profiles), trace-<label>.json.gz
+# (each profiled trace that fits the device tool's 16 MiB), progress.log.
+set -uo pipefail
+OUT=${1:?usage: side_by_side.sh OUT_DIR}
+STEPS=${STEPS:-20}
+PROFILE=${PROFILE:-1}
+PROFILE_STEP=${PROFILE_STEP:-18}
+BUDGET=${BUDGET:-540}
+WORK=${WORK:-/tmp/side_by_side}
+DATA=${DATA:-$PWD/.bench}
+DEFAULT_RUNS="torchtitan|;nomtp|model.mtp_num_layers=None;mtp|"
+IFS=';' read -r -a LIST <<<"${RUNS:-$DEFAULT_RUNS}"
+RUN=$WORK/run-$(date +%s)
+mkdir -p "$OUT" "$RUN/results" "$RUN/profiles" "$RUN/logs"
+LOG=$OUT/progress.log
+: >"$LOG"
+say() { echo "[side_by_side t=${SECONDS}s] $*" | tee -a "$LOG"; }
+left() { echo $((BUDGET - SECONDS)); }
+MAX_TRACE=$((15 * 1024 * 1024))
+
+TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"]"
+  "dataset.data_cache_path=$WORK/cache" tokenizer.tokenizer_type=HuggingFaceTokenizer
+  "tokenizer.tokenizer_model=$DATA/tokenizer" launch.gpu_type=h200)
+PROFILING=()
+# Bridge's profiler: warm-up in step PROFILE_STEP-1, records PROFILE_STEP, writes the trace during the next;
+# run_recipe leaves those three steps out of tokens/s (metrics.profiled_steps).
+[ "$PROFILE" = 1 ] && PROFILING=(profiling.use_pytorch_profiler=True "profiling.profile_step_start=$PROFILE_STEP"
+  "profiling.profile_step_end=$((PROFILE_STEP + 1))")
+ENTRIES=()
+
+reap() {  # a run cut by its timeout can leave workers on the GPU: end them (this call started them), by id
+  local pids
+  pids=$(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null | tr -d ' ')
+  [ -z "$pids" ] && return 0
+  say "processes still on the GPU after $1: $(echo $pids) -- ending them"
+  for pid in $pids; do kill -TERM "$pid" 2>/dev/null; done
+  sleep 5
+  for pid in $pids; do kill -KILL "$pid" 2>/dev/null; done
+}
+
+bundle() {  # everything so far into OUT_DIR (the device tool brings back at most 8 files of <= 16 MiB)
+  tar czf "$OUT/results.tgz" -C "$RUN" results profiles logs 2>>"$LOG"
+  [ -f "$RUN/side_by_side.md" ] && cp "$RUN/side_by_side.md" "$OUT/"
+}
+
+keep_trace() {  # $1 label, $2 trace: compressed into OUT_DIR if it fits, else only its profile is kept
+  local label=$1 trace=$2 dest="$OUT/trace-$1.json.gz"
+  case "$trace" in *.gz) cp "$trace" "$dest" ;; *) gzip -c "$trace" >"$dest" ;; esac
+  if [ "$(stat -c %s "$dest")" -gt "$MAX_TRACE" ]; then
+    say "trace of $label is $(du -h "$dest" | cut -f1) compressed: over the device tool's limit, not kept"
+    rm -f "$dest"
+  fi
+}
+
+profile() {  # $1 label, $2 trace, rest: kernel_profile options
+  local label=$1 trace=$2; shift 2
+  local t=$(( $(left) - 20 )); [ "$t" -gt 120 ] && t=120
+  if [ -z "$trace" ] || [ ! -f "$trace" ]; then say "$label: no profiler trace"; return 1; fi
+  if [ "$t" -lt 15 ]; then say "$label: no time left to read its trace"; return 1; fi
+  timeout "$t" python3 -m dsv3_recipes.report.kernel_profile "$trace" "$@" --json "$RUN/profiles/$label.json" \
+    >"$RUN/logs/$label.profile.txt" 2>&1 || { say "$label: kernel_profile failed: $(tail -1 "$RUN/logs/$label.profile.txt")"; return 1; }
+  keep_trace "$label" "$trace"
+}
+
+torchtitan() {  # $1 extra TorchTitan arguments
+  local t=$(( $(left) - 40 )); [ "$t" -gt 240 ] && t=240
+  if [ ! -f .tt/harness/run.sh ]; then say "torchtitan: .tt/harness missing (benchmarks/torchtitan/make_assets.sh)"; return 1; fi
+  if [ "$t" -lt 120 ]; then say "torchtitan: ${t}s left, not started"; return 1; fi
+  local traces=$RUN/tt_traces extra="--experimental.custom_import tt_expert_load $1"
+  [ "$PROFILE" = 1 ] && extra="$extra --profiling.enable_profiling --profiling.save_traces_folder $traces --profiling.profile_freq $STEPS"
+  local cmd="STEPS=$STEPS BUDGET=$t TT_EXTRA='$extra' bash .tt/harness/run.sh $RUN/torchtitan"
+  say "torchtitan: $cmd"
+  # Its own PYTHONPATH (run.sh puts its wheels and TorchTitan first), plus the expert-load plug-in.
+  timeout -k 10 $((t + 15)) env PYTHONPATH="$PWD/benchmarks/torchtitan" STEPS="$STEPS" BUDGET="$t" TT_EXTRA="$extra" \
+    bash .tt/harness/run.sh "$RUN/torchtitan" >"$RUN/logs/torchtitan.console" 2>&1
+  say "torchtitan: exit $? ($(tail -1 "$RUN/torchtitan/torchtitan_summary.txt" 2>/dev/null | cut -c1-160))"
+  cp "$RUN/torchtitan/torchtitan.log" "$RUN/logs/" 2>/dev/null
+  # Profiler warm-up (3 steps) and the traced step: STEPS-3..STEPS; the trace is written after the last step.
+  local out=$RUN/results/torchtitan.json left_out=""
+  [ "$PROFILE" = 1 ] && left_out="$((STEPS - 3))-$STEPS"
+  python3 benchmarks/side_by_side.py torchtitan "$RUN/torchtitan/torchtitan.log" --out "$out" \
+    --command "$cmd" --left-out "$left_out" 2>&1 | tee -a "$LOG" | tail -1 || return 1
+  [ -f "$out" ] || return 1
+  local entry="torchtitan=$out"
+  if [ "$PROFILE" = 1 ] && profile torchtitan "$traces/iteration_$STEPS/rank0_trace.json" \
+      --step-offset 1 --experts 64 --eager-gemms-are-output; then
+    entry="$entry,$RUN/profiles/torchtitan.json"
+  fi
+  ENTRIES+=("$entry")
+}
+
+proxy() {  # $1 label, $2 overrides
+  local label=$1 extra=$2 t=$(( $(left) - 40 )); [ "$t" -gt 240 ] && t=240
+  if [ "$t" -lt 120 ]; then say "$label: ${t}s left, not started"; return 1; fi
+  say "$label: run_recipe.py proxy_1gpu $extra (timeout ${t}s)"
+  # shellcheck disable=SC2086  # extra holds several overrides
+  timeout -k 10 $((t + 15)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$STEPS" --label "$label" \
+    --corpus bench-text --results-dir "$RUN/results" --timeout "$t" --full-log "$RUN/logs/$label.full.log" \
+    "${TEXT[@]}" "${PROFILING[@]}" "output_dir=$RUN/out/$label" $extra >"$RUN/logs/$label.console" 2>&1
+  local rc=$?
+  local result
+  result=$(ls "$RUN"/results/*-"$label".json 2>/dev/null | head -1)
+  if [ "$rc" != 0 ] || [ -z "$result" ]; then
+    say "$label: FAILED (exit $rc): $(grep -m1 -E 'Error|error:' "$RUN/logs/$label.console" | cut -c1-200)"
+    gzip -f "$RUN/logs/$label.full.log" 2>/dev/null
+    return 1
+  fi
+  say "$label: $(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("{:,.0f} tokens/s, Megatron {:.1f} TFLOPS".format(r["tokens_per_s_per_gpu"], r.get("megatron_tflops_per_gpu") or 0))' "$result")"
+  rm -f "$RUN/logs/$label.full.log"  # the result's .log excerpt and the console keep what matters
+  local entry="$label=$result" trace
+  trace=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("profile_trace") or "")' "$result")
+  if [ "$PROFILE" = 1 ] && profile "$label" "$trace"; then entry="$entry,$RUN/profiles/$label.json"; fi
+  ENTRIES+=("$entry")
+}
+
+say "runs: ${LIST[*]} | steps $STEPS, profiled step (proxy) $PROFILE_STEP, budget ${BUDGET}s | $(git rev-parse --short HEAD 2>/dev/null)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+for v in "${LIST[@]}"; do
+  label=$(echo "${v%%|*}" | tr -d ' '); extra=${v#*|}
+  [ -n "$label" ] || continue
+  if [ "$label" = torchtitan ]; then torchtitan "$extra"; else proxy "$label" "$extra"; fi
+  reap "$label"
+  if [ "${#ENTRIES[@]}" -gt 0 ]; then
+    python3 benchmarks/side_by_side.py report "${ENTRIES[@]}" --md "$RUN/side_by_side.md" >/dev/null 2>>"$LOG"
+  fi
+  bundle
+done
+say "done: ${#ENTRIES[@]} of ${#LIST[@]} runs with results"
+[ -f "$RUN/side_by_side.md" ] && cat "$RUN/side_by_side.md"
+ls -la "$OUT" | tee -a "$LOG"
+[ "${#ENTRIES[@]}" = "${#LIST[@]}" ]
