@@ -223,7 +223,7 @@ class CaseTiming:
     moe_block: PartTiming  # the MoE layer's MLP alone: router, permute, experts, shared expert, unpermute
     embedding: PartTiming
     head: PartTiming  # final norm, output layer, cross-entropy
-    mtp: Optional[PartTiming]  # what the MTP depth adds to the whole stand-in, None without MTP
+    mtp: Optional[PartTiming]  # what the MTP depth adds to the whole stand-in (every stand-in has one)
     whole_model_s: float  # the stand-in's forward+backward in one piece (a check on the parts' sum)
 
 
@@ -288,20 +288,16 @@ def scaled(case: CaseTiming, wanted: dict[str, float]) -> CaseTiming:
     )
 
 
-def _part(data: dict) -> PartTiming:
-    return PartTiming(**data)
-
-
 def from_dict(data: dict) -> Calibration:
     cases = {}
     for key, c in data["cases"].items():
-        parts = {name: _part(c[name]) for name in PARTS}
+        parts = {name: PartTiming(**c[name]) for name in PARTS}
         cases[key] = CaseTiming(
             key=key,
             label=c["label"],
             fp8_recipe=c["fp8_recipe"],
             flops=c["flops"],
-            mtp=_part(c["mtp"]) if c.get("mtp") else None,
+            mtp=PartTiming(**c["mtp"]) if c.get("mtp") else None,
             whole_model_s=c["whole_model_s"],
             **parts,
         )
