@@ -68,6 +68,21 @@ def test_recipe_passes_bridge_validation(name, as_target_gpu, monkeypatch):
     assert getattr(cfg.dataset, "mock", False) == recipe.dataset.mock
 
 
+def test_gc_eval_and_pipeline_dtype_reach_bridge_once(as_target_gpu):
+    """Bridge's manual_gc_eval is a bool (the GC interval reached it once), and the pipeline dtype comes
+    from the mixed-precision config alone, which Bridge copies onto the model."""
+    recipe = recipe_of(recipes.get("proxy_2gpu_pp2"))
+    as_target_gpu("h200", recipe.launch.num_gpus)
+    cfg = to_config_container(recipe)
+    assert cfg.train.manual_gc_eval is True
+    runtime_config_update(cfg)
+    assert cfg.model.pipeline_dtype is torch.bfloat16 is cfg.mixed_precision.pipeline_dtype
+    recipe.mixed_precision.bf16 = False
+    cfg = to_config_container(recipe)
+    runtime_config_update(cfg)
+    assert cfg.model.pipeline_dtype is torch.float32
+
+
 def test_mxfp8_recipe_reaches_the_model(as_target_gpu):
     recipe = recipe_of(recipes.get("gb200_mxfp8_256gpu"))
     recipe.dataset.data_paths = ["/data/c4_text_document"]

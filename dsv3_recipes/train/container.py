@@ -101,7 +101,6 @@ def recipe_choices(m: ModelConfig) -> dict[str, object]:
         moe_flex_dispatcher_backend=m.moe_flex_dispatcher_backend or "deepep",
         moe_flex_dispatcher_num_sms=hybridep_num_sms if m.moe_flex_dispatcher_backend == "hybridep" else None,
         cuda_graph_modules=choices.pop("cuda_graph_scope"),  # cuda_graph_scope is deprecated in 0.19
-        pipeline_dtype=torch.bfloat16 if m.pipeline_model_parallel_size > 1 else None,
     )
     return choices
 
@@ -175,7 +174,6 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             exit_duration_in_mins=t.exit_duration_in_mins,
             manual_gc=t.manual_gc,
             manual_gc_interval=t.manual_gc_interval,
-            manual_gc_eval=t.manual_gc_interval,
         ),
         validation=ValidationConfig(eval_interval=t.eval_interval, eval_iters=t.eval_iters),
         optimizer=OptimizerConfig(
