@@ -19,8 +19,8 @@ from pathlib import Path
 
 from dsv3_recipes.cli import parser
 from dsv3_recipes.launch.submit import build_task, recipe_of
+from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import Recipe
-from dsv3_recipes.recipes.shrinking import Capabilities
 from dsv3_recipes.report.logs import megatron_throughput, parse_log
 from dsv3_recipes.report.metrics import warmup_steps
 
