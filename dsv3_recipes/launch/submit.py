@@ -14,7 +14,6 @@ import contextlib
 import copy
 import dataclasses
 import glob
-import importlib.util
 import logging
 import os
 import shlex
@@ -33,8 +32,9 @@ from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, Slu
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import validate
 from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.rules import Capabilities, importable
 from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes, describe_type
-from dsv3_recipes.recipes.shrinking import Capabilities
+from dsv3_recipes.recipes.common import checked
 
 __all__ = ["EXECUTORS", "JobFailed", "LaunchOptions", "SlurmOptions", "build_task", "launch", "run_task"]
 LOG_TAIL_LINES = 20
@@ -104,8 +104,7 @@ def recipe_task(
     runs, not to what this login node has."""
     capabilities = None
     if shrink_gpus is not None and executor != "local":
-        gpu_type = recipe_of(build_task(name, overrides)).launch.gpu_type
-        capabilities = Capabilities.image(gpu_type)
+        capabilities = Capabilities.image(build_task(name, overrides).recipe.launch.gpu_type)
     return build_task(name, overrides, shrink_gpus, capabilities)
 
 
@@ -205,7 +204,7 @@ def check_local_machine(gpus: int, what: str, field: str) -> None:
             f"{what} needs {gpus} GPU(s), this machine has {found}; "
             "use --dryrun to render the launch, or --executor slurm",
         )
-    if importlib.util.find_spec("megatron.bridge") is None:
+    if not importable("megatron.bridge"):
         raise RecipeError(
             "executor",
             "the train side is not installed here: `uv sync --extra train`, or run in the container",
@@ -213,10 +212,12 @@ def check_local_machine(gpus: int, what: str, field: str) -> None:
 
 
 def launch(task: run.Partial, options: LaunchOptions) -> None:
-    """Check a recipe task, then run, submit or dry-run it on the executor the options name."""
-    recipe = recipe_of(task)
+    """Check a recipe task (``preflight`` validates it, once), then run, submit or dry-run it on the
+    executor the options name."""
+    recipe = validate.built(task.recipe)
     preflight(recipe, options.executor, options.dryrun)
-    run_task(task, make_executor(options.executor, recipe, options.slurm), recipe.name, options)
+    executor = make_executor(options.executor, recipe, options.slurm)
+    run_task(checked(task), executor, recipe.name, options)
 
 
 def run_task(task: run.Partial, executor: run.Executor, name: str, options: LaunchOptions) -> None:
