@@ -696,13 +696,6 @@ class Recipe:
         """Tokens of one optimizer step over every rank."""
         return self.train.global_batch_size * self.model.seq_length
 
-    @property
-    def data_parallel_size(self) -> int:
-        m = self.model
-        return self.launch.num_gpus // (
-            m.tensor_model_parallel_size * m.pipeline_model_parallel_size * m.context_parallel_size
-        )
-
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -736,7 +729,7 @@ def check_types(obj: object, path: str = "") -> None:
         value = getattr(obj, f.name)
         where = f"{path}.{f.name}" if path else f.name
         expected = hints[f.name]
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, Section):  # a section checks itself
             check_types(value, where)
         elif not _matches(value, expected):
             raise RecipeError(
