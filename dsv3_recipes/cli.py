@@ -105,10 +105,10 @@ def _render_tree(data: dict, indent: int = 0) -> str:
 
 
 def _cmd_plan(args: argparse.Namespace, task: run.Partial) -> int:
-    from dsv3_recipes.launch.submit import recipe_of
     from dsv3_recipes.plan.preflight import plan
+    from dsv3_recipes.plan.validate import built
 
-    report = plan(recipe_of(task), mfu=args.mfu)
+    report = plan(built(task.recipe), mfu=args.mfu)  # plan validates
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 

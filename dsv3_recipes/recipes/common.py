@@ -10,7 +10,7 @@ import nemo_run.core.serialization.yaml  # noqa: F401  (registers run.Partial's 
 import yaml
 
 from dsv3_recipes.plan.preflight import check_launch
-from dsv3_recipes.plan.validate import build
+from dsv3_recipes.plan.validate import built
 from dsv3_recipes.recipe import models
 from dsv3_recipes.recipe.schema import LaunchConfig, Recipe
 from dsv3_recipes.train.entry import pretrain
@@ -58,17 +58,24 @@ class PretrainTask(run.Partial):
     ``Experiment.add`` serialize it and take a ``clone()`` (``Experiment._add_single_job``), dry run
     or not. Checking there makes a notebook's ``run.run`` refuse what ``dsv3 pretrain`` refuses:
     every recipe rule, the memory plan, and what any launch needs (``plan.check_launch``). The GPU
-    node checks again when ``pretrain`` starts.
+    node checks again when ``pretrain`` starts. A door that has run ``check_launch`` itself (``dsv3
+    pretrain``) hands NeMo-Run ``checked(task)`` instead, so that the recipe is validated once.
     """
 
     def clone(self) -> PretrainTask:
-        check_launch(build(self.recipe))
+        check_launch(built(self.recipe))
         return super().clone()
 
 
 # NeMo-Run writes each job's task as YAML with representers registered per exact class: give this one
 # run.Partial's (else the job directory gets no <name>_config.yaml).
 yaml.SafeDumper.add_representer(PretrainTask, yaml.SafeDumper.yaml_representers[run.Partial])
+
+
+def checked(task: run.Partial) -> run.Partial:
+    """The task as NeMo-Run takes it after the door ran ``check_launch``: a plain ``run.Partial`` of the
+    same function and recipe, whose ``clone`` does not check again."""
+    return run.Partial(task.__fn_or_cls__, recipe=task.recipe)
 
 
 def pretrain_task(recipe: run.Config[Recipe]) -> PretrainTask:

@@ -7,14 +7,14 @@ measured against. ``proxy_1gpu`` starts from it and applies the settings measure
 
 from __future__ import annotations
 
-import copy
-
-import fiddle as fdl
 import nemo_run as run
 
-from dsv3_recipes.recipe import models
-from dsv3_recipes.recipe.schema import LaunchConfig, RecipeError
+from dsv3_recipes.recipe import hardware, models
+from dsv3_recipes.recipe.schema import LaunchConfig
 from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, pretrain_task, recipe_config
+
+# What the planner counts for proxy_1gpu's step without recompute on its most loaded rank (82.7 GiB).
+NO_RECOMPUTE_GIB = 83
 
 
 def _proxy(name: str, model: run.Config, gpu_type: str, gpus: int) -> run.Partial:
@@ -50,7 +50,8 @@ def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
     """3.53B proxy on one GPU, with the fastest settings measured there (benchmarks/proxy_1gpu_tuning.md).
 
     ``gpu_type`` (``launch.gpu_type=`` on the CLI) picks what depends on the GPU: selective recompute
-    only where the planner says the step does not fit without it (80 GB H100: yes; 141 GB H200: no).
+    only where the step does not fit without it (80 GB H100: yes; 141 GB H200: no), by the planner's
+    figure for it (``NO_RECOMPUTE_GIB``; tests/test_plan.py keeps the two in step).
     """
     task = proxy_1gpu_stock(gpu_type)
     r = task.recipe
@@ -65,21 +66,11 @@ def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
     # Bridge's 5 spends a 0.6-0.7 s gc.collect() per 5 steps of ~0.5 s: 50 ran 1.21x and 1.37x faster on
     # H200 (benchmarks/results/h200_text_gc_*); TorchTitan collects every 50 too.
     r.train.manual_gc_interval = 50
-    if not _fits(task):  # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped
+    # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped.
+    if hardware.gpu(gpu_type).memory_gib < NO_RECOMPUTE_GIB:
         r.model.recompute_granularity = "selective"  # benchmarks/proxy_1gpu_tuning.md
         r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]  # benchmarks/proxy_1gpu_tuning.md
     return task
-
-
-def _fits(task: run.Partial) -> bool:
-    """The planner's verdict on the task's memory (the planner is within 2% of the measured peaks)."""
-    from dsv3_recipes.plan.preflight import plan
-
-    try:
-        plan(fdl.build(copy.deepcopy(task.recipe)))
-    except RecipeError:  # the planner's refusal, e.g. train.micro_batch_size: needs N GiB
-        return False
-    return True
 
 
 def proxy_2gpu_ep2() -> run.Partial:
