@@ -28,6 +28,7 @@ from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
 from dsv3_recipes import recipes
 from dsv3_recipes.launch import executors
+from dsv3_recipes.launch.nemo_run_internals import dryrun_request, experiment_id
 from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import validate
@@ -284,23 +285,23 @@ def _confirmed(executor: run.SlurmExecutor, name: str, options: LaunchOptions) -
 def _report(exp: run.Experiment, name: str, detached: bool) -> None:
     from nemo_run import config
 
-    job = exp.jobs[0]
+    job, exp_id = exp.jobs[0], experiment_id(exp)
     job_id = (job.handle or "").rsplit("/", 1)[-1]  # slurm_tunnel://nemo_run/<job id>
     home = config.get_nemorun_home()  # the one a new `nemo` process reads unless told otherwise:
     default = os.environ.get("NEMORUN_HOME", os.path.expanduser("~/.nemo_run"))
     env = "" if home == default else f"NEMORUN_HOME={shlex.quote(home)} "
     if detached:
         print(
-            f"{name}: submitted job {job_id} (experiment {exp._id}); follow it with\n"
-            f"  {env}nemo experiment status {exp._id}\n"
-            f"  {env}nemo experiment logs {exp._id} 0"
+            f"{name}: submitted job {job_id} (experiment {exp_id}); follow it with\n"
+            f"  {env}nemo experiment status {exp_id}\n"
+            f"  {env}nemo experiment logs {exp_id} 0"
         )
         return
     state = job.state.name
     if state != "SUCCEEDED":
         print(_log_tail(job, job_id), file=sys.stderr)
         raise JobFailed(
-            f"{name}: job {job_id} {state} (the log tail is above; {env}nemo experiment logs {exp._id} 0)"
+            f"{name}: job {job_id} {state} (the log tail is above; {env}nemo experiment logs {exp_id} 0)"
         )
     print(f"{name}: job {job_id} {state}")
 
@@ -326,7 +327,7 @@ def render_launch(task: run.Partial, executor: run.Executor, name: str) -> str:
     with contextlib.redirect_stdout(sys.stderr), run.Experiment(name, log_level="ERROR") as exp:
         exp.add(task, executor=executor, name=name)
         exp.dryrun(log=False)  # renders, then deletes the experiment directory
-    request = exp.jobs[0]._dryrun_info.request
+    request = dryrun_request(exp)
     if hasattr(request, "materialize"):
         return request.materialize()
     lines = []

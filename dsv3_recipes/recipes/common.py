@@ -55,7 +55,7 @@ class PretrainTask(run.Partial):
     """``run.Partial(pretrain, recipe=run.Config[Recipe])`` that checks its recipe when NeMo-Run takes it.
 
     NeMo-Run never builds a task on the launch side: ``run.run(task, executor=...)`` and
-    ``Experiment.add`` serialize it and take a ``clone()`` (``Experiment._add_single_job``), dry run
+    ``Experiment.add`` serialize it and take a ``clone()`` (``launch.nemo_run_internals``), dry run
     or not. Checking there makes a notebook's ``run.run`` refuse what ``dsv3 pretrain`` refuses:
     every recipe rule, the memory plan, and what any launch needs (``plan.check_launch``). The GPU
     node checks again when ``pretrain`` starts. A door that has run ``check_launch`` itself (``dsv3
