@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -216,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in ("list", "report"):  # the commands that run without NeMo-Run
             import_nemo_run_without_torch()
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that stopped early (`| head`) is caught below
+        return rc
+    except BrokenPipeError:  # the reader closed the pipe: stop quietly, as head's other writers do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
     except (RecipeError, FileNotFoundError, ValueError) as e:
         print(f"dsv3: error: {e}", file=sys.stderr)
         return 2

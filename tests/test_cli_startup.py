@@ -49,3 +49,16 @@ def test_show_and_plan_import_nemo_run_but_not_torch(argv):
 def test_list_reads_each_factorys_own_docstring():
     for name in recipes.names():
         assert recipes.summary(name) == recipes.factory(name).__doc__.strip().splitlines()[0]
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`dsv3 show NAME | head`: the closed pipe stops the command with SIGPIPE's status, no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsv3_recipes.cli", "show", "proxy_1gpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    proc.stdout.close()  # before the command writes a line: every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipeError" not in err, err
