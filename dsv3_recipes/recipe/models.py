@@ -60,7 +60,7 @@ def deepseek_v3_671b() -> run.Config[ModelConfig]:
 
 
 def proxy_1gpu() -> run.Config[ModelConfig]:
-    """3.53B proxy that trains on one 80 GB GPU: 8 layers (1 dense), 64 experts top-6."""
+    """3.57B proxy that trains on one 80 GB GPU: 8 layers (1 dense), 64 experts top-6."""
     model = deepseek_v3_671b()
     model.num_layers = 8
     model.first_k_dense_replace = 1

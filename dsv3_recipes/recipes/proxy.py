@@ -42,12 +42,12 @@ def _proxy(name: str, model: run.Config, gpu_type: str, gpus: int) -> run.Partia
 
 
 def proxy_1gpu_stock(gpu_type: str = "h100") -> run.Partial:
-    """3.53B proxy on one GPU with Bridge's stock DSV3 settings (the speed-up baseline)."""
+    """3.57B proxy on one GPU with Bridge's stock DSV3 settings (the speed-up baseline)."""
     return _proxy("proxy_1gpu_stock", models.proxy_1gpu(), gpu_type=gpu_type, gpus=1)
 
 
 def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
-    """3.53B proxy on one GPU, with the fastest settings measured there (benchmarks/proxy_1gpu_tuning.md).
+    """3.57B proxy on one GPU, with the fastest settings measured there (benchmarks/proxy_1gpu_tuning.md).
 
     ``gpu_type`` (``launch.gpu_type=`` on the CLI) picks what depends on the GPU: selective recompute
     only where the step does not fit without it (80 GB H100: yes; 141 GB H200: no), by the planner's
