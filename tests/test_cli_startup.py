@@ -1,5 +1,5 @@
 """What the `dsv3` commands import before they work: NeMo-Run's own import takes seconds, so a command
-that needs none of it (parser, --help, list) must not trigger it, and show/plan import no torch."""
+that needs none of it (parser, --help, list, show, plan) must not trigger it, and none imports torch."""
 
 import subprocess
 import sys
@@ -40,9 +40,22 @@ def test_list_imports_neither_nemo_run_nor_a_recipe_module():
     assert result == {"RC": "0", "LOADED": "[]", "RECIPE_MODULES": "[]"}
 
 
-@pytest.mark.parametrize("argv", [["show", "proxy_1gpu", "--json"], ["plan", "gb200_mxfp8_256gpu"]])
-def test_show_and_plan_import_nemo_run_but_not_torch(argv):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "proxy_1gpu", "--json"],
+        ["plan", "gb200_mxfp8_256gpu"],
+        ["plan", "proxy_1gpu", "--shrink", "1"],
+    ],
+)
+def test_show_and_plan_build_with_fiddle_alone(argv):
+    """Recipes build and plan with fiddle alone: NeMo-Run (seconds to import) only where tasks launch."""
     result = probe(*argv)
+    assert result["RC"] == "0" and result["LOADED"] == "['fiddle']"
+
+
+def test_pretrain_and_export_import_nemo_run_but_not_torch():
+    result = probe("show", "proxy_1gpu", "--to-yaml", "-")
     assert result["RC"] == "0" and result["LOADED"] == "['fiddle', 'nemo_run']"
 
 

@@ -9,22 +9,18 @@ succeed is a failed command that shows the job's state and the tail of its log.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import copy
 import dataclasses
 import glob
-import logging
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import typing
 from collections.abc import Iterator, Sequence
 
 import nemo_run as run
-from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
 from dsv3_recipes import recipes
 from dsv3_recipes.launch import executors
@@ -32,10 +28,9 @@ from dsv3_recipes.launch.nemo_run_internals import dryrun_request, experiment_id
 from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import validate
-from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.rules import Capabilities, importable
-from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes, describe_type
-from dsv3_recipes.recipes.common import checked
+from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes
+from dsv3_recipes.recipes.task import as_task, checked
 
 __all__ = ["EXECUTORS", "JobFailed", "LaunchOptions", "SlurmOptions", "build_task", "launch", "run_task"]
 LOG_TAIL_LINES = 20
@@ -47,55 +42,9 @@ def build_task(
     shrink_gpus: int | None = None,
     capabilities: Capabilities | None = None,
 ) -> run.Partial:
-    """The named recipe's task with ``key=value`` overrides applied to its recipe, then shrunk to
-    ``shrink_gpus`` GPUs if given (fields the overrides set stay as set).
-
-    ``env_vars={...}`` merges into the recipe's variables (NeMo-Run's ``env_vars|={...}``) instead of
-    replacing them; a ``None`` value removes that variable (``env_vars={'NCCL_DEBUG': None}``);
-    ``env_vars.NAME=text`` sets one.
-    """
-    # GPU-dependent defaults follow launch.gpu_type; an unknown one is refused by the override below.
-    gpu_type = next(
-        (a.split("=", 1)[1].strip("'\"") for a in overrides if a.startswith("launch.gpu_type=")), None
-    )
-    task = recipes.get(name, gpu_type if gpu_type in hardware.GPUS else None)
-    logging.getLogger("nemo_run.cli.cli_parser").setLevel(logging.CRITICAL)  # we report errors ourselves
-    keys = []
-    for arg in overrides:
-        if "=" not in arg:
-            raise RecipeError(arg, "overrides are key=value (e.g. train.global_batch_size=16)")
-        target, value = arg.split("=", 1)
-        key = target.rstrip("+-*/|&")  # without NeMo-Run's operator (key+=, key|=, ...)
-        keys.append(key)
-        if target == "env_vars":
-            _merge_env_vars(task, _env_vars_literal(value))
-            continue
-        if target == key and key.startswith("env_vars."):  # one variable, its text verbatim
-            _merge_env_vars(task, {key.removeprefix("env_vars."): value})
-            continue
-        annotation = field_annotation(key)
-        try:
-            parse_cli_args(task.recipe, [arg])
-        except CLIException:
-            raise RecipeError(key, f"expected {describe_type(annotation)}, got {value!r}") from None
-    if shrink_gpus is not None:
-        task = recipes.shrink(task, gpus=shrink_gpus, capabilities=capabilities, keep=keys)
-    return task
-
-
-def _env_vars_literal(value: str) -> dict:
-    try:
-        changes = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        changes = None
-    if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
-        raise RecipeError("env_vars", f"expected a dict of name -> str (None removes a name), got {value!r}")
-    return changes
-
-
-def _merge_env_vars(task: run.Partial, changes: dict) -> None:
-    merged = {**task.recipe.env_vars, **changes}
-    task.recipe.env_vars = {k: v for k, v in merged.items() if v is not None}
+    """The NeMo-Run task of ``recipes.configured``: the named recipe with ``key=value`` overrides
+    (``recipes.overrides``), shrunk to ``shrink_gpus`` GPUs if given."""
+    return as_task(recipes.configured(name, overrides, shrink_gpus, capabilities))
 
 
 def recipe_task(
@@ -105,25 +54,8 @@ def recipe_task(
     runs, not to what this login node has."""
     capabilities = None
     if shrink_gpus is not None and executor != "local":
-        capabilities = Capabilities.image(build_task(name, overrides).recipe.launch.gpu_type)
+        capabilities = Capabilities.image(recipes.configured(name, overrides).recipe.launch.gpu_type)
     return build_task(name, overrides, shrink_gpus, capabilities)
-
-
-def field_annotation(key: str) -> object:
-    """The annotation of a dotted recipe field; unknown names fail with the allowed ones."""
-    cls: object = Recipe
-    annotation: object = Recipe
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            raise RecipeError(".".join(parts[:i]), f"{describe_type(annotation)} has no fields")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        if part not in names:
-            where = ".".join(parts[:i]) or "recipe"
-            raise RecipeError(key, f"unknown field of {where}; allowed: {', '.join(names)}")
-        annotation = cls = hints[part]
-    return annotation
 
 
 def recipe_of(task: run.Partial) -> Recipe:

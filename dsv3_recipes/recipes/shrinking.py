@@ -25,7 +25,6 @@ import math
 from collections.abc import Iterable
 
 import fiddle as fdl
-import nemo_run as run
 
 from dsv3_recipes.recipe import hardware, rules
 from dsv3_recipes.recipe.layout import parse_layout, shrink_layout
@@ -54,7 +53,7 @@ MOCK_VOCAB_SIZE = 32768
 class _Edits:
     """Writes fields of the shrunk config and records each change against the parent's value."""
 
-    def __init__(self, config: run.Config[Recipe], parent: Recipe, keep: Iterable[str]):
+    def __init__(self, config: fdl.Config[Recipe], parent: Recipe, keep: Iterable[str]):
         self.config, self.parent = config, parent
         self.keep = tuple(keep)
         self.written: dict[str, object] = {}
@@ -236,13 +235,13 @@ def _shrink_mlperf(e: _Edits, steps: int, gbs: int) -> None:
 
 
 def shrink(
-    task: run.Partial,
+    task: fdl.Partial,
     gpus: int,
     gpu_type: str | None = None,
     steps: int = DEFAULT_STEPS,
     capabilities: Capabilities | None = None,
     keep: Iterable[str] = (),
-) -> run.Partial:
+) -> fdl.Partial:
     """A new task: ``task``'s recipe at the size of ``gpus`` GPUs of ``gpu_type`` (default: the
     recipe's), ``steps`` steps; ``keep`` names fields the caller set, which stay as given. The
     original task is not touched."""
@@ -287,19 +286,24 @@ def shrink(
     _substitute(e, caps, mock_data)
     _shrink_mlperf(e, e.current("train.train_iters") or steps, gbs)  # type: ignore[arg-type]
 
-    shrunk.recipe.shrink = run.Config(
+    record = fdl.Config(
         ShrinkRecord,
         shrunk_from=parent.name,
         gpus=gpus,
         gpu_type=target,
-        changed=[run.Config(FieldChange, **vars(c)) for c in e.changed],
-        substituted=[run.Config(FieldChange, **vars(c)) for c in e.substituted],
+        changed=[fdl.Config(FieldChange, **vars(c)) for c in e.changed],
+        substituted=[fdl.Config(FieldChange, **vars(c)) for c in e.substituted],
     )
+    if type(task) is not fdl.Partial:  # NeMo-Run's task (recipes.get): its configs stay NeMo-Run's
+        from dsv3_recipes.recipes.task import as_nemo_run
+
+        record = as_nemo_run(record)
+    shrunk.recipe.shrink = record
     _check_runs(shrunk, parent.name, gpus, target)
     return shrunk
 
 
-def _check_runs(task: run.Partial, parent: str, gpus: int, gpu_type: str) -> None:
+def _check_runs(task: fdl.Partial, parent: str, gpus: int, gpu_type: str) -> None:
     """The planner's verdict on the shrunk recipe, naming the field a substitution could not fix."""
     from dsv3_recipes.plan.preflight import plan
 
