@@ -19,7 +19,7 @@ def test_pinned_to_the_installed_release():
 def test_adding_a_task_takes_its_clone_which_checks_the_recipe(tmp_path, monkeypatch):
     monkeypatch.setenv("NEMORUN_HOME", str(tmp_path))
     task = recipes.get("proxy_1gpu")
-    task.recipe.train.global_batch_size = 7  # not a multiple of MBS 8
+    task.recipe.train.global_batch_size = 12  # not a multiple of MBS 8 x DP 1
     with pytest.raises(RecipeError, match=r"^train.global_batch_size: "):
         run.run(task, executor=run.LocalExecutor(), dryrun=True)
 

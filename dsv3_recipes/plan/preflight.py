@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from dsv3_recipes.launch import executors
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import flops, memory
 from dsv3_recipes.plan.validate import validate
@@ -250,6 +249,8 @@ def check_launch(recipe: Recipe) -> Plan:
             "tokenizer.tokenizer_model",
             "None: indexed data needs the HuggingFaceTokenizer that made it (a hub name or a directory)",
         )
+    from dsv3_recipes.launch import executors  # NeMo-Run's: only a launch (which has it) gets here
+
     executors.check_no_secrets(recipe.env_vars)
     rules.WANDB_KEY.check(recipe, Capabilities.here())
     if recipe.mlperf.enabled:

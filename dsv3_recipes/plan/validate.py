@@ -52,7 +52,7 @@ def build(config: fdl.Buildable) -> Recipe:
 
 def validate(recipe: Recipe) -> Resolved:
     """Refuse a recipe no cluster could run, naming the field; returns what it resolves to."""
-    check_types(recipe)  # the recipe's own fields; each section checks its own below
+    check_types(recipe, sections=False)  # the recipe's own fields; each section checks its own below
     for section in recipe.sections():
         section.check_fields()
     recipe.check()
