@@ -44,6 +44,7 @@ DOORS = [
         "--dryrun",
         "dataset.mock=True",
         "logger.wandb_project=None",
+        "checkpoint.save=/lustre/ckpt",
     ],
     ["show", "gb200_mxfp8_256gpu", "--shrink", "1", "--json"],
     [NOTEBOOK],

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from typing import TYPE_CHECKING
 
 from dsv3_recipes.launch.options import JobFailed, LaunchOptions
-from dsv3_recipes.recipe.schema import RecipeError
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 if TYPE_CHECKING:
     import fiddle as fdl
@@ -205,6 +206,17 @@ def parser() -> argparse.ArgumentParser:
     text_corpus.add_arguments(sub)
     add_convert_arguments(sub)
     return top
+
+
+def recipe_of_command(command: str) -> Recipe:
+    """The recipe a ``dsv3 show/plan/pretrain ...`` command line runs, on this machine's capabilities
+    (how a committed result's command is read back)."""
+    from dsv3_recipes import recipes
+    from dsv3_recipes.plan.validate import build
+    from dsv3_recipes.recipe.rules import Capabilities
+
+    args = parser().parse_args(shlex.split(command)[1:])
+    return build(recipes.configured(args.name, args.overrides, args.shrink, Capabilities.here()).recipe)
 
 
 def import_nemo_run_without_torch() -> None:

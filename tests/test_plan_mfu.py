@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import wall_clock
+from dsv3_recipes.cli import recipe_of_command
 from dsv3_recipes.launch.submit import build_task, recipe_of
 from dsv3_recipes.plan.preflight import ASSUMED_MFU, MEASURED_MFU, plan
 
@@ -23,7 +23,7 @@ def test_each_measured_mfu_is_the_committed_proxy_by_the_wall_clock(key):
     assert result["data"]["kind"] == "text" and result["routing"] == "natural"  # the protocol's runs
     assert result["gpu"].lower().endswith(key[0]) and result["num_gpus"] == 1
     # What ran is the committed proxy_1gpu on that GPU, up to its data, step count and output directory.
-    ran = wall_clock.result_recipe(result)
+    ran = recipe_of_command(result["command"])
     committed = recipe_of(build_task("proxy_1gpu", [f"launch.gpu_type={key[0]}"]))
     for section in ("model", "optimizer", "mixed_precision", "comm_overlap", "launch"):
         assert getattr(ran, section) == getattr(committed, section), section
