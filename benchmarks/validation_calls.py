@@ -6,6 +6,7 @@ the three functions' starts, whatever name a module imported them under.
 
     python benchmarks/validation_calls.py                # every door, a table
     python benchmarks/validation_calls.py --save         # ... into benchmarks/results/validation_calls/
+    python benchmarks/validation_calls.py --before DIR --before-commit C --save   # ... and another checkout
     python benchmarks/validation_calls.py --one show proxy_1gpu --json   # one command's counts, as JSON
 """
 
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -86,18 +88,20 @@ def count(argv: list[str]) -> dict[str, int]:
     return dict(counts)
 
 
-def count_in_fresh_process(argv: list[str]) -> dict[str, int]:
+def count_in_fresh_process(argv: list[str], checkout: str | None = None) -> dict[str, int]:
+    """Counts of one command in a fresh interpreter, on ``checkout``'s package (default: this one)."""
+    env = {
+        "NEMORUN_HOME": "/tmp/validation_calls_nemorun",
+        "DSV3_IMAGE_REGISTRY": "registry.example.com/team",
+    }
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--one", *argv],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         check=False,
-        env={
-            "NEMORUN_HOME": "/tmp/validation_calls_nemorun",
-            "DSV3_IMAGE_REGISTRY": "registry.example.com/team",
-        }
-        | os.environ,
+        cwd=checkout,
+        env=env | os.environ | ({"PYTHONPATH": checkout} if checkout else {}),
     )
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)}: {out.stderr[-2000:]}")
@@ -110,6 +114,8 @@ def main() -> int:
     p.add_argument(
         "--save", action="store_true", help="write benchmarks/results/validation_calls/<date>.json"
     )
+    p.add_argument("--before", metavar="DIR", help="another checkout of the package to count as well")
+    p.add_argument("--before-commit", default="?", help="the commit --before holds, for the result")
     args = p.parse_args()
     if args.one is not None:
         print(json.dumps(count(args.one)))
@@ -117,14 +123,19 @@ def main() -> int:
     rows = []
     for argv in DOORS:
         command = argv[0] if argv == [NOTEBOOK] else "dsv3 " + " ".join(argv)
-        rows.append({"command": command, **count_in_fresh_process(argv)})
-        print(f"{rows[-1]['validate']:9d} {rows[-1]['plan']:5d} {rows[-1]['check_types']:12d}  {command}")
+        row = {"command": command, **count_in_fresh_process(argv)}
+        if args.before:
+            row["before"] = count_in_fresh_process(argv, args.before)
+        rows.append(row)
+        before = f"  (before: {row['before']})" if args.before else ""
+        print(f"{row['validate']:9d} {row['plan']:5d} {row['check_types']:12d}  {command}{before}")
     if args.save:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout
         result = {
-            "command": "python benchmarks/validation_calls.py --save",
+            "command": shlex.join(["python", "benchmarks/validation_calls.py", *sys.argv[1:]]),
+            "before": args.before and f"{args.before} (a checkout of {args.before_commit})",
             "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
             "date": datetime.date.today().isoformat(),
             "commit": commit.strip(),
