@@ -138,6 +138,8 @@ def factory(name: str) -> Callable[..., run.Partial]:
     def make(*args, **kwargs) -> run.Partial:
         return as_task(fn(*args, **kwargs))
 
+    make.__signature__ = inspect.signature(fn).replace(return_annotation="run.Partial")  # type: ignore[attr-defined]
+
     # target: the task the factory makes (NeMo-Run skips its return-annotation check); namespace wins.
     return run.cli.factory(make, target=pretrain, namespace=NAMESPACE, name=name)
 
