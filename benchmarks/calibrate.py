@@ -140,7 +140,7 @@ def main() -> int:
             calibrate.release()
             result["cases"][key] = {
                 **case,
-                "fp8_recipe": stand.recipe.mixed_precision.fp8_recipe,
+                "fp8_recipe": stand.fp8_recipe,
                 "flops": part_flops(stand),
                 "used_by": used_by,
                 "seconds": round(time.perf_counter() - t, 1),

@@ -70,7 +70,7 @@ def main() -> int:
                 continue
             merged[stand.key] = case | {
                 "label": stand.label,
-                "fp8_recipe": stand.recipe.mixed_precision.fp8_recipe,
+                "fp8_recipe": stand.fp8_recipe,
                 "flops": part_flops(stand),
                 "provenance": {"file": rel, "key_then": old_key, "setup": SETUP[data["commit"]]},
             }

@@ -25,8 +25,8 @@ from pathlib import Path
 from dsv3_recipes.launch.submit import build_task, recipe_of
 from dsv3_recipes.mlperf.rules import idx_token_count
 from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import Recipe, blend_prefixes
-from dsv3_recipes.recipes.shrinking import Capabilities
 from dsv3_recipes.report.logs import megatron_throughput, parse_log
 from dsv3_recipes.report.metrics import profiled_steps, warmup_steps
 

@@ -1,20 +1,25 @@
 """`dsv3`: list, show, plan and launch recipes (overrides are NeMo-Run CLI `key=value` arguments).
 
-Building the parser and `dsv3 list` import neither NeMo-Run nor the recipes (NeMo-Run's own import
-takes seconds); each command imports what it needs when it runs.
+Building the parser and `dsv3 list` import neither NeMo-Run nor the recipes; `show`, `plan` and
+`mlperf-check` build recipes with fiddle alone (NeMo-Run's own import takes seconds). NeMo-Run is
+imported where a task is launched or exported (`pretrain`, `--to-yaml`, preprocess, convert).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
 import sys
 from typing import TYPE_CHECKING
 
 from dsv3_recipes.launch.options import JobFailed, LaunchOptions
-from dsv3_recipes.recipe.schema import RecipeError
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 if TYPE_CHECKING:
+    import fiddle as fdl
     import nemo_run as run
 
 
@@ -39,8 +44,20 @@ def _add_recipe_args(p: argparse.ArgumentParser, positional: bool = True) -> Non
     )
 
 
-def _recipe_task(args: argparse.Namespace) -> run.Partial:
-    """The named recipe's task with the command line's recipe options applied."""
+def _needs_nemo_run(args: argparse.Namespace) -> bool:
+    """Whether the command launches or exports a task; the others build and check recipes with fiddle."""
+    return args.command not in ("list", "report", "show", "plan", "mlperf-check") or bool(
+        getattr(args, "to_yaml", None)
+    )
+
+
+def _recipe_task(args: argparse.Namespace) -> fdl.Partial:
+    """The named recipe's task with the command line's recipe options applied: NeMo-Run's where it is
+    launched or exported, else the factory's own fiddle task."""
+    if not _needs_nemo_run(args):
+        from dsv3_recipes import recipes
+
+        return recipes.configured(args.name, args.overrides, args.shrink)
     from dsv3_recipes.launch.submit import recipe_task
 
     return recipe_task(args.name, args.overrides, args.shrink, getattr(args, "executor", "local"))
@@ -77,11 +94,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_show(args: argparse.Namespace, task: run.Partial) -> int:
-    from dsv3_recipes.launch.submit import recipe_of, to_dict
+def _cmd_show(args: argparse.Namespace, task: fdl.Partial) -> int:
+    import dataclasses
 
-    recipe = recipe_of(task)
-    data = to_dict(recipe)
+    from dsv3_recipes.plan.validate import build
+
+    recipe = build(task.recipe)
+    data = dataclasses.asdict(recipe)
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
@@ -104,11 +123,11 @@ def _render_tree(data: dict, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _cmd_plan(args: argparse.Namespace, task: run.Partial) -> int:
-    from dsv3_recipes.launch.submit import recipe_of
+def _cmd_plan(args: argparse.Namespace, task: fdl.Partial) -> int:
     from dsv3_recipes.plan.preflight import plan
+    from dsv3_recipes.plan.validate import built
 
-    report = plan(recipe_of(task))
+    report = plan(built(task.recipe))  # plan validates
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
@@ -125,9 +144,10 @@ def _cmd_mlperf_check(args: argparse.Namespace) -> int:
 
     proxy = None
     if args.recipe:
-        from dsv3_recipes.launch.submit import build_task, recipe_of
+        from dsv3_recipes import recipes
+        from dsv3_recipes.plan.validate import build
 
-        recipe = recipe_of(build_task(args.recipe, args.overrides))
+        recipe = build(recipes.configured(args.recipe, args.overrides).recipe)
         proxy = ProxyScale.of(recipe) if recipe.mlperf.proxy else None
     passed, messages = check_log(args.log, proxy)
     for message in messages:
@@ -185,6 +205,17 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def recipe_of_command(command: str) -> Recipe:
+    """The recipe a ``dsv3 show/plan/pretrain ...`` command line runs, on this machine's capabilities
+    (how a committed result's command is read back)."""
+    from dsv3_recipes import recipes
+    from dsv3_recipes.plan.validate import build
+    from dsv3_recipes.recipe.rules import Capabilities
+
+    args = parser().parse_args(shlex.split(command)[1:])
+    return build(recipes.configured(args.name, args.overrides, args.shrink, Capabilities.here()).recipe)
+
+
 def import_nemo_run_without_torch() -> None:
     """Import NeMo-Run as on a login node, where torch is absent.
 
@@ -211,9 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command not in ("list", "report"):  # the commands that run without NeMo-Run
+        if _needs_nemo_run(args):
             import_nemo_run_without_torch()
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that stopped early (`| head`) is caught below
+        return rc
+    except BrokenPipeError:  # the reader closed the pipe: stop quietly, as head's other writers do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
     except (RecipeError, FileNotFoundError, ValueError) as e:
         print(f"dsv3: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import pytest
 
 from dsv3_recipes import recipes
 from dsv3_recipes.launch.submit import build_task, make_executor, recipe_of, render_launch
+from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.recipe.schema import DETERMINISTIC_ENV_VARS
 
 
@@ -40,7 +41,7 @@ def test_env_matches_what_bridge_applies_and_the_model_flags_reach_megatron(monk
     for name, value in DETERMINISTIC_ENV_VARS.items():
         monkeypatch.setenv(name, value)
     recipe = recipe_of(build_task("proxy_1gpu", ["train.deterministic=True"]))
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)  # Bridge's own validation: NCCL_ALGO set, no fused cross entropy
     assert cfg.model.deterministic_mode and not cfg.model.cross_entropy_loss_fusion
     assert {k: str(cfg.env_vars[k]) for k in DETERMINISTIC_ENV_VARS} == DETERMINISTIC_ENV_VARS

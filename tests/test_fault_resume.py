@@ -1,4 +1,5 @@
-"""benchmarks/fault_resume.py: the kill reaches every process of the job, and the logs are read back.
+"""report/fault_resume.py (run by benchmarks/fault_resume.py): the kill reaches every process of the job,
+and the logs are read back.
 The GPU run itself is tests/test_fault_resume_gpu.py (results under benchmarks/results/)."""
 
 import json
@@ -9,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from benchmarks import fault_resume
+from dsv3_recipes.report import fault_resume
 
 TRAINER = textwrap.dedent(
     """

@@ -200,3 +200,19 @@ def test_recipe_task_renders_to_yaml_like_any_partial():
     text = YamlSerializer().serialize(recipes.get("proxy_1gpu"))
     assert "_target_: dsv3_recipes.train.entry.pretrain" in text and "_partial_: true" in text
     assert "_target_: dsv3_recipes.recipe.schema.Recipe" in text
+
+
+def test_local_run_without_the_train_side_is_one_line(on_login_node):
+    """A GPU box with only the launch install: the local launch check names the missing train side
+    (find_spec('megatron.bridge') raised ModuleNotFoundError there instead)."""
+    out = on_login_node(
+        "from dsv3_recipes.launch import submit\n"
+        "from dsv3_recipes.recipe.schema import RecipeError\n"
+        "submit.local_gpu_count = lambda: 8\n"
+        "try:\n"
+        "    submit.check_local_machine(1, 'recipe proxy_1gpu', 'launch.gpus_per_node')\n"
+        "except RecipeError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "REFUSED executor: the train side is not installed here" in out.stdout

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from dsv3_recipes.data import preprocess, proxy_data  # noqa: E402
 from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
 from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 from dsv3_recipes.recipe.schema import RecipeError  # noqa: E402
 from dsv3_recipes.recipes.mlperf import mlperf_gb300_256gpu, mlperf_proxy_1gpu  # noqa: E402
 from dsv3_recipes.train.mlperf_data import FirstSequences, MLPerfC4Data  # noqa: E402
@@ -117,7 +118,7 @@ def test_mlperf_container_evaluates_the_first_sequences_every_step(corpus, monke
     r.mlperf.eval_set = "first"  # the README's wording; the reference's own draw is tested below
     recipe = recipe_of(task)
     monkeypatch.setenv("WORLD_SIZE", "1")
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     v = cfg.validation
     assert (v.eval_interval, v.eval_iters, v.eval_global_batch_size, v.start_eval_at_iter) == (1, 1, 8, 4)
@@ -155,7 +156,7 @@ def test_reference_eval_set_reads_what_the_reference_reads(corpus, monkeypatch, 
     recipe = recipe_of(task)
     assert recipe.mlperf.eval_set == "reference"  # the default
     monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     tokenizer = build_tokenizer(cfg.tokenizer)
     samples = get_train_valid_test_num_samples(cfg)
@@ -208,7 +209,7 @@ def test_benchmark_container_follows_the_rules(monkeypatch):
     task.recipe.dataset.data_paths = [train]
     task.recipe.dataset.validation_paths = [valid]
     monkeypatch.setenv("WORLD_SIZE", "256")
-    cfg = to_config_container(recipe_of(task))
+    cfg = to_config_container(resolve(recipe_of(task)))
     runtime_config_update(cfg)
     v, s, o = cfg.validation, cfg.scheduler, cfg.optimizer
     assert (v.eval_interval, v.eval_global_batch_size, v.eval_micro_batch_size) == (1, 1024, 1)

@@ -173,3 +173,23 @@ def test_every_registered_recipe_plans():
     for name in recipes.RECIPES:
         if name != "torchtitan_bf16":
             plan(recipe_of(build_task(name)))
+
+
+@pytest.mark.parametrize("gpu_type", ["h100", "h200", "b200", "gb200", "gb300"])
+def test_proxy_1gpu_recomputes_exactly_where_the_planner_says_it_must(gpu_type):
+    """proxy_1gpu chooses recompute by the planner's figure for its step without it (NO_RECOMPUTE_GIB)."""
+    from dsv3_recipes.recipe import hardware
+    from dsv3_recipes.recipes import proxy
+
+    task = proxy.proxy_1gpu(gpu_type)
+    recomputes = recipe_of(task).model.recompute_granularity == "selective"
+    task.recipe.model.recompute_granularity = None
+    task.recipe.model.recompute_modules = None
+    try:
+        needed = plan(recipe_of(task)).memory.total_bytes / memory.GIB
+    except RecipeError:
+        needed = None  # the planner refuses it on this GPU
+    assert recomputes == (needed is None)
+    assert recomputes == (hardware.gpu(gpu_type).memory_gib < proxy.NO_RECOMPUTE_GIB)
+    if needed is not None:
+        assert proxy.NO_RECOMPUTE_GIB - 1 < needed <= proxy.NO_RECOMPUTE_GIB

@@ -15,6 +15,8 @@ import pytest
 
 from dsv3_recipes import recipes
 from dsv3_recipes.launch.submit import recipe_of
+from dsv3_recipes.recipe.resolve import resolve
+from dsv3_recipes.recipe.rules import importable
 from dsv3_recipes.recipe.schema import RecipeError
 
 DATA = Path(__file__).parent / "data"
@@ -346,9 +348,9 @@ def test_bridge_default_follows_bridges_code_where_its_docs_differ():
     """The page says selective recompute by default; Bridge 0.6.2's code sets none (docs/sources.md)."""
     assert "**Selective Recomputation**: Enabled by default" in SEED004.read_text()
     assert recipe_of(recipes.get("bridge_default_1024gpu")).model.recompute_granularity is None
-    spec = importlib.util.find_spec("megatron.bridge")
-    if spec is None:
+    if not importable("megatron.bridge"):  # find_spec raises without the megatron package
         pytest.skip("the train extra holds Bridge's recipe code")
+    spec = importlib.util.find_spec("megatron.bridge")
     code = Path(
         spec.submodule_search_locations[0], "recipes", "deepseek", "h100", "deepseek_v3.py"
     ).read_text()
@@ -385,7 +387,7 @@ def test_torchtitan_baselines_match_seed003_tables(gpu, monkeypatch):
         int(row["GPUs"]),
         int(row["SeqLen"]),
     )
-    assert (r.train.train_iters, r.data_parallel_size) == (int(row["Steps"]), int(row["DP"]))
+    assert (r.train.train_iters, resolve(r).sizes.dp) == (int(row["Steps"]), int(row["DP"]))
     assert (m.tensor_model_parallel_size, m.expert_model_parallel_size, m.pipeline_model_parallel_size) == (
         int(row["TP"]),
         int(row["EP"]),
@@ -420,7 +422,7 @@ def test_torchtitan_knob_defaults_are_seed003s(monkeypatch, tmp_path):
             str(m.seq_length) == defaults["SEQ_LEN"]
             and str(r.train.train_iters) == defaults["TRAINING_STEPS"]
         )
-        assert str(r.train.global_batch_size // r.data_parallel_size) == defaults["LOCAL_BATCH_SIZE"]
+        assert str(r.train.global_batch_size // resolve(r).sizes.dp) == defaults["LOCAL_BATCH_SIZE"]
         assert defaults["DATASET_PATH"] == "`$LLMB_INSTALL/datasets/c4`"
         assert r.dataset.data_paths == [str(tmp_path / "datasets" / "c4" / "c4-train.en_0_text_document")]
         # "448 for H100/B200, 224 for GB200": the first rank of the last pipeline stage. On B200's 256
@@ -484,7 +486,7 @@ def test_seed003_custom_parallelism_example_is_refused_with_the_reason():
     recipe = recipe_of(
         recipes.torchtitan.torchtitan_bf16_from_env({**env, "DATA_PARALLEL_SHARD_DEGREE": "128"})
     )
-    assert (recipe.data_parallel_size, recipe.model.expert_model_parallel_size) == (128, 16)
+    assert (resolve(recipe).sizes.dp, recipe.model.expert_model_parallel_size) == (128, 16)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ from dsv3_recipes import recipes
 from dsv3_recipes.launch.submit import build_task, preflight, recipe_of
 from dsv3_recipes.plan.preflight import plan
 from dsv3_recipes.recipe.layout import parse_layout, render_layout
+from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import RecipeError
-from dsv3_recipes.recipes.shrinking import Capabilities, shrink
+from dsv3_recipes.recipes.shrinking import shrink
 
 BARE = Capabilities(deep_ep=False, hybrid_ep=False, apex=False, wandb=False)
 FULL = Capabilities(deep_ep=True, hybrid_ep=True, apex=True, wandb=True)

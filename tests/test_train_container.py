@@ -12,6 +12,7 @@ from megatron.bridge.training.config import runtime_config_update  # noqa: E402
 
 from dsv3_recipes import recipes  # noqa: E402
 from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
+from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 from dsv3_recipes.train.container import to_config_container  # noqa: E402
 
 # Bridge asks the GPU's compute capability to validate flex dispatchers: answer as the target GPU would.
@@ -44,7 +45,7 @@ def test_recipe_passes_bridge_validation(name, as_target_gpu, monkeypatch):
         if recipe.mlperf.enabled:  # MLPerf evaluates on its own validation shard
             recipe.dataset.validation_paths = recipe.dataset.validation_paths or ["/data/c4_validation"]
     as_target_gpu(recipe.launch.gpu_type, recipe.launch.num_gpus)
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
 
     m, model = recipe.model, cfg.model
@@ -59,7 +60,7 @@ def test_recipe_passes_bridge_validation(name, as_target_gpu, monkeypatch):
     )
     assert model.moe_router_score_function == "sigmoid" and model.moe_router_enable_expert_bias
     assert model.mtp_num_layers == m.mtp_num_layers
-    assert cfg.data_parallel_size == recipe.data_parallel_size
+    assert cfg.data_parallel_size == resolve(recipe).sizes.dp
     assert cfg.train.global_batch_size == recipe.train.global_batch_size
     assert (
         cfg.optimizer.exp_avg_dtype
@@ -68,11 +69,26 @@ def test_recipe_passes_bridge_validation(name, as_target_gpu, monkeypatch):
     assert getattr(cfg.dataset, "mock", False) == recipe.dataset.mock
 
 
+def test_gc_eval_and_pipeline_dtype_reach_bridge_once(as_target_gpu):
+    """Bridge's manual_gc_eval is a bool (the GC interval reached it once), and the pipeline dtype comes
+    from the mixed-precision config alone, which Bridge copies onto the model."""
+    recipe = recipe_of(recipes.get("proxy_2gpu_pp2"))
+    as_target_gpu("h200", recipe.launch.num_gpus)
+    cfg = to_config_container(resolve(recipe))
+    assert cfg.train.manual_gc_eval is True
+    runtime_config_update(cfg)
+    assert cfg.model.pipeline_dtype is torch.bfloat16 is cfg.mixed_precision.pipeline_dtype
+    recipe.mixed_precision.bf16 = False
+    cfg = to_config_container(resolve(recipe))
+    runtime_config_update(cfg)
+    assert cfg.model.pipeline_dtype is torch.float32
+
+
 def test_mxfp8_recipe_reaches_the_model(as_target_gpu):
     recipe = recipe_of(recipes.get("gb200_mxfp8_256gpu"))
     recipe.dataset.data_paths = ["/data/c4_text_document"]
     as_target_gpu("gb200", recipe.launch.num_gpus)
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     assert (cfg.model.fp8, cfg.model.fp8_recipe) == ("e4m3", "mxfp8")
     assert cfg.ddp.fp8_param_gather and cfg.ddp.reuse_grad_buf_for_mxfp8_param_ag
@@ -91,7 +107,7 @@ def test_separate_validation_blend(as_target_gpu):
     recipe.dataset.data_paths = ["0.3", "/d/a_text_document", "0.7", "/d/b_text_document"]
     recipe.dataset.validation_paths = ["/d/valid_text_document"]
     as_target_gpu("h100", 1)
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     train, valid, test = cfg.dataset.blend_per_split
     assert train == (["/d/a_text_document", "/d/b_text_document"], [0.3, 0.7])
@@ -103,11 +119,11 @@ def test_no_nan_check_flag_turns_off_both_checks(as_target_gpu):
     recipe = recipe_of(recipes.get("proxy_1gpu"))
     as_target_gpu("h100", 1)
     assert recipe.train.check_for_nan_in_loss_and_grad is False
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     assert cfg.ddp.check_for_nan_in_grad is False and cfg.rerun_state_machine.check_for_nan_in_loss is False
     recipe.train.check_for_nan_in_loss_and_grad = True
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     assert cfg.ddp.check_for_nan_in_grad and cfg.rerun_state_machine.check_for_nan_in_loss
 
 
@@ -121,7 +137,7 @@ def test_mock_data_runs_with_null_tokenizer_offline(as_target_gpu, monkeypatch):
     recipe = recipe_of(task)
     assert recipe.tokenizer.tokenizer_model == "unsloth/DeepSeek-V3"
     as_target_gpu("gb200", recipe.launch.num_gpus)
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     assert (cfg.tokenizer.tokenizer_type, cfg.tokenizer.tokenizer_model) == ("NullTokenizer", None)
     assert build_tokenizer(cfg.tokenizer).vocab_size >= recipe.model.vocab_size
@@ -132,6 +148,6 @@ def test_scheduler_switches_reach_bridge(as_target_gpu):
     task.recipe.scheduler.override_opt_param_scheduler = True
     recipe = recipe_of(task)
     as_target_gpu("h100", 1)
-    cfg = to_config_container(recipe)
+    cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     assert cfg.scheduler.override_opt_param_scheduler and not cfg.scheduler.use_checkpoint_opt_param_scheduler

@@ -13,6 +13,7 @@ from megatron.bridge.models.conversion.auto_bridge import AutoBridge  # noqa: E4
 
 from dsv3_recipes import recipes  # noqa: E402
 from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
+from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 from dsv3_recipes.train.container import hf_config, model_provider, recipe_choices  # noqa: E402
 
 # torchtitan_bf16 reads GPU_TYPE from the environment; its named variants are in the list. Each recipe
@@ -113,7 +114,8 @@ def test_bridge_maps_the_recipe_architecture(name, gpus):
 @pytest.mark.parametrize(("name", "gpus"), CASES)
 def test_provider_is_bridges_but_for_the_recipe_fields(name, gpus):
     recipe = recipe_for(name, gpus)
-    provider, bridge, choices = model_provider(recipe), bridge_mapping(recipe), recipe_choices(recipe.model)
+    resolved = resolve(recipe)
+    provider, bridge, choices = model_provider(resolved), bridge_mapping(recipe), recipe_choices(resolved)
     fields = [f.name for f in dataclasses.fields(provider)]
     assert set(choices) <= set(fields), "a recipe field with no provider field of its name"
     for field in fields:
@@ -124,7 +126,7 @@ def test_provider_is_bridges_but_for_the_recipe_fields(name, gpus):
 def test_recipe_fields_win_over_bridges_dsv3_choices():
     """Where a recipe differs from Bridge's DeepSeek-V3 defaults, the recipe's value is the one used."""
     recipe = recipe_of(recipes.get("mlperf_proxy_1gpu"))
-    bridge, provider = bridge_mapping(recipe), model_provider(recipe)
+    bridge, provider = bridge_mapping(recipe), model_provider(resolve(recipe))
     assert (bridge.moe_aux_loss_coeff, provider.moe_aux_loss_coeff) == (1e-4, 0.01)  # the MLPerf rule
     assert (bridge.make_vocab_size_divisible_by, provider.make_vocab_size_divisible_by) == (1280, 128)
     assert (bridge.gradient_accumulation_fusion, provider.gradient_accumulation_fusion) == (True, False)

@@ -6,6 +6,7 @@ import pytest
 
 from dsv3_recipes import recipes
 from dsv3_recipes.launch.submit import recipe_of
+from dsv3_recipes.recipe import rules
 from dsv3_recipes.recipe.schema import RecipeError
 from dsv3_recipes.train import preflight
 from dsv3_recipes.train.entry import pretrain
@@ -17,20 +18,20 @@ def fp8_runs_here(monkeypatch):
 
 
 def test_deepep_dispatcher_without_deep_ep_names_the_backend(fp8_runs_here, monkeypatch):
-    monkeypatch.setattr(preflight, "_has", lambda module: module != "deep_ep_cpp")
+    monkeypatch.setattr(rules, "importable", lambda module: module != "deep_ep_cpp")
     with pytest.raises(RecipeError, match=r"^model.moe_flex_dispatcher_backend: 'deepep' needs DeepEP's"):
         preflight.check_container(recipe_of(recipes.get("h100_fp8_blockwise")))
 
 
 def test_hybridep_is_checked_on_its_own(fp8_runs_here, monkeypatch):
-    monkeypatch.setattr(preflight, "_has", lambda module: module != "hybrid_ep_cpp")
+    monkeypatch.setattr(rules, "importable", lambda module: module != "hybrid_ep_cpp")
     with pytest.raises(RecipeError, match=r"'hybridep' needs DeepEP's hybrid_ep_cpp"):
         preflight.check_container(recipe_of(recipes.get("gb200_mxfp8_256gpu")))
     preflight.check_container(recipe_of(recipes.get("h100_fp8_blockwise")))  # deepep is present here
 
 
 def test_gradient_accumulation_fusion_without_apex(fp8_runs_here, monkeypatch):
-    monkeypatch.setattr(preflight, "_has", lambda module: module != "fused_weight_gradient_mlp_cuda")
+    monkeypatch.setattr(rules, "importable", lambda module: module != "fused_weight_gradient_mlp_cuda")
     task = recipes.get("proxy_1gpu")
     task.recipe.model.gradient_accumulation_fusion = True
     with pytest.raises(RecipeError, match=r"^model.gradient_accumulation_fusion: needs apex"):
@@ -38,7 +39,7 @@ def test_gradient_accumulation_fusion_without_apex(fp8_runs_here, monkeypatch):
 
 
 def test_fp8_recipe_the_gpu_cannot_run_uses_te_reason(monkeypatch):
-    monkeypatch.setattr(preflight, "_has", lambda module: True)
+    monkeypatch.setattr(rules, "importable", lambda module: True)
     verdicts = {"mxfp8": (False, "needs compute capability 10.0")}
     monkeypatch.setattr(preflight, "fp8_support", lambda fp8_recipe: verdicts.get(fp8_recipe, (True, "")))
     with pytest.raises(
@@ -48,7 +49,7 @@ def test_fp8_recipe_the_gpu_cannot_run_uses_te_reason(monkeypatch):
 
 
 def test_train_entry_stops_with_one_line_and_exit_2(fp8_runs_here, monkeypatch, capsys):
-    monkeypatch.setattr(preflight, "_has", lambda module: False)
+    monkeypatch.setattr(rules, "importable", lambda module: False)
     with pytest.raises(SystemExit) as stop:
         pretrain(recipe_of(recipes.get("h100_fp8_blockwise")))
     assert stop.value.code == 2

@@ -65,7 +65,7 @@ def slurm(
     ``bindpcie``: path to mlperf-common's bindpcie, placed in front of every rank's command.
     ``mpi``: srun's ``--mpi`` plugin (e.g. ``pmix``); None leaves the cluster's MpiDefault, since the
     ranks find each other through the SLURM_* variables and not every cluster builds pmix.
-    ``gres_gpus_per_node``: render ``#SBATCH --gpus-per-node`` (seed 003: set it to all GPUs of a node
+    ``gres_gpus_per_node``: render ``#SBATCH --gpus-per-node`` ([titan-dsv3]: set it to all GPUs of a node
     where the cluster has GPU GRES; a cluster without GRES rejects it, so None renders nothing).
     ``setup_lines``: shell lines the batch script runs before srun (e.g. making output directories).
     ``ssh_host``: submit through SSH from a laptop, ``job_dir`` then being the job's directory on the
@@ -84,7 +84,8 @@ def slurm(
     if gres_gpus_per_node is not None and gres_gpus_per_node < gpus_per_node:
         raise RecipeError(
             "executor.gres_gpus_per_node",
-            f"{gres_gpus_per_node} GPUs per node for {gpus_per_node} ranks per node (seed 003: all GPUs)",
+            f"{gres_gpus_per_node} GPUs per node for {gpus_per_node} ranks per node "
+            "(DGX Cloud's TorchTitan recipe: all GPUs)",
         )
     tunnel = (
         run.SSHTunnel(host=ssh_host, user=ssh_user or "", job_dir=job_dir)

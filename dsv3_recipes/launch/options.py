@@ -1,7 +1,7 @@
 """The executor arguments every launching command shares: ``dsv3 pretrain``, ``preprocess`` and
 ``convert`` take the same ``--executor``, dry-run, detach and Slurm options, parsed here once.
 
-Slurm options come from flags first, then seed 003's environment (``SBATCH_ACCOUNT``,
+Slurm options come from flags first, then [titan-dsv3]'s environment (``SBATCH_ACCOUNT``,
 ``SBATCH_PARTITION``, ``SBATCH_GPUS_PER_NODE``, ``RUN_CONF_IMAGE``, ``RUN_CONF_MOUNTS``,
 ``ADDITIONAL_SLURM_PARAMS``). Standard library only: ``dsv3 --help`` and ``dsv3 list`` build these
 parsers without importing NeMo-Run.
@@ -25,7 +25,7 @@ class JobFailed(RuntimeError):
 
 @dataclass
 class SlurmOptions:
-    """Slurm job options: flags first, then seed 003's environment (SBATCH_*, RUN_CONF_*)."""
+    """Slurm job options: flags first, then [titan-dsv3]'s environment (SBATCH_*, RUN_CONF_*)."""
 
     account: str | None = None
     partition: str | None = None
@@ -64,8 +64,8 @@ class SlurmOptions:
         g.add_argument(
             "--gres-gpus-per-node",
             type=int,
-            help="render #SBATCH --gpus-per-node=N, for clusters with GPU GRES (seed 003: all GPUs of "
-            "a node; default: $SBATCH_GPUS_PER_NODE, else not rendered)",
+            help="render #SBATCH --gpus-per-node=N, for clusters with GPU GRES (DGX Cloud's TorchTitan "
+            "recipe: all GPUs of a node; default: $SBATCH_GPUS_PER_NODE, else not rendered)",
         )
 
     @classmethod

@@ -9,32 +9,28 @@ succeed is a failed command that shows the job's state and the tail of its log.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import copy
 import dataclasses
 import glob
-import importlib.util
-import logging
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import typing
 from collections.abc import Iterator, Sequence
 
 import nemo_run as run
-from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
 from dsv3_recipes import recipes
 from dsv3_recipes.launch import executors
+from dsv3_recipes.launch.nemo_run_internals import dryrun_request, experiment_id
 from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import validate
-from dsv3_recipes.recipe import hardware
-from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes, describe_type
-from dsv3_recipes.recipes.shrinking import Capabilities
+from dsv3_recipes.recipe.rules import Capabilities, importable
+from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes
+from dsv3_recipes.recipes.task import as_task, checked
 
 __all__ = ["EXECUTORS", "JobFailed", "LaunchOptions", "SlurmOptions", "build_task", "launch", "run_task"]
 LOG_TAIL_LINES = 20
@@ -46,55 +42,9 @@ def build_task(
     shrink_gpus: int | None = None,
     capabilities: Capabilities | None = None,
 ) -> run.Partial:
-    """The named recipe's task with ``key=value`` overrides applied to its recipe, then shrunk to
-    ``shrink_gpus`` GPUs if given (fields the overrides set stay as set).
-
-    ``env_vars={...}`` merges into the recipe's variables (NeMo-Run's ``env_vars|={...}``) instead of
-    replacing them; a ``None`` value removes that variable (``env_vars={'NCCL_DEBUG': None}``);
-    ``env_vars.NAME=text`` sets one.
-    """
-    # GPU-dependent defaults follow launch.gpu_type; an unknown one is refused by the override below.
-    gpu_type = next(
-        (a.split("=", 1)[1].strip("'\"") for a in overrides if a.startswith("launch.gpu_type=")), None
-    )
-    task = recipes.get(name, gpu_type if gpu_type in hardware.GPUS else None)
-    logging.getLogger("nemo_run.cli.cli_parser").setLevel(logging.CRITICAL)  # we report errors ourselves
-    keys = []
-    for arg in overrides:
-        if "=" not in arg:
-            raise RecipeError(arg, "overrides are key=value (e.g. train.global_batch_size=16)")
-        target, value = arg.split("=", 1)
-        key = target.rstrip("+-*/|&")  # without NeMo-Run's operator (key+=, key|=, ...)
-        keys.append(key)
-        if target == "env_vars":
-            _merge_env_vars(task, _env_vars_literal(value))
-            continue
-        if target == key and key.startswith("env_vars."):  # one variable, its text verbatim
-            _merge_env_vars(task, {key.removeprefix("env_vars."): value})
-            continue
-        annotation = field_annotation(key)
-        try:
-            parse_cli_args(task.recipe, [arg])
-        except CLIException:
-            raise RecipeError(key, f"expected {describe_type(annotation)}, got {value!r}") from None
-    if shrink_gpus is not None:
-        task = recipes.shrink(task, gpus=shrink_gpus, capabilities=capabilities, keep=keys)
-    return task
-
-
-def _env_vars_literal(value: str) -> dict:
-    try:
-        changes = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        changes = None
-    if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
-        raise RecipeError("env_vars", f"expected a dict of name -> str (None removes a name), got {value!r}")
-    return changes
-
-
-def _merge_env_vars(task: run.Partial, changes: dict) -> None:
-    merged = {**task.recipe.env_vars, **changes}
-    task.recipe.env_vars = {k: v for k, v in merged.items() if v is not None}
+    """The NeMo-Run task of ``recipes.configured``: the named recipe with ``key=value`` overrides
+    (``recipes.overrides``), shrunk to ``shrink_gpus`` GPUs if given."""
+    return as_task(recipes.configured(name, overrides, shrink_gpus, capabilities))
 
 
 def recipe_task(
@@ -104,26 +54,8 @@ def recipe_task(
     runs, not to what this login node has."""
     capabilities = None
     if shrink_gpus is not None and executor != "local":
-        gpu_type = recipe_of(build_task(name, overrides)).launch.gpu_type
-        capabilities = Capabilities.image(gpu_type)
+        capabilities = Capabilities.image(recipes.configured(name, overrides).recipe.launch.gpu_type)
     return build_task(name, overrides, shrink_gpus, capabilities)
-
-
-def field_annotation(key: str) -> object:
-    """The annotation of a dotted recipe field; unknown names fail with the allowed ones."""
-    cls: object = Recipe
-    annotation: object = Recipe
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            raise RecipeError(".".join(parts[:i]), f"{describe_type(annotation)} has no fields")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        if part not in names:
-            where = ".".join(parts[:i]) or "recipe"
-            raise RecipeError(key, f"unknown field of {where}; allowed: {', '.join(names)}")
-        annotation = cls = hints[part]
-    return annotation
 
 
 def recipe_of(task: run.Partial) -> Recipe:
@@ -205,7 +137,7 @@ def check_local_machine(gpus: int, what: str, field: str) -> None:
             f"{what} needs {gpus} GPU(s), this machine has {found}; "
             "use --dryrun to render the launch, or --executor slurm",
         )
-    if importlib.util.find_spec("megatron.bridge") is None:
+    if not importable("megatron.bridge"):
         raise RecipeError(
             "executor",
             "the train side is not installed here: `uv sync --extra train`, or run in the container",
@@ -213,10 +145,12 @@ def check_local_machine(gpus: int, what: str, field: str) -> None:
 
 
 def launch(task: run.Partial, options: LaunchOptions) -> None:
-    """Check a recipe task, then run, submit or dry-run it on the executor the options name."""
-    recipe = recipe_of(task)
+    """Check a recipe task (``preflight`` validates it, once), then run, submit or dry-run it on the
+    executor the options name."""
+    recipe = validate.built(task.recipe)
     preflight(recipe, options.executor, options.dryrun)
-    run_task(task, make_executor(options.executor, recipe, options.slurm), recipe.name, options)
+    executor = make_executor(options.executor, recipe, options.slurm)
+    run_task(checked(task), executor, recipe.name, options)
 
 
 def run_task(task: run.Partial, executor: run.Executor, name: str, options: LaunchOptions) -> None:
@@ -283,23 +217,23 @@ def _confirmed(executor: run.SlurmExecutor, name: str, options: LaunchOptions) -
 def _report(exp: run.Experiment, name: str, detached: bool) -> None:
     from nemo_run import config
 
-    job = exp.jobs[0]
+    job, exp_id = exp.jobs[0], experiment_id(exp)
     job_id = (job.handle or "").rsplit("/", 1)[-1]  # slurm_tunnel://nemo_run/<job id>
     home = config.get_nemorun_home()  # the one a new `nemo` process reads unless told otherwise:
     default = os.environ.get("NEMORUN_HOME", os.path.expanduser("~/.nemo_run"))
     env = "" if home == default else f"NEMORUN_HOME={shlex.quote(home)} "
     if detached:
         print(
-            f"{name}: submitted job {job_id} (experiment {exp._id}); follow it with\n"
-            f"  {env}nemo experiment status {exp._id}\n"
-            f"  {env}nemo experiment logs {exp._id} 0"
+            f"{name}: submitted job {job_id} (experiment {exp_id}); follow it with\n"
+            f"  {env}nemo experiment status {exp_id}\n"
+            f"  {env}nemo experiment logs {exp_id} 0"
         )
         return
     state = job.state.name
     if state != "SUCCEEDED":
         print(_log_tail(job, job_id), file=sys.stderr)
         raise JobFailed(
-            f"{name}: job {job_id} {state} (the log tail is above; {env}nemo experiment logs {exp._id} 0)"
+            f"{name}: job {job_id} {state} (the log tail is above; {env}nemo experiment logs {exp_id} 0)"
         )
     print(f"{name}: job {job_id} {state}")
 
@@ -325,7 +259,7 @@ def render_launch(task: run.Partial, executor: run.Executor, name: str) -> str:
     with contextlib.redirect_stdout(sys.stderr), run.Experiment(name, log_level="ERROR") as exp:
         exp.add(task, executor=executor, name=name)
         exp.dryrun(log=False)  # renders, then deletes the experiment directory
-    request = exp.jobs[0]._dryrun_info.request
+    request = dryrun_request(exp)
     if hasattr(request, "materialize"):
         return request.materialize()
     lines = []

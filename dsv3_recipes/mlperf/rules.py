@@ -22,6 +22,7 @@ import struct
 import fiddle as fdl
 
 from dsv3_recipes.recipe import checkpoints, models
+from dsv3_recipes.recipe.resolve import Resolved, resolve
 from dsv3_recipes.recipe.schema import MLPerfConfig, Recipe, RecipeError, blend_prefixes
 
 BENCHMARK = "deepseekv3_671b"  # mlperf-logging's name (mllog.constants.DEEPSEEKV3_671B)
@@ -62,14 +63,15 @@ def start_eval_step(recipe: Recipe) -> int:
 
 def check(recipe: Recipe) -> None:
     """Refuse a recipe the benchmark rules or the data on this machine would reject."""
-    check_rules(recipe)
+    check_rules(resolve(recipe))
     check_files(recipe)
 
 
-def check_rules(recipe: Recipe) -> None:
+def check_rules(resolved: Resolved) -> None:
     """The benchmark's values: what no MLPerf run may change, wherever it runs."""
+    recipe = resolved.recipe
     _check_optimizer_and_schedule(recipe)
-    _check_evaluation(recipe)
+    _check_evaluation(recipe, resolved.sizes.dp)
     if recipe.mlperf.proxy:
         _check_proxy_model(recipe)
     else:
@@ -122,7 +124,7 @@ def _check_optimizer_and_schedule(recipe: Recipe) -> None:
     )
 
 
-def _check_evaluation(recipe: Recipe) -> None:
+def _check_evaluation(recipe: Recipe, data_parallel: int) -> None:
     t, ml = recipe.train, recipe.mlperf
     _require("train.eval_interval", t.eval_interval, 1, "evaluate after every step")
     if ml.target_log_ppl > TARGET_LOG_PPL:
@@ -136,12 +138,12 @@ def _check_evaluation(recipe: Recipe) -> None:
             "train.eval_iters", f"must be >= 1 and divide mlperf.eval_samples ({ml.eval_samples})"
         )
     per_batch = ml.eval_samples // t.eval_iters
-    step = t.micro_batch_size * recipe.data_parallel_size
+    step = t.micro_batch_size * data_parallel
     if per_batch % step:
         raise RecipeError(
             "mlperf.eval_samples",
             f"{ml.eval_samples} sequences in {t.eval_iters} batch(es) of {per_batch} do not split over "
-            f"micro-batch {t.micro_batch_size} x data-parallel {recipe.data_parallel_size}",
+            f"micro-batch {t.micro_batch_size} x data-parallel {data_parallel}",
         )
     first = start_eval_step(recipe)
     if first < 1 or (t.train_iters is not None and t.train_iters < first):

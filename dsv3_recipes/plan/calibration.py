@@ -20,13 +20,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Optional
 
 from dsv3_recipes.plan import flops
 from dsv3_recipes.recipe.resolve import Resolved
-from dsv3_recipes.recipe.schema import LaunchConfig, Recipe, RecipeError
+from dsv3_recipes.recipe.schema import LaunchConfig, MixedPrecisionConfig, ModelConfig, Recipe, RecipeError
 
 CALIBRATION_FILE = "calibration_h200.json"
 MEASURED_GPU = "h200"
@@ -42,24 +42,39 @@ STAND_IN_FP8 = {"mxfp8": "blockwise"}
 class StandIn:
     """The one-GPU recipe whose parts cost what one rank's parts cost, and how to read its timings.
 
-    ``moe_micro_batch`` sequences go through the stand-in so that its MoE layer receives the rank's
-    routed copies with ``min(top-k, local experts)`` copies per token; the token-linear parts measured at
-    that size are scaled by ``micro_batch / moe_micro_batch`` (the MoE block is not: its copies are the
-    rank's)."""
+    It is the rank's recipe with the ``model`` and ``precision`` fields changed as listed; ``recipe``
+    builds it (the benchmark does; the planner needs only its key). ``moe_micro_batch`` sequences go
+    through it so that its MoE layer receives the rank's routed copies with ``min(top-k, local
+    experts)`` copies per token; the token-linear parts measured at that size are scaled by
+    ``micro_batch / moe_micro_batch`` (the MoE block is not: its copies are the rank's)."""
 
-    recipe: Recipe
+    parent: Recipe
+    model: dict[str, object]  # the stand-in's model fields
+    precision: dict[str, object]  # its mixed_precision fields
     micro_batch: int
     moe_micro_batch: int
     full_recompute: bool  # the rank recomputes each layer's forward (Megatron's full recompute)
 
     @property
     def key(self) -> str:
-        return case_key(self.recipe)
+        """What identifies a measurement: every field that changes the kernels a stand-in runs."""
+        fields = {
+            "model": self.model,
+            "micro_batch_size": self.moe_micro_batch,
+            "mixed_precision": self.precision,
+            "deterministic": self.parent.train.deterministic,
+            "env": self.env,
+        }
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def env(self) -> dict[str, str]:
         """The environment the rank runs with (TE's NVTE_* switches change its kernels)."""
-        return self.recipe.run_env_vars
+        return self.parent.run_env_vars
+
+    @property
+    def fp8_recipe(self) -> Optional[str]:
+        return self.precision["fp8_recipe"]  # type: ignore[return-value]
 
     @property
     def token_scale(self) -> float:
@@ -67,25 +82,33 @@ class StandIn:
 
     @property
     def label(self) -> str:
-        m = self.recipe.model
+        m = self.model
         return (
-            f"h{m.hidden_size} heads{m.num_attention_heads} ffn{m.ffn_hidden_size} "
-            f"experts{m.num_moe_experts}x{m.moe_ffn_hidden_size} top{m.moe_router_topk} "
-            f"shared{m.moe_shared_expert_intermediate_size} mbs{self.moe_micro_batch} vocab{m.vocab_size} "
-            f"{self.recipe.mixed_precision.fp8_recipe or 'bf16'} mtp{m.mtp_num_layers or 0}"
+            f"h{m['hidden_size']} heads{m['num_attention_heads']} ffn{m['ffn_hidden_size']} "
+            f"experts{m['num_moe_experts']}x{m['moe_ffn_hidden_size']} top{m['moe_router_topk']} "
+            f"shared{m['moe_shared_expert_intermediate_size']} mbs{self.moe_micro_batch} "
+            f"vocab{m['vocab_size']} {self.fp8_recipe or 'bf16'} mtp{m['mtp_num_layers'] or 0}"
         )
 
-
-def case_key(stand_in: Recipe) -> str:
-    """What identifies a measurement: every field that changes the kernels a stand-in runs."""
-    fields = {
-        "model": dataclasses.asdict(stand_in.model),
-        "micro_batch_size": stand_in.train.micro_batch_size,
-        "mixed_precision": dataclasses.asdict(stand_in.mixed_precision),
-        "deterministic": stand_in.train.deterministic,
-        "env": stand_in.run_env_vars,
-    }
-    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    @cached_property
+    def recipe(self) -> Recipe:
+        """The stand-in as a recipe of its own, checked like any other."""
+        r = self.parent
+        return Recipe(
+            name=f"{r.name}_standin",
+            model=ModelConfig(**self.model),
+            train=dataclasses.replace(
+                r.train,
+                micro_batch_size=self.moe_micro_batch,
+                global_batch_size=self.moe_micro_batch,
+                train_iters=1,
+                train_samples=None,
+            ),
+            optimizer=r.optimizer,
+            mixed_precision=MixedPrecisionConfig(**self.precision),
+            launch=LaunchConfig(gpu_type=MEASURED_GPU, num_nodes=1, gpus_per_node=1),
+            env_vars=dict(r.env_vars),
+        )
 
 
 def stand_in(resolved: Resolved) -> StandIn:
@@ -112,8 +135,7 @@ def stand_in(resolved: Resolved) -> StandIn:
             )
         moe_micro_batch = topk * moe_micro_batch // local_experts
         topk = local_experts
-    model = dataclasses.replace(
-        m,
+    model = dataclasses.asdict(m) | dict(
         num_layers=2,
         first_k_dense_replace=1,
         num_attention_heads=m.num_attention_heads // s.tp,
@@ -149,30 +171,15 @@ def stand_in(resolved: Resolved) -> StandIn:
         recompute_num_layers=None,
     )
     mp = r.mixed_precision
-    precision = dataclasses.replace(
-        mp,
+    precision = dataclasses.asdict(mp) | dict(
         fp8_recipe=STAND_IN_FP8.get(mp.fp8_recipe, mp.fp8_recipe) if mp.fp8_recipe else None,
         fp8_param_gather=False,  # no data-parallel gather on one GPU
         reuse_grad_buf_for_mxfp8_param_ag=False,
     )
-    train = dataclasses.replace(
-        r.train,
-        micro_batch_size=moe_micro_batch,
-        global_batch_size=moe_micro_batch,
-        train_iters=1,
-        train_samples=None,
-    )
-    recipe = Recipe(
-        name=f"{r.name}_standin",
-        model=model,
-        train=train,
-        optimizer=r.optimizer,
-        mixed_precision=precision,
-        launch=LaunchConfig(gpu_type=MEASURED_GPU, num_nodes=1, gpus_per_node=1),
-        env_vars=dict(r.env_vars),
-    )
     return StandIn(
-        recipe=recipe,
+        parent=r,
+        model=model,
+        precision=precision,
         micro_batch=r.train.micro_batch_size,
         moe_micro_batch=moe_micro_batch,
         full_recompute=m.recompute_granularity == "full",
@@ -250,7 +257,7 @@ class Calibration:
         sentence saying which."""
         if stand.key in self.cases:
             return self.cases[stand.key], f"measured stand-in {stand.key} ({stand.label})"
-        fp8 = stand.recipe.mixed_precision.fp8_recipe
+        fp8 = stand.fp8_recipe
         wanted = part_flops(stand)
         # The same FP8 recipe if one was measured, else any FP8 one (FP8 against BF16 otherwise).
         same = [c for c in self.cases.values() if c.fp8_recipe == fp8] or [

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsv3_recipes.plan import flops
+from dsv3_recipes.recipe import resolve
 from dsv3_recipes.recipe.layout import Stage, stages_of_rank
 from dsv3_recipes.recipe.parallel import ParallelSizes
 from dsv3_recipes.recipe.schema import ModelConfig, Recipe
@@ -360,8 +361,7 @@ def layer_saved(recipe: Recipe, sizes: ParallelSizes, decoder_id: int) -> list[S
 
 def selective_kept(recipe: Recipe, saved: list[Saved]) -> float:
     """Bytes left after selective recompute frees the tensors of the listed modules."""
-    m = recipe.model
-    modules = set(m.recompute_modules or ["core_attn"]) if m.recompute_granularity == "selective" else set()
+    modules = set(resolve.recompute_modules(recipe.model))
     return sum(s.bytes for s in saved if not modules.intersection(s.dropped_by))
 
 

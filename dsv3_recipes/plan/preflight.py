@@ -12,19 +12,17 @@ Everything raises ``RecipeError`` naming the field.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from typing import Optional
 
-from dsv3_recipes.launch import executors
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import flops, memory, step_time
 from dsv3_recipes.plan.validate import validate
-from dsv3_recipes.recipe import checkpoints, hardware
+from dsv3_recipes.recipe import checkpoints, rules
 from dsv3_recipes.recipe.hardware import Gpu
-from dsv3_recipes.recipe.layout import Stage, pipeline_stages
+from dsv3_recipes.recipe.layout import Stage
 from dsv3_recipes.recipe.parallel import ParallelSizes
-from dsv3_recipes.recipe.resolve import resolve
+from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 
@@ -217,20 +215,19 @@ def check_fits(rank: memory.RankMemory, gpu: Gpu) -> None:
 
 def plan(recipe: Recipe) -> Plan:
     """Check a built recipe and estimate its memory and speed; raises RecipeError on bad input."""
-    sizes = validate(recipe)
-    gpu = hardware.gpu(recipe.launch.gpu_type)
-    stages = pipeline_stages(recipe.model)
-    ranks = memory.all_ranks(recipe, sizes, stages)
-    check_fits(memory.most_loaded(ranks), gpu)
+    resolved = validate(recipe)
+    stages = list(resolved.stages)
+    ranks = memory.all_ranks(recipe, resolved.sizes, stages)
+    check_fits(memory.most_loaded(ranks), resolved.gpu)
     step, unpriced = None, ""
     try:
-        step = step_time.step_time(resolve(recipe))
+        step = step_time.step_time(resolved)
     except RecipeError as err:  # a shape the calibration cannot price: the plan says so, and still stands
         unpriced = str(err)
     return Plan(
         recipe_name=recipe.name,
-        gpu=gpu,
-        sizes=sizes,
+        gpu=resolved.gpu,
+        sizes=resolved.sizes,
         stages=stages,
         parameters=flops.parameter_counts(recipe.model),
         ranks=ranks,
@@ -238,7 +235,7 @@ def plan(recipe: Recipe) -> Plan:
         tokens_per_step=recipe.tokens_per_step,
         step=step,
         step_unpriced=unpriced,
-        fp8=recipe.mixed_precision.fp8_recipe is not None,
+        fp8=resolved.fp8_recipe is not None,
     )
 
 
@@ -246,24 +243,17 @@ def check_launch(recipe: Recipe) -> Plan:
     """``plan`` plus what any launch of the recipe needs, on whichever executor it runs."""
     report = plan(recipe)
     d = recipe.dataset
-    if not d.mock and not d.data_paths:
-        raise RecipeError(
-            "dataset.data_paths",
-            "empty: give .bin/.idx prefixes ('dataset.data_paths=[\"/data/c4_text_document\"]') "
-            "or set dataset.mock=True",
-        )
+    rules.DATA_OR_MOCK.check(recipe)
     tok = recipe.tokenizer
     if tok.tokenizer_type == "HuggingFaceTokenizer" and not d.mock and not tok.tokenizer_model:
         raise RecipeError(
             "tokenizer.tokenizer_model",
             "None: indexed data needs the HuggingFaceTokenizer that made it (a hub name or a directory)",
         )
+    from dsv3_recipes.launch import executors  # NeMo-Run's: only a launch (which has it) gets here
+
     executors.check_no_secrets(recipe.env_vars)
-    if recipe.logger.wandb_project and "WANDB_API_KEY" not in os.environ:
-        raise RecipeError(
-            "logger.wandb_project",
-            "is set but WANDB_API_KEY is not exported (or set logger.wandb_project=None)",
-        )
+    rules.WANDB_KEY.check(recipe, Capabilities.here())
     if recipe.mlperf.enabled:
         mlperf_rules.check_files(recipe)
     checkpoints.check_resume(recipe)

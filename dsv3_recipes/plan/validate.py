@@ -24,44 +24,49 @@ import fiddle as fdl
 
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import flops
-from dsv3_recipes.recipe import hardware
+from dsv3_recipes.recipe import hardware, resolve, rules
 from dsv3_recipes.recipe.hardware import Gpu
-from dsv3_recipes.recipe.layout import pipeline_stages
-from dsv3_recipes.recipe.parallel import ParallelSizes, parallel_sizes
+from dsv3_recipes.recipe.parallel import ParallelSizes
+from dsv3_recipes.recipe.resolve import Resolved
 from dsv3_recipes.recipe.schema import Recipe, RecipeError, check_types
 
 RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
 GIB = 1024**3
 
 
-def build(config: fdl.Buildable) -> Recipe:
-    """``fdl.build`` a ``run.Config[Recipe]`` and validate it; errors carry only the field's message."""
+def built(config: fdl.Buildable) -> Recipe:
+    """``fdl.build`` a ``run.Config[Recipe]``: each section checks its own fields; errors carry only the
+    field's message. A door that goes on to ``plan`` or ``check_launch`` validates there, once."""
     try:
-        recipe = fdl.build(config)
+        return fdl.build(config)
     except RecipeError as e:  # fiddle appends its build context to the message: keep ours
         raise RecipeError(e.path, e.problem) from None
+
+
+def build(config: fdl.Buildable) -> Recipe:
+    """``built`` and ``validate``: the recipe of a door that shows it (``dsv3 show``)."""
+    recipe = built(config)
     validate(recipe)
     return recipe
 
 
-def validate(recipe: Recipe) -> ParallelSizes:
-    """Refuse a recipe no cluster could run, naming the field; returns its parallel group sizes."""
-    check_types(recipe)
+def validate(recipe: Recipe) -> Resolved:
+    """Refuse a recipe no cluster could run, naming the field; returns what it resolves to."""
+    check_types(recipe, sections=False)  # the recipe's own fields; each section checks its own below
     for section in recipe.sections():
         section.check_fields()
     recipe.check()
     check_schedule(recipe)
     gpu = hardware.gpu(recipe.launch.gpu_type)
     check_weights_fit_cluster(recipe, gpu)
-    check_precision(recipe, gpu)
+    check_precision(recipe)
     check_recompute(recipe)
-    check_moe_overlap_and_graphs(recipe)
-    stages = pipeline_stages(recipe.model)
-    sizes = parallel_sizes(recipe, vpp=max(st.vp_rank for st in stages) + 1)
-    check_log_rank(recipe, sizes)
+    rules.check_all(rules.MOE_OVERLAP_AND_GRAPHS, recipe)
+    resolved = resolve.resolve(recipe)  # the layout and every parallel divisibility
+    check_log_rank(recipe, resolved.sizes)
     if recipe.mlperf.enabled:
-        mlperf_rules.check_rules(recipe)
-    return sizes
+        mlperf_rules.check_rules(resolved)
+    return resolved
 
 
 def check_schedule(recipe: Recipe) -> None:
@@ -120,15 +125,10 @@ def check_weights_fit_cluster(recipe: Recipe, gpu: Gpu) -> None:
         )
 
 
-def check_precision(recipe: Recipe, gpu: Gpu) -> None:
+def check_precision(recipe: Recipe) -> None:
     """FP8 recipe against the GPU generation, and the optimizer dtypes Megatron accepts."""
     mp, o, m = recipe.mixed_precision, recipe.optimizer, recipe.model
-    supported = "'tensorwise', 'delayed', 'blockwise'" + (", 'mxfp8'" if gpu.supports_mxfp8 else "")
-    if mp.fp8_recipe == "mxfp8" and not gpu.supports_mxfp8:
-        raise RecipeError(
-            "mixed_precision.fp8_recipe",
-            f"mxfp8 needs Blackwell tensor cores (b200, gb200, gb300); {gpu.name} supports {supported}",
-        )
+    rules.MXFP8_NEEDS_BLACKWELL.check(recipe)
     if mp.fp8_recipe and not mp.bf16:
         raise RecipeError(
             "mixed_precision.fp8_recipe", "FP8 recipes run on top of bf16: set mixed_precision.bf16=True"
@@ -174,7 +174,7 @@ def check_recompute(recipe: Recipe) -> None:
         return
     if m.recompute_granularity != "selective":
         return
-    modules = m.recompute_modules or ["core_attn"]  # what Megatron-Core fills in for an empty list
+    modules = resolve.recompute_modules(m)
     unknown = sorted(set(modules) - set(RECOMPUTE_MODULES))
     if unknown:
         raise RecipeError(
@@ -184,58 +184,13 @@ def check_recompute(recipe: Recipe) -> None:
         raise RecipeError("model.recompute_num_layers", "must be None with selective recompute")
     if "moe_act" in modules and not m.moe_grouped_gemm:
         raise RecipeError("model.recompute_modules", "moe_act needs model.moe_grouped_gemm=True")
-    shared_overlap = m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex"
-    if "shared_experts" in modules and shared_overlap:
+    if "shared_experts" in modules and resolve.shared_expert_overlap(m):
         raise RecipeError(
             "model.recompute_modules", "shared_experts cannot be recomputed with moe_shared_expert_overlap"
         )
     if "moe" in modules and recipe.comm_overlap.overlap_moe_expert_parallel_comm:
         raise RecipeError(
             "model.recompute_modules", "'moe' cannot be recomputed with overlap_moe_expert_parallel_comm"
-        )
-
-
-def check_moe_overlap_and_graphs(recipe: Recipe) -> None:
-    """Megatron-Core's rules for EP overlap and partial CUDA graphs (TransformerConfig.__post_init__
-    and the alltoall dispatcher's sync points), which the shrink's substitutions can otherwise break."""
-    m, co = recipe.model, recipe.comm_overlap
-    if m.moe_router_padding_for_quantization and m.moe_token_dispatcher_type == "allgather":
-        # Megatron's MoE layer refuses it at model build (measured: benchmarks/proxy_1gpu_tuning.md).
-        raise RecipeError(
-            "model.moe_router_padding_for_quantization",
-            "the allgather dispatcher does not support it: use alltoall or flex, or set it to False",
-        )
-    scope = m.cuda_graph_scope or []
-    if m.cuda_graph_impl == "transformer_engine" and "moe_preprocess" in scope:
-        if "moe_router" not in scope:
-            raise RecipeError("model.cuda_graph_scope", "'moe_preprocess' needs 'moe_router' in it too")
-        if m.moe_token_dispatcher_type == "alltoall" and m.moe_router_padding_for_quantization:
-            # Megatron 0.19's config check tests the old name moe_router_padding_for_fp8 and misses this;
-            # the dispatcher then asserts "cuda_sync_point must be after cuda_dtoh_point" at step 1.
-            raise RecipeError(
-                "model.cuda_graph_scope",
-                "'moe_preprocess' cannot be graphed with the alltoall dispatcher and "
-                "moe_router_padding_for_quantization (a host sync inside the graphed step): drop it "
-                "or use the flex dispatcher",
-            )
-    if co.overlap_moe_expert_parallel_comm:
-        where = "comm_overlap.overlap_moe_expert_parallel_comm"
-        if m.expert_model_parallel_size == 1:
-            raise RecipeError(where, "needs model.expert_model_parallel_size > 1 (nothing to overlap)")
-        if m.moe_token_dispatcher_type not in ("alltoall", "flex"):
-            raise RecipeError(where, "needs model.moe_token_dispatcher_type 'alltoall' or 'flex'")
-        pipelined = m.pipeline_model_parallel_size > 1
-        if pipelined and not (m.virtual_pipeline_model_parallel_size or m.pipeline_model_parallel_layout):
-            raise RecipeError(where, "with PP > 1 needs a virtual pipeline (VPP or a layout)")
-        if m.recompute_granularity == "full" or "moe" in (m.recompute_modules or []):
-            raise RecipeError(where, "cannot overlap with full recompute or 'moe' recompute")
-        if m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex":
-            raise RecipeError(where, "cannot run with model.moe_shared_expert_overlap=True")
-        if (m.mtp_num_layers or 0) > 1:
-            raise RecipeError(where, "supports at most one MTP layer")
-    elif co.delay_wgrad_compute:
-        raise RecipeError(
-            "comm_overlap.delay_wgrad_compute", "needs comm_overlap.overlap_moe_expert_parallel_comm=True"
         )
 
 

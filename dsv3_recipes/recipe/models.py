@@ -8,14 +8,14 @@ group-limited routing with expert bias, the shared expert and MTP stay those of 
 
 from __future__ import annotations
 
-import nemo_run as run
+import fiddle as fdl
 
 from dsv3_recipes.recipe.schema import ModelConfig
 
 
-def deepseek_v3_671b() -> run.Config[ModelConfig]:
+def deepseek_v3_671b() -> fdl.Config[ModelConfig]:
     """DeepSeek-V3 671B (37B active): the architecture every recipe starts from."""
-    return run.Config(
+    return fdl.Config(
         ModelConfig,
         num_layers=61,
         hidden_size=7168,
@@ -59,8 +59,8 @@ def deepseek_v3_671b() -> run.Config[ModelConfig]:
     )
 
 
-def proxy_1gpu() -> run.Config[ModelConfig]:
-    """3.53B proxy that trains on one 80 GB GPU: 8 layers (1 dense), 64 experts top-6."""
+def proxy_1gpu() -> fdl.Config[ModelConfig]:
+    """3.57B proxy that trains on one 80 GB GPU: 8 layers (1 dense), 64 experts top-6."""
     model = deepseek_v3_671b()
     model.num_layers = 8
     model.first_k_dense_replace = 1
@@ -77,14 +77,14 @@ def proxy_1gpu() -> run.Config[ModelConfig]:
     return model
 
 
-def proxy_multi_gpu() -> run.Config[ModelConfig]:
+def proxy_multi_gpu() -> fdl.Config[ModelConfig]:
     """Proxy for 2-4 GPUs with expert/pipeline parallelism: the 1-GPU proxy, twice as deep."""
     model = proxy_1gpu()
     model.num_layers = 16
     return model
 
 
-def proxy_node() -> run.Config[ModelConfig]:
+def proxy_node() -> fdl.Config[ModelConfig]:
     """Proxy for one 8-GPU node: 16 layers, 128 experts top-8 (the 671B routing fan-out)."""
     model = proxy_multi_gpu()
     model.num_moe_experts = 128

@@ -40,6 +40,11 @@ class ParallelSizes:
         )
 
 
+def data_parallel(world: int, tp: int, pp: int, cp: int) -> int:
+    """Replicas of the dense layers: the GPUs over TP x PP x CP (Megatron's data-parallel group)."""
+    return world // (tp * pp * cp)
+
+
 def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
     """Group sizes after checking every divisibility Megatron needs; ``vpp`` comes from the layout."""
     m, t = recipe.model, recipe.train
@@ -99,7 +104,7 @@ def parallel_sizes(recipe: Recipe, vpp: int) -> ParallelSizes:
             "the interleaved schedule needs pipeline_model_parallel_size > 1",
         )
 
-    dp = world // (tp * pp * cp)
+    dp = data_parallel(world, tp, pp, cp)
     per_step = t.micro_batch_size * dp
     if t.global_batch_size % per_step:
         raise RecipeError(

@@ -18,9 +18,30 @@ from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.hardware import Gpu
 from dsv3_recipes.recipe.layout import Stage, pipeline_stages, stages_of_rank
 from dsv3_recipes.recipe.parallel import ParallelSizes, parallel_sizes
-from dsv3_recipes.recipe.schema import Recipe
+from dsv3_recipes.recipe.schema import ModelConfig, Recipe
 
 DEFAULT_FLEX_BACKEND = "deepep"  # Megatron-Core's moe_flex_dispatcher_backend default
+DEFAULT_RECOMPUTE_MODULES = ("core_attn",)  # what Megatron-Core fills in for an empty selective list
+
+
+def flex_backend(m: ModelConfig) -> Optional[str]:
+    """The flex dispatcher's backend as Megatron runs it; None with another dispatcher."""
+    if m.moe_token_dispatcher_type != "flex":
+        return None
+    return m.moe_flex_dispatcher_backend or DEFAULT_FLEX_BACKEND
+
+
+def shared_expert_overlap(m: ModelConfig) -> bool:
+    """As Megatron runs it: the flex dispatcher overlaps the shared expert itself (Bridge's
+    apply_flex_dispatcher_backend turns the flag off)."""
+    return m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex"
+
+
+def recompute_modules(m: ModelConfig) -> tuple[str, ...]:
+    """Selective recompute's modules, Megatron-Core's default filled in; empty without it."""
+    if m.recompute_granularity != "selective":
+        return ()
+    return tuple(m.recompute_modules or DEFAULT_RECOMPUTE_MODULES)
 
 
 @dataclass(frozen=True)
@@ -57,22 +78,19 @@ def resolve(recipe: Recipe) -> Resolved:
     m = recipe.model
     stages = tuple(pipeline_stages(m))
     sizes = parallel_sizes(recipe, vpp=max(st.vp_rank for st in stages) + 1)
-    flex = m.moe_token_dispatcher_type == "flex"
-    selective = m.recompute_granularity == "selective"
     return Resolved(
         recipe=recipe,
         gpu=hardware.gpu(recipe.launch.gpu_type),
         sizes=sizes,
         stages=stages,
         dispatcher=m.moe_token_dispatcher_type,
-        flex_backend=(m.moe_flex_dispatcher_backend or DEFAULT_FLEX_BACKEND) if flex else None,
-        shared_expert_overlap=m.moe_shared_expert_overlap and not flex,
+        flex_backend=flex_backend(m),
+        shared_expert_overlap=shared_expert_overlap(m),
         ep_overlap=recipe.comm_overlap.overlap_moe_expert_parallel_comm,
         delay_wgrad=recipe.comm_overlap.delay_wgrad_compute,
         fp8_recipe=recipe.mixed_precision.fp8_recipe,
         recompute_granularity=m.recompute_granularity,
-        # Megatron-Core fills an empty selective list with core_attn.
-        recompute_modules=tuple(m.recompute_modules or ["core_attn"]) if selective else (),
+        recompute_modules=recompute_modules(m),
         cuda_graph_scope=tuple(m.cuda_graph_scope or ()) if m.cuda_graph_impl != "none" else (),
         mtp_layers=m.mtp_num_layers or 0,
     )

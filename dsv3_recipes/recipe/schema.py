@@ -683,7 +683,7 @@ class Recipe:
             k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
             for k, v in self.env_vars.items()
         }
-        check_types(self)
+        check_types(self, sections=False)  # each section checked its own fields when built
         if self.optimizer.lr is None and self.mlperf.enabled:  # derived: the benchmark's GBS rule
             self.optimizer.lr = MLPerfConfig.base_learning_rate(self.train.global_batch_size)
         self.check()
@@ -708,13 +708,6 @@ class Recipe:
     def tokens_per_step(self) -> int:
         """Tokens of one optimizer step over every rank."""
         return self.train.global_batch_size * self.model.seq_length
-
-    @property
-    def data_parallel_size(self) -> int:
-        m = self.model
-        return self.launch.num_gpus // (
-            m.tensor_model_parallel_size * m.pipeline_model_parallel_size * m.context_parallel_size
-        )
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -742,14 +735,15 @@ def blend_prefixes(paths: list[str], where: str = "dataset.data_paths") -> list[
     return prefixes
 
 
-def check_types(obj: object, path: str = "") -> None:
-    """Refuse any field whose value does not match its annotation (overrides arrive as text)."""
+def check_types(obj: object, path: str = "", sections: bool = True) -> None:
+    """Refuse any field whose value does not match its annotation (overrides arrive as text); with
+    ``sections=False`` a section's own fields are left to it (``Section.check_fields``)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         where = f"{path}.{f.name}" if path else f.name
         expected = hints[f.name]
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and (sections or not isinstance(value, Section)):
             check_types(value, where)
         elif not _matches(value, expected):
             raise RecipeError(

@@ -1,4 +1,5 @@
-"""Recipe factories by name. Each returns ``run.Partial(pretrain, recipe=run.Config[Recipe])``.
+"""Recipe factories by name. Each builds ``fdl.Partial(pretrain, recipe=fdl.Config[Recipe])`` with fiddle
+alone; ``get(name)`` (and ``recipes.<factory>()``) returns NeMo-Run's task of it, a ``run.Partial``.
 
 A variant calls its parent and overrides fields; ``task.recipe`` is the recipe to edit. Every factory is
 registered with NeMo-Run (``run.cli.factory``) in the ``dsv3`` namespace, so NeMo-Run's tooling and
@@ -7,8 +8,8 @@ notebooks find them: ``run.cli.list_factories("dsv3")``, ``run.cli.resolve_facto
 under ``target=pretrain``: NeMo-Run's parser then reads any string value under ``pretrain`` that equals a
 factory's name as that factory's task, and a recipe's ``name`` is its factory's.
 
-The recipe modules import NeMo-Run, whose own import takes seconds, so they load on first use:
-``names()`` and ``summary()`` read the factories from source, and ``dsv3 list`` imports nothing.
+The recipe modules load on first use: ``names()`` and ``summary()`` read the factories from source, and
+``dsv3 list`` imports nothing; ``fiddle_task`` imports fiddle, and only ``factory``/``get`` NeMo-Run.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import ast
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from dsv3_recipes.recipe.schema import RecipeError
 
 if TYPE_CHECKING:
+    import fiddle as fdl
     import nemo_run as run
+
+    from dsv3_recipes.recipe.rules import Capabilities
 
 # Recipe name -> the module of this package that defines its factory (a function named like the recipe,
 # unless given after a colon).
@@ -77,25 +81,72 @@ def summary(name: str) -> str:
 NAMESPACE = "dsv3"
 
 
-@functools.cache
-def factory(name: str) -> Callable[[], run.Partial]:
-    """The named factory, registered with NeMo-Run in the ``dsv3`` namespace."""
-    module, function = _where(name)
-    import nemo_run as run
-
-    from dsv3_recipes.train.entry import pretrain
-
-    fn = getattr(importlib.import_module(f"{__package__}.{module}"), function)
-    # target: the task the factory makes (NeMo-Run skips its return-annotation check); namespace wins.
-    return run.cli.factory(fn, target=pretrain, namespace=NAMESPACE, name=name)
-
-
-def get(name: str, gpu_type: str | None = None) -> run.Partial:
-    """Build the named recipe task; an unknown name fails with the list of known ones.
+def fiddle_task(name: str, gpu_type: str | None = None) -> fdl.Partial:
+    """The named factory's task in fiddle alone (``dsv3 show``/``plan`` import no NeMo-Run); an unknown
+    name fails with the list of known ones.
 
     ``gpu_type`` reaches factories whose defaults depend on the GPU (they take a ``gpu_type``
     argument, e.g. proxy_1gpu); the other recipes are made for the GPU their source names.
     """
+    make = _function(name)
+    if gpu_type is not None and "gpu_type" in inspect.signature(make).parameters:
+        return make(gpu_type=gpu_type)
+    return make()
+
+
+def configured(
+    name: str,
+    overrides: Sequence[str] = (),
+    shrink_gpus: int | None = None,
+    capabilities: Capabilities | None = None,
+) -> fdl.Partial:
+    """The named recipe's fiddle task with ``key=value`` overrides applied to its recipe
+    (``recipes.overrides``), then shrunk to ``shrink_gpus`` GPUs if given (fields the overrides set
+    stay as set)."""
+    from dsv3_recipes.recipe import hardware
+    from dsv3_recipes.recipes import overrides as cli_overrides
+
+    # GPU-dependent defaults follow launch.gpu_type; an unknown one is refused by the override below.
+    gpu_type = next(
+        (a.split("=", 1)[1].strip("'\"") for a in overrides if a.startswith("launch.gpu_type=")), None
+    )
+    task = fiddle_task(name, gpu_type if gpu_type in hardware.GPUS else None)
+    keys = cli_overrides.apply(task.recipe, overrides)
+    if shrink_gpus is not None:
+        from dsv3_recipes.recipes.shrinking import shrink
+
+        task = shrink(task, gpus=shrink_gpus, capabilities=capabilities, keep=keys)
+    return task
+
+
+def _function(name: str) -> Callable[..., fdl.Partial]:
+    module, function = _where(name)
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
+
+
+@functools.cache
+def factory(name: str) -> Callable[..., run.Partial]:
+    """The named factory as NeMo-Run's (its task a ``PretrainTask``), registered in the ``dsv3`` namespace."""
+    import nemo_run as run
+
+    from dsv3_recipes.recipes.task import as_task
+    from dsv3_recipes.train.entry import pretrain
+
+    fn = _function(name)
+
+    @functools.wraps(fn)
+    def make(*args, **kwargs) -> run.Partial:
+        return as_task(fn(*args, **kwargs))
+
+    make.__signature__ = inspect.signature(fn).replace(return_annotation="run.Partial")  # type: ignore[attr-defined]
+
+    # target: the task the factory makes (NeMo-Run skips its return-annotation check); namespace wins.
+    return run.cli.factory(make, target=pretrain, namespace=NAMESPACE, name=name)
+
+
+def get(name: str, gpu_type: str | None = None) -> run.Partial:
+    """The named recipe's NeMo-Run task (``run.run(task, executor=...)``; overrides go to
+    ``task.recipe``); ``gpu_type`` as for ``fiddle_task``."""
     make = factory(name)
     if gpu_type is not None and "gpu_type" in inspect.signature(make).parameters:
         return make(gpu_type=gpu_type)
@@ -103,8 +154,8 @@ def get(name: str, gpu_type: str | None = None) -> run.Partial:
 
 
 def __getattr__(attr: str) -> object:
-    """``RECIPES`` (name -> factory, all registered), ``shrink``, a factory by its function name, or a
-    module of this package."""
+    """``RECIPES`` (name -> factory, all registered), ``shrink``, a factory by its function name (NeMo-Run's,
+    for notebooks: ``recipes.proxy_1gpu()``), or a module of this package."""
     if attr == "shrink":
         from dsv3_recipes.recipes.shrinking import shrink
 
@@ -115,5 +166,5 @@ def __getattr__(attr: str) -> object:
         return importlib.import_module(f"{__package__}.{attr}")
     for name in _FACTORIES:
         if _where(name)[1] == attr:
-            return getattr(importlib.import_module(f"{__package__}.{_where(name)[0]}"), attr)
+            return factory(name)
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -1,16 +1,15 @@
-"""Pieces every recipe module uses: the task wrapper and the 671B starting point."""
+"""Pieces every recipe module uses: the recipe config, the task and the 671B starting point.
+
+Factories build with fiddle alone (NeMo-Run's import takes seconds, and `dsv3 show`/`plan` need none of
+it); ``recipes.task`` makes the NeMo-Run task of a factory's output where one is launched or exported."""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
 
-import nemo_run as run
-import nemo_run.core.serialization.yaml  # noqa: F401  (registers run.Partial's YAML representer)
-import yaml
+import fiddle as fdl
 
-from dsv3_recipes.plan.preflight import check_launch
-from dsv3_recipes.plan.validate import build
 from dsv3_recipes.recipe import models
 from dsv3_recipes.recipe.schema import LaunchConfig, Recipe
 from dsv3_recipes.train.entry import pretrain
@@ -40,43 +39,23 @@ BRIDGE_ENV_VARS: dict[str, str] = {
 }
 
 
-def recipe_config(name: str, model: run.Config, launch: run.Config) -> run.Config[Recipe]:
+def recipe_config(name: str, model: fdl.Config, launch: fdl.Config) -> fdl.Config[Recipe]:
     """A Recipe config with every section spelled out, so factories and overrides can edit any field."""
     hints = typing.get_type_hints(Recipe)
     sections = {
-        f.name: run.Config(hints[f.name])
+        f.name: fdl.Config(hints[f.name])
         for f in dataclasses.fields(Recipe)
         if dataclasses.is_dataclass(hints[f.name]) and f.name not in ("model", "launch")
     }
-    return run.Config(Recipe, name=name, model=model, launch=launch, env_vars={}, **sections)
+    return fdl.Config(Recipe, name=name, model=model, launch=launch, env_vars={}, **sections)
 
 
-class PretrainTask(run.Partial):
-    """``run.Partial(pretrain, recipe=run.Config[Recipe])`` that checks its recipe when NeMo-Run takes it.
-
-    NeMo-Run never builds a task on the launch side: ``run.run(task, executor=...)`` and
-    ``Experiment.add`` serialize it and take a ``clone()`` (``Experiment._add_single_job``), dry run
-    or not. Checking there makes a notebook's ``run.run`` refuse what ``dsv3 pretrain`` refuses:
-    every recipe rule, the memory plan, and what any launch needs (``plan.check_launch``). The GPU
-    node checks again when ``pretrain`` starts.
-    """
-
-    def clone(self) -> PretrainTask:
-        check_launch(build(self.recipe))
-        return super().clone()
+def pretrain_task(recipe: fdl.Config[Recipe]) -> fdl.Partial:
+    """The task every recipe runs, in fiddle alone: ``recipes.task`` makes NeMo-Run's of it."""
+    return fdl.Partial(pretrain, recipe=recipe)
 
 
-# NeMo-Run writes each job's task as YAML with representers registered per exact class: give this one
-# run.Partial's (else the job directory gets no <name>_config.yaml).
-yaml.SafeDumper.add_representer(PretrainTask, yaml.SafeDumper.yaml_representers[run.Partial])
-
-
-def pretrain_task(recipe: run.Config[Recipe]) -> PretrainTask:
-    """The runnable task: ``run.run(task, executor=...)``; overrides go to ``task.recipe``."""
-    return PretrainTask(pretrain, recipe=recipe)
-
-
-def dsv3_671b(name: str, gpu_type: str, num_nodes: int, gpus_per_node: int) -> run.Partial:
+def dsv3_671b(name: str, gpu_type: str, num_nodes: int, gpus_per_node: int) -> fdl.Partial:
     """DeepSeek-V3 671B with the Recipe defaults; each source's factory then sets its own flags."""
-    launch = run.Config(LaunchConfig, gpu_type=gpu_type, num_nodes=num_nodes, gpus_per_node=gpus_per_node)
+    launch = fdl.Config(LaunchConfig, gpu_type=gpu_type, num_nodes=num_nodes, gpus_per_node=gpus_per_node)
     return pretrain_task(recipe_config(name, models.deepseek_v3_671b(), launch))

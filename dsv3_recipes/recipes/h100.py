@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import nemo_run as run
+import fiddle as fdl
 
 from dsv3_recipes.recipe.schema import Recipe
 from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, MCORE_DSV3_ENV_VARS, dsv3_671b
 from dsv3_recipes.recipes.torchtitan import torchtitan_bf16
 
 
-def h100_1024gpu_layout(r: run.Config[Recipe]) -> None:
+def h100_1024gpu_layout(r: fdl.Config[Recipe]) -> None:
     """The H100 guide's 1024-GPU layout ([moe-zoo] run.sh, "best config on 1024 H100 GPUs"): TP2 PP8
     VPP4 EP64 with DeepEP, its recompute and the EP all-to-all overlap (A2A_OVERLAP=1)."""
     m = r.model
@@ -39,7 +39,7 @@ def h100_1024gpu_layout(r: run.Config[Recipe]) -> None:
     }
 
 
-def h100_fp8_blockwise() -> run.Partial:
+def h100_fp8_blockwise() -> fdl.Partial:
     """Megatron-Core's H100 DSV3 guide ([mcore-h100]): DeepSeek's blockwise FP8 recipe with DeepEP.
 
     The guide names the optimisations; its launch script ([moe-zoo] run.sh) gives the cluster:
@@ -82,7 +82,7 @@ def h100_fp8_blockwise() -> run.Partial:
     return task
 
 
-def bridge_default_1024gpu() -> run.Partial:
+def bridge_default_1024gpu() -> fdl.Partial:
     """Megatron-Bridge's DSV3 pretraining recipe ([bridge-dsv3-doc]): TP2 PP16 EP64 on 128 nodes, MTP 1.
 
     Where Bridge 0.6.2's recipe code ([bridge-dsv3]: deepseek_v3_pretrain_1024gpu_h100_bf16_config)
@@ -136,6 +136,6 @@ def bridge_default_1024gpu() -> run.Partial:
     return task
 
 
-def h100_bf16_512gpu() -> run.Partial:
+def h100_bf16_512gpu() -> fdl.Partial:
     """TorchTitan's H100 BF16 baseline ([titan-dsv3]): 512 GPUs, DP64 EP32 PP8, local batch 16, 200 steps."""
     return torchtitan_bf16("h100_bf16_512gpu", gpu_type="h100")

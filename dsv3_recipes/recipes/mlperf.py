@@ -9,7 +9,7 @@ overriding ``train.global_batch_size`` moves it (an explicit ``optimizer.lr`` is
 
 from __future__ import annotations
 
-import nemo_run as run
+import fiddle as fdl
 
 from dsv3_recipes.mlperf import rules
 from dsv3_recipes.recipe.schema import Recipe
@@ -18,7 +18,7 @@ from dsv3_recipes.recipes.h100 import h100_fp8_blockwise
 from dsv3_recipes.recipes.proxy import proxy_1gpu
 
 
-def apply_rules(r: run.Config[Recipe]) -> None:
+def apply_rules(r: fdl.Config[Recipe]) -> None:
     """The benchmark's fixed hyperparameters ([mlperf-dsv3] "Optimizer spec", "Quality", "Model details")."""
     r.mlperf.enabled = True  # the rules below are checked (mlperf_rules) and the mllog file is written
     # [mlperf-ref] rcp_logs: max_steps 12000 (its config stops at MAX_STEPS=100); it also sizes the
@@ -55,7 +55,7 @@ def apply_rules(r: run.Config[Recipe]) -> None:
     c.load_rng = True
 
 
-def mlperf_gb300_256gpu() -> run.Partial:
+def mlperf_gb300_256gpu() -> fdl.Partial:
     """MLPerf DSV3 on 64 GB300 nodes ([mlperf-dsv3]'s reference system): TP1 PP4 EP64, GBS 16384, BF16."""
     task = dsv3_671b("mlperf_gb300_256gpu", gpu_type="gb300", num_nodes=64, gpus_per_node=4)
     r = task.recipe
@@ -87,7 +87,7 @@ def mlperf_gb300_256gpu() -> run.Partial:
     return task
 
 
-def mlperf_h100_1024gpu() -> run.Partial:
+def mlperf_h100_1024gpu() -> fdl.Partial:
     """MLPerf DSV3 on 128 H100 nodes: the H100 guide's recipe ([mcore-h100]) in BF16 at GBS 16384."""
     task = h100_fp8_blockwise()
     r = task.recipe
@@ -102,7 +102,7 @@ def mlperf_h100_1024gpu() -> run.Partial:
     return task
 
 
-def mlperf_proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
+def mlperf_proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
     """MLPerf code path on one GPU: the 3.5B proxy with the benchmark's rules, proxy-scale numbers."""
     task = proxy_1gpu(gpu_type)
     r = task.recipe

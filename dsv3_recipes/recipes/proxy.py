@@ -7,20 +7,20 @@ measured against. ``proxy_1gpu`` starts from it and applies the settings measure
 
 from __future__ import annotations
 
-import copy
-
 import fiddle as fdl
-import nemo_run as run
 
-from dsv3_recipes.recipe import models
-from dsv3_recipes.recipe.schema import LaunchConfig, RecipeError
+from dsv3_recipes.recipe import hardware, models
+from dsv3_recipes.recipe.schema import LaunchConfig
 from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, pretrain_task, recipe_config
 
+# What the planner counts for proxy_1gpu's step without recompute on its most loaded rank (82.7 GiB).
+NO_RECOMPUTE_GIB = 83
 
-def _proxy(name: str, model: run.Config, gpu_type: str, gpus: int) -> run.Partial:
+
+def _proxy(name: str, model: fdl.Config, gpu_type: str, gpus: int) -> fdl.Partial:
     """A proxy with Bridge's stock DSV3 settings (recipes/deepseek/h100/deepseek_v3.py) at this size."""
     r = recipe_config(
-        name, model, run.Config(LaunchConfig, gpu_type=gpu_type, num_nodes=1, gpus_per_node=gpus)
+        name, model, fdl.Config(LaunchConfig, gpu_type=gpu_type, num_nodes=1, gpus_per_node=gpus)
     )
     r.model.moe_token_dispatcher_type = "alltoall"  # [bridge-dsv3], before its HybridEP switch
     r.model.moe_shared_expert_overlap = True  # [bridge-dsv3]
@@ -41,16 +41,17 @@ def _proxy(name: str, model: run.Config, gpu_type: str, gpus: int) -> run.Partia
     return pretrain_task(r)
 
 
-def proxy_1gpu_stock(gpu_type: str = "h100") -> run.Partial:
-    """3.53B proxy on one GPU with Bridge's stock DSV3 settings (the speed-up baseline)."""
+def proxy_1gpu_stock(gpu_type: str = "h100") -> fdl.Partial:
+    """3.57B proxy on one GPU with Bridge's stock DSV3 settings (the speed-up baseline)."""
     return _proxy("proxy_1gpu_stock", models.proxy_1gpu(), gpu_type=gpu_type, gpus=1)
 
 
-def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
-    """3.53B proxy on one GPU, with the fastest settings measured there (benchmarks/proxy_1gpu_tuning.md).
+def proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
+    """3.57B proxy on one GPU, with the fastest settings measured there (benchmarks/proxy_1gpu_tuning.md).
 
     ``gpu_type`` (``launch.gpu_type=`` on the CLI) picks what depends on the GPU: selective recompute
-    only where the planner says the step does not fit without it (80 GB H100: yes; 141 GB H200: no).
+    only where the step does not fit without it (80 GB H100: yes; 141 GB H200: no), by the planner's
+    figure for it (``NO_RECOMPUTE_GIB``; tests/test_plan.py keeps the two in step).
     """
     task = proxy_1gpu_stock(gpu_type)
     r = task.recipe
@@ -65,31 +66,21 @@ def proxy_1gpu(gpu_type: str = "h100") -> run.Partial:
     # Bridge's 5 spends a 0.6-0.7 s gc.collect() per 5 steps of ~0.5 s: 50 ran 1.21x and 1.37x faster on
     # H200 (benchmarks/results/h200_text_gc_*); TorchTitan collects every 50 too.
     r.train.manual_gc_interval = 50
-    if not _fits(task):  # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped
+    # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped.
+    if hardware.gpu(gpu_type).memory_gib < NO_RECOMPUTE_GIB:
         r.model.recompute_granularity = "selective"  # benchmarks/proxy_1gpu_tuning.md
         r.model.recompute_modules = ["moe_act", "layernorm", "mla_up_proj"]  # benchmarks/proxy_1gpu_tuning.md
     return task
 
 
-def _fits(task: run.Partial) -> bool:
-    """The planner's verdict on the task's memory (the planner is within 2% of the measured peaks)."""
-    from dsv3_recipes.plan.preflight import plan
-
-    try:
-        plan(fdl.build(copy.deepcopy(task.recipe)))
-    except RecipeError:  # the planner's refusal, e.g. train.micro_batch_size: needs N GiB
-        return False
-    return True
-
-
-def proxy_2gpu_ep2() -> run.Partial:
+def proxy_2gpu_ep2() -> fdl.Partial:
     """16-layer proxy on 2 GPUs, experts split over EP=2."""
     task = _proxy("proxy_2gpu_ep2", models.proxy_multi_gpu(), gpu_type="h200", gpus=2)
     task.recipe.model.expert_model_parallel_size = 2  # 32 experts per GPU
     return task
 
 
-def proxy_2gpu_pp2() -> run.Partial:
+def proxy_2gpu_pp2() -> fdl.Partial:
     """16-layer proxy on 2 GPUs, two pipeline stages with MTP next to the loss."""
     task = _proxy("proxy_2gpu_pp2", models.proxy_multi_gpu(), gpu_type="h200", gpus=2)
     task.recipe.model.pipeline_model_parallel_size = 2  # 8 layers per stage
@@ -97,21 +88,21 @@ def proxy_2gpu_pp2() -> run.Partial:
     return task
 
 
-def proxy_4gpu_ep4() -> run.Partial:
+def proxy_4gpu_ep4() -> fdl.Partial:
     """16-layer proxy on 4 GPUs, experts split over EP=4."""
     task = _proxy("proxy_4gpu_ep4", models.proxy_multi_gpu(), gpu_type="h200", gpus=4)
     task.recipe.model.expert_model_parallel_size = 4  # 16 experts per GPU
     return task
 
 
-def proxy_8gpu_ep8() -> run.Partial:
+def proxy_8gpu_ep8() -> fdl.Partial:
     """One-node proxy (128 experts top-8) with EP=8: all-to-all across the whole node."""
     task = _proxy("proxy_8gpu_ep8", models.proxy_node(), gpu_type="h200", gpus=8)
     task.recipe.model.expert_model_parallel_size = 8  # 16 experts per GPU, all-to-all over the node
     return task
 
 
-def proxy_8gpu_pp2ep4() -> run.Partial:
+def proxy_8gpu_pp2ep4() -> fdl.Partial:
     """One-node proxy with PP2 x EP4 and a 671B-style layout string."""
     task = _proxy("proxy_8gpu_pp2ep4", models.proxy_node(), gpu_type="h200", gpus=8)
     m = task.recipe.model

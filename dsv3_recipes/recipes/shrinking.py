@@ -7,9 +7,10 @@ others. ``shrink(task, gpus=1)`` returns a copy of the task whose recipe differs
   group top-k stay valid), vocabulary (mock data only), global batch, run length (the LR schedule's
   lengths scaled with it), evaluation length, the parallel sizes that no longer fit, and the pipeline
   layout, rewritten in the same pattern over the fewer layers when PP > 1 survives;
-- **substitutions**, each with its reason, where the target GPU or the machine cannot run a feature
-  (MXFP8 on Hopper -> blockwise, the DeepEP/HybridEP dispatcher without ``deep_ep`` -> alltoall, EP
-  overlap at EP=1 -> off, no corpus -> mock data, ...), and the follow-ups Megatron then demands.
+- **substitutions**, each with its reason, where the target GPU or the machine cannot run a feature:
+  the fixes of the rules the shrunk recipe breaks (``recipe.rules.SHRINK_FIXES``: MXFP8 on Hopper ->
+  blockwise, the DeepEP/HybridEP dispatcher without ``deep_ep`` -> alltoall, EP overlap at EP=1 -> off,
+  no corpus -> mock data, ...), the same rules that refuse the unshrunk recipe.
 
 Everything else is the parent's, field for field. What changed is recorded in ``recipe.shrink``
 (``dsv3 show NAME --shrink N --json`` prints it), and the shrunk recipe is planned before it is
@@ -19,19 +20,17 @@ returned: a recipe whose features cannot all be substituted is refused with the 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import fiddle as fdl
-import nemo_run as run
 
-from dsv3_recipes.recipe import hardware, images
+from dsv3_recipes.recipe import hardware, rules
 from dsv3_recipes.recipe.layout import parse_layout, shrink_layout
-from dsv3_recipes.recipe.schema import FieldChange, Recipe, RecipeError, ShrinkRecord, check_types
+from dsv3_recipes.recipe.parallel import data_parallel
+from dsv3_recipes.recipe.rules import Capabilities
+from dsv3_recipes.recipe.schema import FieldChange, Recipe, RecipeError, ShrinkRecord
 
 DEFAULT_STEPS = 10
 MOE_LAYERS_WITHOUT_PP = 3  # with one dense layer in front: every layer kind, four layers in all
@@ -51,48 +50,10 @@ SHRUNK_WIDTH = {
 MOCK_VOCAB_SIZE = 32768
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What the machine that runs the shrunk recipe has, for the substitutions that depend on it."""
-
-    deep_ep: bool  # DeepEP's extension: the flex dispatcher with backend "deepep"
-    hybrid_ep: bool  # HybridEP's extension: the flex dispatcher with backend "hybridep"
-    apex: bool  # apex's fused wgrad kernels: model.gradient_accumulation_fusion
-    wandb: bool  # WANDB_API_KEY in the environment: logger.wandb_project
-
-    @classmethod
-    def here(cls) -> Capabilities:
-        """This machine: for a local run (the launch machine is the GPU machine)."""
-        return cls(
-            deep_ep=_importable("deep_ep_cpp"),
-            hybrid_ep=_importable("hybrid_ep_cpp"),
-            apex=_importable("fused_weight_gradient_mlp_cuda"),
-            wandb="WANDB_API_KEY" in os.environ,
-        )
-
-    @classmethod
-    def image(cls, gpu_type: str) -> Capabilities:
-        """The project's container image for this GPU type (docker/): its DeepEP build's backends."""
-        backends = images.platform_args(images.PLATFORM_FOR_GPU[gpu_type])["DEEPEP_BACKENDS"].split(",")
-        return cls(
-            deep_ep="deepep" in backends,
-            hybrid_ep="hybridep" in backends,
-            apex=False,  # docker/Dockerfile builds no apex
-            wandb="WANDB_API_KEY" in os.environ,  # forwarded by name from the submitting shell
-        )
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 class _Edits:
     """Writes fields of the shrunk config and records each change against the parent's value."""
 
-    def __init__(self, config: run.Config[Recipe], parent: Recipe, keep: Iterable[str]):
+    def __init__(self, config: fdl.Config[Recipe], parent: Recipe, keep: Iterable[str]):
         self.config, self.parent = config, parent
         self.keep = tuple(keep)
         self.written: dict[str, object] = {}
@@ -243,56 +204,17 @@ def _shrink_schedule(e: _Edits, gpus: int, steps: int, data_parallel: int, pp: i
     return gbs
 
 
-def _substitute(e: _Edits, gpu: hardware.Gpu, caps: Capabilities, ep: int, mock_data: bool) -> None:
-    p = e.parent
-    m, mp = p.model, p.mixed_precision
-    if mp.fp8_recipe == "mxfp8" and not gpu.supports_mxfp8:
-        e.substitute(
-            "mixed_precision.fp8_recipe",
-            "blockwise",
-            f"{gpu.name} has no MXFP8 tensor cores; blockwise is the FP8 block-scaled recipe it runs",
-        )
-        e.substitute(
-            "mixed_precision.reuse_grad_buf_for_mxfp8_param_ag", False, "only for MXFP8 parameter gather"
-        )
-    if m.moe_token_dispatcher_type == "flex":
-        backend = m.moe_flex_dispatcher_backend or "deepep"
-        present = caps.hybrid_ep if backend == "hybridep" else caps.deep_ep
-        if not present:
-            e.substitute(
-                "model.moe_token_dispatcher_type",
-                "alltoall",
-                f"the flex dispatcher's {backend} backend is not built on this machine",
-            )
-    if (
-        e.current("model.moe_token_dispatcher_type") == "alltoall"
-        and m.moe_router_padding_for_quantization
-        and m.cuda_graph_impl == "transformer_engine"
-        and "moe_preprocess" in (m.cuda_graph_scope or [])
-    ):
-        e.substitute(
-            "model.cuda_graph_scope",
-            [scope for scope in m.cuda_graph_scope or [] if scope != "moe_preprocess"],
-            "the alltoall dispatcher syncs on the host in its preprocess when router padding is on: "
-            "Megatron asserts 'cuda_sync_point must be after cuda_dtoh_point' if that step is graphed",
-        )
-    co = p.comm_overlap
-    if co.overlap_moe_expert_parallel_comm and ep == 1:
-        e.substitute(
-            "comm_overlap.overlap_moe_expert_parallel_comm", False, "no expert all-to-all to overlap at EP=1"
-        )
-        if co.delay_wgrad_compute:
-            e.substitute(
-                "comm_overlap.delay_wgrad_compute", False, "Megatron allows it only with the EP overlap"
-            )
-    if m.gradient_accumulation_fusion and not caps.apex:
-        e.substitute("model.gradient_accumulation_fusion", False, "apex's fused wgrad kernels are absent")
-    if p.logger.wandb_project and not caps.wandb:
-        e.substitute("logger.wandb_project", None, "no WANDB_API_KEY in this environment")
-    if mock_data and not p.dataset.mock:
-        e.substitute("dataset.mock", True, "no corpus given: pass dataset.data_paths to train on text")
-        e.substitute("dataset.validation_paths", [], "mock data")
-    if mock_data and p.tokenizer.tokenizer_type != "NullTokenizer":
+def _substitute(e: _Edits, caps: Capabilities, mock_data: bool) -> None:
+    """The fix of each rule the shrunk recipe breaks on the machine that will run it (``rules.SHRINK_FIXES``),
+    each rule judged on the recipe as the fixes before it left it."""
+    recipe = fdl.build(e.config)
+    for rule in rules.SHRINK_FIXES:
+        if rule.fix is None or rule.problem(recipe, caps) is None:
+            continue
+        for fix in rule.fix(recipe, caps):
+            e.substitute(fix.field, fix.value, fix.reason)
+        recipe = fdl.build(e.config)
+    if mock_data and e.parent.tokenizer.tokenizer_type != "NullTokenizer":
         e.substitute("tokenizer.tokenizer_type", "NullTokenizer", "mock data needs no tokenizer")
         e.substitute("tokenizer.tokenizer_model", None, "mock data needs no tokenizer")
 
@@ -313,13 +235,13 @@ def _shrink_mlperf(e: _Edits, steps: int, gbs: int) -> None:
 
 
 def shrink(
-    task: run.Partial,
+    task: fdl.Partial,
     gpus: int,
     gpu_type: str | None = None,
     steps: int = DEFAULT_STEPS,
     capabilities: Capabilities | None = None,
     keep: Iterable[str] = (),
-) -> run.Partial:
+) -> fdl.Partial:
     """A new task: ``task``'s recipe at the size of ``gpus`` GPUs of ``gpu_type`` (default: the
     recipe's), ``steps`` steps; ``keep`` names fields the caller set, which stay as given. The
     original task is not touched."""
@@ -327,8 +249,7 @@ def shrink(
         raise RecipeError("shrink", f"the number of GPUs must be an integer >= 1, got {gpus!r}")
     if steps < 1:
         raise RecipeError("shrink", f"steps must be >= 1, got {steps}")
-    parent = fdl.build(task.recipe)
-    check_types(parent)
+    parent = fdl.build(task.recipe)  # its sections check their fields; the shrunk recipe is planned below
     if parent.shrink is not None:
         raise RecipeError("shrink", f"{parent.name} is already shrunk from {parent.shrink.shrunk_from}")
     target = gpu_type or parent.launch.gpu_type
@@ -350,33 +271,39 @@ def shrink(
     mock_data = not parent.dataset.data_paths
     sizes = _parallel_sizes(e, gpus)
     _shrink_model(e, gpus, sizes, mock_data)
-    data_parallel = gpus // (
-        sizes["tensor_model_parallel_size"]
-        * sizes["pipeline_model_parallel_size"]
-        * sizes["context_parallel_size"]
+    dp = data_parallel(
+        gpus,
+        sizes["tensor_model_parallel_size"],
+        sizes["pipeline_model_parallel_size"],
+        sizes["context_parallel_size"],
     )
-    gbs = _shrink_schedule(e, gpus, steps, data_parallel, sizes["pipeline_model_parallel_size"])
+    gbs = _shrink_schedule(e, gpus, steps, dp, sizes["pipeline_model_parallel_size"])
     if parent.train.eval_iters > EVAL_ITERS and not parent.mlperf.enabled:
         e.size("train.eval_iters", EVAL_ITERS, "shorter evaluation")
     if parent.logger.log_rank is not None:
         pp = sizes["pipeline_model_parallel_size"]
         e.size("logger.log_rank", gpus - gpus // pp, "the first rank of the shrunk last pipeline stage")
-    _substitute(e, gpu, caps, sizes["expert_model_parallel_size"], mock_data)
+    _substitute(e, caps, mock_data)
     _shrink_mlperf(e, e.current("train.train_iters") or steps, gbs)  # type: ignore[arg-type]
 
-    shrunk.recipe.shrink = run.Config(
+    record = fdl.Config(
         ShrinkRecord,
         shrunk_from=parent.name,
         gpus=gpus,
         gpu_type=target,
-        changed=[run.Config(FieldChange, **vars(c)) for c in e.changed],
-        substituted=[run.Config(FieldChange, **vars(c)) for c in e.substituted],
+        changed=[fdl.Config(FieldChange, **vars(c)) for c in e.changed],
+        substituted=[fdl.Config(FieldChange, **vars(c)) for c in e.substituted],
     )
+    if type(task) is not fdl.Partial:  # NeMo-Run's task (recipes.get): its configs stay NeMo-Run's
+        from dsv3_recipes.recipes.task import as_nemo_run
+
+        record = as_nemo_run(record)
+    shrunk.recipe.shrink = record
     _check_runs(shrunk, parent.name, gpus, target)
     return shrunk
 
 
-def _check_runs(task: run.Partial, parent: str, gpus: int, gpu_type: str) -> None:
+def _check_runs(task: fdl.Partial, parent: str, gpus: int, gpu_type: str) -> None:
     """The planner's verdict on the shrunk recipe, naming the field a substitution could not fix."""
     from dsv3_recipes.plan.preflight import plan
 

@@ -25,7 +25,7 @@ import glob
 import os
 from collections.abc import Mapping
 
-import nemo_run as run
+import fiddle as fdl
 
 from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.schema import RecipeError
@@ -86,7 +86,7 @@ def dataset_paths(path: str) -> list[str]:
     return prefixes
 
 
-def torchtitan_bf16(name: str, gpu_type: str, env: Mapping[str, str] | None = None) -> run.Partial:
+def torchtitan_bf16(name: str, gpu_type: str, env: Mapping[str, str] | None = None) -> fdl.Partial:
     """[titan-dsv3]'s benchmark for one GPU type; ``env`` holds its launch knobs (none: the tables)."""
     env = env or {}
     if env.get("GPU_TYPE", gpu_type).lower() != gpu_type:
@@ -172,7 +172,7 @@ def torchtitan_bf16(name: str, gpu_type: str, env: Mapping[str, str] | None = No
     return task
 
 
-def torchtitan_bf16_from_env(env: Mapping[str, str] | None = None) -> run.Partial:
+def torchtitan_bf16_from_env(env: Mapping[str, str] | None = None) -> fdl.Partial:
     """``GPU_TYPE=h100 JOB_TOTAL_GPUS=512 dsv3 pretrain -f torchtitan_bf16``, as [titan-dsv3] launches."""
     env = os.environ if env is None else env
     gpu_type = env.get("GPU_TYPE", "").lower()

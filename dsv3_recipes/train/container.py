@@ -36,6 +36,7 @@ from megatron.core.datasets.utils import get_blend_from_list
 from megatron.core.transformer.enums import AttnBackend
 from transformers import DeepseekV3Config
 
+from dsv3_recipes.recipe.resolve import DEFAULT_FLEX_BACKEND, Resolved
 from dsv3_recipes.recipe.schema import ModelConfig, Recipe
 from dsv3_recipes.train import mlperf_data
 
@@ -86,32 +87,32 @@ def hf_config(m: ModelConfig) -> DeepseekV3Config:
     )
 
 
-def recipe_choices(m: ModelConfig) -> dict[str, object]:
+def recipe_choices(resolved: Resolved) -> dict[str, object]:
     """The recipe's model fields as provider fields: they win over Bridge's. The recipe uses Megatron's
-    names, so most pass as they are; the few below Megatron spells, types or gates differently."""
+    names, so most pass as they are; the few below Megatron spells, types or gates differently, or
+    derives (``Resolved``)."""
+    m = resolved.recipe.model
     choices = dataclasses.asdict(m)
     del choices["first_k_dense_replace"], choices["norm_epsilon"]  # in the HF config, in Bridge's terms
     hybridep_num_sms = choices.pop("moe_hybridep_num_sms")  # deprecated in Megatron-Core 0.19
     choices.update(
         attention_backend=AttnBackend[m.attention_backend],
-        # Megatron-LM turns sequence parallelism off at TP1; do the same.
-        sequence_parallel=m.sequence_parallel and m.tensor_model_parallel_size > 1,
-        # The flex dispatcher overlaps the shared expert itself (Bridge's apply_flex_dispatcher_backend).
-        moe_shared_expert_overlap=m.moe_shared_expert_overlap and m.moe_token_dispatcher_type != "flex",
-        moe_flex_dispatcher_backend=m.moe_flex_dispatcher_backend or "deepep",
+        sequence_parallel=resolved.sizes.sequence_parallel,  # off at TP1, as Megatron-LM turns it
+        moe_shared_expert_overlap=resolved.shared_expert_overlap,
+        # The provider holds a backend with any dispatcher; only the flex one reads it.
+        moe_flex_dispatcher_backend=resolved.flex_backend or DEFAULT_FLEX_BACKEND,
         moe_flex_dispatcher_num_sms=hybridep_num_sms if m.moe_flex_dispatcher_backend == "hybridep" else None,
         cuda_graph_modules=choices.pop("cuda_graph_scope"),  # cuda_graph_scope is deprecated in 0.19
-        pipeline_dtype=torch.bfloat16 if m.pipeline_model_parallel_size > 1 else None,
     )
     return choices
 
 
-def model_provider(recipe: Recipe) -> MLAModelProvider:
+def model_provider(resolved: Resolved) -> MLAModelProvider:
     """Megatron-Bridge's DeepSeek-V3 provider (DeepSeekV3Bridge.provider_bridge, offline from a local
     config) for the recipe's architecture, with the recipe's own choices on top."""
-    bridge = AutoBridge.from_hf_config(hf_config(recipe.model))
+    bridge = AutoBridge.from_hf_config(hf_config(resolved.recipe.model))
     provider = bridge.to_megatron_provider(load_weights=False)
-    for name, value in recipe_choices(recipe.model).items():
+    for name, value in recipe_choices(resolved).items():
         setattr(provider, name, value)
     return provider
 
@@ -151,8 +152,9 @@ def tokenizer_config(recipe: Recipe) -> TokenizerConfig:
     return TokenizerConfig(tokenizer_type=tok.tokenizer_type, tokenizer_model=tok.tokenizer_model)
 
 
-def to_config_container(recipe: Recipe) -> ConfigContainer:
-    """Translate every section of the recipe into its Megatron-Bridge config."""
+def to_config_container(resolved: Resolved) -> ConfigContainer:
+    """Translate every section of the recipe (as ``validate`` resolved it) into its Megatron-Bridge config."""
+    recipe = resolved.recipe
     m, t, o, s, mp, co = (
         recipe.model,
         recipe.train,
@@ -166,7 +168,7 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
     tensorboard_dir = recipe.logger.tensorboard_dir or os.path.join(output_dir, "tensorboard")
     fp8 = mp.fp8_recipe is not None
     cfg = ConfigContainer(
-        model=model_provider(recipe),
+        model=model_provider(resolved),
         train=TrainingConfig(
             micro_batch_size=t.micro_batch_size,
             global_batch_size=t.global_batch_size,
@@ -176,7 +178,6 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
             manual_gc=t.manual_gc,
             # Bridge collects only generation 2; any other is collected by train.callbacks.GarbageCollection.
             manual_gc_interval=t.manual_gc_interval if t.manual_gc_generation == 2 else 0,
-            manual_gc_eval=t.manual_gc_interval,
         ),
         validation=ValidationConfig(eval_interval=t.eval_interval, eval_iters=t.eval_iters),
         optimizer=OptimizerConfig(
@@ -289,5 +290,5 @@ def to_config_container(recipe: Recipe) -> ConfigContainer:
 
         apply_determinism_overrides(cfg)  # deterministic_mode, no fused cross entropy, and the env
     if recipe.mlperf.enabled:
-        mlperf_data.configure(cfg, recipe)
+        mlperf_data.configure(cfg, resolved)
     return cfg

@@ -24,7 +24,7 @@ def pretrain(recipe: Recipe) -> None:
 
     code_check.check()  # first: the image must hold the code that planned the job
     try:
-        validate(recipe)
+        resolved = validate(recipe)
         check_resume(recipe)
         check_container(recipe)
         _check_gpu(recipe)
@@ -41,7 +41,7 @@ def pretrain(recipe: Recipe) -> None:
     from dsv3_recipes.train.callbacks import callbacks_for
     from dsv3_recipes.train.container import to_config_container
 
-    bridge_pretrain(to_config_container(recipe), forward_step, callbacks=callbacks_for(recipe))
+    bridge_pretrain(to_config_container(resolved), forward_step, callbacks=callbacks_for(recipe))
 
 
 def _check_gpu(recipe: Recipe) -> None:

@@ -38,7 +38,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
 from dsv3_recipes.mlperf import rules as mlperf_rules
-from dsv3_recipes.recipe.schema import Recipe
+from dsv3_recipes.recipe.resolve import Resolved
 
 
 def first_tokens(dataset: IndexedDataset, count: int) -> numpy.ndarray:
@@ -155,8 +155,9 @@ class MLPerfC4Data(DatasetProvider):
         return train, valid, None
 
 
-def configure(cfg: ConfigContainer, recipe: Recipe) -> None:
+def configure(cfg: ConfigContainer, resolved: Resolved) -> None:
     """Evaluate every step from the ruleset's first step on, on the first ``eval_samples`` sequences."""
+    recipe = resolved.recipe
     t, d, ml = recipe.train, recipe.dataset, recipe.mlperf
     cfg.validation = ValidationConfig(
         eval_interval=t.eval_interval,
@@ -181,7 +182,7 @@ def configure(cfg: ConfigContainer, recipe: Recipe) -> None:
         # in every benchmark config); a proxy evaluating more sequences than its GBS gets the same
         # mechanism over the larger set Bridge 0.6.2 asks for.
         reference_valid_samples=(t.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size,
-        data_parallel_size=recipe.data_parallel_size,
+        data_parallel_size=resolved.sizes.dp,
         micro_batch_size=t.micro_batch_size,
         path_to_cache=d.data_cache_path,
         mmap_bin_files=d.mmap_bin_files,

@@ -33,6 +33,7 @@ from mlperf_logging.mllog import constants as c
 from mlperf_logging.mllog.mllog import MLLogger
 
 from dsv3_recipes.mlperf import rules as mlperf_rules
+from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.recipe.schema import Recipe
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class MLPerfLog:
             c.SEED: t.seed,
             c.GLOBAL_BATCH_SIZE: t.global_batch_size,
             c.MICRO_BATCH_SIZE: t.micro_batch_size,
-            c.GRADIENT_ACCUMULATION_STEPS: t.global_batch_size // (t.micro_batch_size * r.data_parallel_size),
+            c.GRADIENT_ACCUMULATION_STEPS: resolve(r).sizes.num_microbatches,
             c.MAX_SEQUENCE_LENGTH: m.seq_length,
             c.MAX_STEPS: t.train_iters,
             c.TRAIN_SAMPLES: t.train_iters * t.global_batch_size,

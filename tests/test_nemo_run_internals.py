@@ -1,0 +1,35 @@
+"""The NeMo-Run internals launch.nemo_run_internals reads: pinned to the release they were read from,
+and each checked against that release."""
+
+import importlib.metadata
+
+import nemo_run as run
+import pytest
+
+from dsv3_recipes import recipes
+from dsv3_recipes.launch import executors, nemo_run_internals
+from dsv3_recipes.launch.submit import recipe_of
+from dsv3_recipes.recipe.schema import RecipeError
+
+
+def test_pinned_to_the_installed_release():
+    assert importlib.metadata.version("nemo_run") == nemo_run_internals.NEMO_RUN_VERSION
+
+
+def test_adding_a_task_takes_its_clone_which_checks_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEMORUN_HOME", str(tmp_path))
+    task = recipes.get("proxy_1gpu")
+    task.recipe.train.global_batch_size = 12  # not a multiple of MBS 8 x DP 1
+    with pytest.raises(RecipeError, match=r"^train.global_batch_size: "):
+        run.run(task, executor=run.LocalExecutor(), dryrun=True)
+
+
+def test_experiment_id_and_dryrun_request(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEMORUN_HOME", str(tmp_path))
+    task = recipes.get("proxy_1gpu")
+    executor = executors.for_recipe("slurm", recipe_of(task), account="a")
+    with run.Experiment("probe", log_level="ERROR") as exp:
+        exp.add(task, executor=executor, name="probe")
+        exp.dryrun(log=False)
+    assert nemo_run_internals.experiment_id(exp).startswith("probe_")
+    assert "#SBATCH --account=a" in nemo_run_internals.dryrun_request(exp).materialize()
