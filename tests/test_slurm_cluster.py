@@ -18,8 +18,13 @@ from test_conversion_checks import write_checkpoint
 from test_plan import RECIPES_671B
 
 from dsv3_recipes.launch import code_check
+from dsv3_recipes.recipe.rules import importable
 
 pytestmark = pytest.mark.slurm
+# The cluster's nodes run this interpreter: jobs that tokenize or reach the train entry need the train side.
+needs_train_side = pytest.mark.skipif(
+    not (importable("torch") and importable("tokenizers")), reason="the job needs the train extra"
+)
 
 ACCOUNT = "dsv3ci"  # tests/slurm/cluster.sh
 IMAGE = "registry.example.com/dsv3/dsv3-recipes:test"  # fake pyxis exports it as $FAKE_PYXIS_IMAGE
@@ -79,6 +84,7 @@ def corpus(tmp_path_factory):
     }
 
 
+@needs_train_side
 def test_preprocess_job_writes_the_dataset(corpus, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -95,6 +101,7 @@ def test_preprocess_job_writes_the_dataset(corpus, tmp_path):
     assert len(IndexedDataset(f"{out}_text_document")) == 80  # 40 documents in each of the two shards
 
 
+@needs_train_side
 def test_pretrain_that_fails_in_the_job_is_a_failed_command(tmp_path):
     """proxy_1gpu reaches the train entry on a fake-GPU node and fails there: exit 1, state, log tail."""
     result = dsv3("pretrain", "-f", "proxy_1gpu", *slurm_args(tmp_path, "--gres-gpus-per-node", "8"))
@@ -123,6 +130,7 @@ def test_convert_job_that_fails_is_a_failed_command(tmp_path):
     assert not (tmp_path / "mg").exists()
 
 
+@needs_train_side
 def test_job_whose_image_holds_other_code_refuses_to_start(corpus, tmp_path):
     """An "image" with an edited dsv3-recipes (a copy first on the job's PYTHONPATH) fails at job start."""
     image = tmp_path / "image"
