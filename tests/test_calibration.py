@@ -74,3 +74,30 @@ def test_every_published_row_has_a_stand_in():
     for row in PUBLISHED:
         keys.add(standin(row["recipe"], *row["overrides"]).key)
     assert len(keys) > 10  # the rows span many rank shapes, each measured once
+
+
+PRIORITY = [  # benchmarks/calibrate.py's first cases: the fitted rows and the 1-GPU checks
+    ("gb200_mxfp8_256gpu", [], None),
+    ("h100_fp8_blockwise", [], None),
+    ("bridge_default_1024gpu", [], None),
+    ("proxy_1gpu", ["launch.gpu_type=h200"], None),
+    ("h100_fp8_blockwise", ["launch.gpu_type=h200"], 1),
+]
+
+
+@pytest.mark.parametrize("name,overrides,shrink", PRIORITY)
+def test_a_stand_in_sets_up_as_the_train_entry_would(name, overrides, shrink):
+    """The benchmark's set-up before any GPU work (the model itself needs one)."""
+    pytest.importorskip("megatron.bridge", reason="needs the train extra")
+    from dsv3_recipes.train import calibrate
+
+    stand = stand_in(resolve(recipe_of(build_task(name, overrides, shrink_gpus=shrink))))
+    provider, ddp = calibrate.provider(stand)
+    m = stand.recipe.model
+    assert (provider.num_attention_heads, provider.num_moe_experts) == (
+        m.num_attention_heads,
+        m.num_moe_experts,
+    )
+    assert provider.moe_router_topk == m.moe_router_topk and provider.tensor_model_parallel_size == 1
+    assert provider.fp8_recipe == (stand.fp8_recipe or provider.fp8_recipe)
+    assert (provider.fp8 is not None) == (stand.fp8_recipe is not None)

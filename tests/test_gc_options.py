@@ -20,18 +20,19 @@ def test_a_generation_needs_manual_collections():
 
 def test_bridge_collects_generation_2_and_leaves_the_others_to_the_callback():
     pytest.importorskip("megatron.bridge", reason="needs the train extra")
+    from dsv3_recipes.recipe.resolve import resolve
     from dsv3_recipes.train.callbacks import GarbageCollection, callbacks_for
     from dsv3_recipes.train.container import to_config_container
 
     bridge = recipe_of(build_task("proxy_1gpu"))
-    assert to_config_container(bridge).train.manual_gc_interval == 50
+    assert to_config_container(resolve(bridge)).train.manual_gc_interval == 50
     assert not any(isinstance(c, GarbageCollection) for c in callbacks_for(bridge))
     ours = recipe_of(build_task("proxy_1gpu", ["train.manual_gc_generation=1"]))
-    cfg = to_config_container(ours)
+    cfg = to_config_container(resolve(ours))
     assert cfg.train.manual_gc and cfg.train.manual_gc_interval == 0  # Bridge still disables the automatic GC
     assert any(isinstance(c, GarbageCollection) for c in callbacks_for(ours))
     frozen = recipe_of(build_task("proxy_1gpu", ["train.gc_freeze=True"]))
-    assert to_config_container(frozen).train.manual_gc_interval == 50
+    assert to_config_container(resolve(frozen)).train.manual_gc_interval == 50
     assert any(isinstance(c, GarbageCollection) for c in callbacks_for(frozen))
 
 

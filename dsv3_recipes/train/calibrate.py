@@ -29,6 +29,7 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from torch.autograd import DeviceType
 
 from dsv3_recipes.plan.calibration import OptimizerTiming, PartTiming, StandIn
+from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.train.container import to_config_container
 
 WARMUP = 3
@@ -55,15 +56,22 @@ def init_single_rank(seed: int = 1234) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
-def build(stand: StandIn) -> torch.nn.Module:
-    """The stand-in's model as the train entry would build it: Bridge's provider and precision setup,
-    Megatron-Core's experimental switch (fused MLA RoPE, the fused routing-map padding)."""
-    cfg = to_config_container(stand.recipe)
+def provider(stand: StandIn):
+    """The stand-in's model provider as the train entry sets it up: the recipe's ConfigContainer,
+    Bridge's precision setup and Megatron-Core's experimental switch (fused MLA RoPE, the fused
+    routing-map padding)."""
+    cfg = to_config_container(resolve(stand.recipe))
     set_experimental_flag(cfg.dist.enable_megatron_core_experimental)
     cfg.mixed_precision.finalize()
     cfg.mixed_precision.setup(cfg.model, cfg.optimizer, cfg.ddp)
     cfg.model.finalize()
-    (model,) = cfg.model.provide_distributed_model(ddp_config=cfg.ddp, wrap_with_ddp=False)
+    return cfg.model, cfg.ddp
+
+
+def build(stand: StandIn) -> torch.nn.Module:
+    """The stand-in's model on this GPU (Float16Module-wrapped, as Bridge builds it)."""
+    model_provider, ddp = provider(stand)
+    (model,) = model_provider.provide_distributed_model(ddp_config=ddp, wrap_with_ddp=False)
     return model
 
 
