@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The step-time model's checks on one GPU (issue 26): proxy_1gpu with and without MTP on the English text
 # of the TorchTitan comparison, and two 671B recipes shrunk to this GPU, one after the other, each alone
-# on the GPU. Their measured step times are what `dsv3 plan` must predict within 10%.
-#   source benchmarks/gpu_env.sh && bash benchmarks/planner_checks.sh OUT_DIR
+# on the GPU. Their measured step times are what `dsv3 plan` must predict within 10%. The proxies route
+# forced balanced, as the planner assumes (on this text their natural router collapses onto one expert).
+#   source benchmarks/gpu_env.sh && bash benchmarks/planner_checks.sh OUT_DIR [LABEL ...]
+# LABELs pick runs (proxy_mtp proxy_nomtp h100_fp8_blockwise_shrunk1 bridge_default_1024gpu_shrunk1; all
+# by default), so that the four can be split over device calls of one held machine.
 # Writes OUT_DIR/planner_checks.tgz (results/*.json and log excerpts) after every run.
 set -uo pipefail
-OUT=${1:?usage: planner_checks.sh OUT_DIR}
+OUT=${1:?usage: planner_checks.sh OUT_DIR [LABEL ...]}
+shift
+ONLY=" $* "
 WORK=${WORK:-/tmp/planner_checks}
 DATA=${DATA:-$PWD/.bench}
 TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"]"
@@ -13,13 +18,16 @@ TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"
   "tokenizer.tokenizer_model=$DATA/tokenizer")
 RUN=$WORK/run-$(date +%s)
 mkdir -p "$RUN/results" "$OUT"
+BALANCED=model.moe_router_force_load_balancing=True
 run() {  # label, then run_recipe.py arguments
   local label=$1; shift
-  timeout 200 python3 benchmarks/run_recipe.py "$@" --label "$label" --results-dir "$RUN/results" 2>&1 \
+  [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $label "* ]] || return 0
+  timeout 200 python3 benchmarks/run_recipe.py "$@" --label "$label" --results-dir "$RUN/results" --timeout 185 2>&1 \
     | tail -c 300 || echo "run $label failed"
   tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
 }
-run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 "${TEXT[@]}"
-run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None "${TEXT[@]}"
+run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 $BALANCED "${TEXT[@]}"
+run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None $BALANCED \
+  "${TEXT[@]}"
 run h100_fp8_blockwise_shrunk1 h100_fp8_blockwise --shrink 1 launch.gpu_type=h200
 run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 launch.gpu_type=h200
