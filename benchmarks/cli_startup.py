@@ -13,15 +13,14 @@ it next to one of this checkout, so that both see the same load.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
 import time
+
+from dsv3_recipes.report import cpu_result
 
 COMMANDS = [
     ["list"],
@@ -85,25 +84,15 @@ def main() -> int:
         before = f"  (before: {row['before']['median_s']:.2f} s median)" if args.before else ""
         print(f"{row['median_s']:7.2f} s median {row['min_s']:7.2f} s min  {row['command']}{before}")
     if args.save:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout
-        result = {
-            "command": shlex.join(["python", "benchmarks/cli_startup.py", *sys.argv[1:]]),
-            "before": args.before and f"{args.before} (a checkout of {args.before_commit})",
-            "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
-            "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-            "date": datetime.date.today().isoformat(),
-            "commit": commit.strip(),
-            "python": platform.python_version(),
-            "timings": rows,
-        }
         folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cli_startup")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{result['date']}-{result['commit']}.json")
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        path = cpu_result.save(
+            folder,
+            args.before,
+            args.before_commit,
+            load_average_before_after=[round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            python=platform.python_version(),
+            timings=rows,
+        )
         print(f"wrote {path}")
     return 0
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import datetime
 import io
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
+
+from dsv3_recipes.report import cpu_result
 
 COUNTED = {
     "validate": ("dsv3_recipes.plan.validate", "validate"),
@@ -130,23 +129,13 @@ def main() -> int:
         before = f"  (before: {row['before']})" if args.before else ""
         print(f"{row['validate']:9d} {row['plan']:5d} {row['check_types']:12d}  {command}{before}")
     if args.save:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout
-        result = {
-            "command": shlex.join(["python", "benchmarks/validation_calls.py", *sys.argv[1:]]),
-            "before": args.before and f"{args.before} (a checkout of {args.before_commit})",
-            "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
-            "date": datetime.date.today().isoformat(),
-            "commit": commit.strip(),
-            "counts": rows,
-        }
         folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "validation_calls")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{result['date']}-{result['commit']}.json")
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        path = cpu_result.save(
+            folder,
+            args.before,
+            args.before_commit,
+            counts=rows,
+        )
         print(f"wrote {path}")
     return 0
 
