@@ -151,3 +151,20 @@ def test_scheduler_switches_reach_bridge(as_target_gpu):
     cfg = to_config_container(resolve(recipe))
     runtime_config_update(cfg)
     assert cfg.scheduler.override_opt_param_scheduler and not cfg.scheduler.use_checkpoint_opt_param_scheduler
+
+
+@pytest.mark.parametrize("name", ["proxy_1gpu", "bridge_default_1024gpu", "h100_fp8_blockwise"])
+def test_precision_aware_optimizer_is_the_one_megatron_runs(name, as_target_gpu):
+    """A BF16 recipe that asks for the precision-aware optimizer gets TE FusedAdam's master-weight path
+    (Megatron's `use_precision_aware_optimizer_no_fp8_or_ds_fp8`); an FP8 recipe keeps its own recipe."""
+    recipe = recipe_of(recipes.get(name))
+    recipe.dataset.data_paths = recipe.dataset.data_paths or ["/data/c4_text_document"]
+    as_target_gpu(recipe.launch.gpu_type, recipe.launch.num_gpus)
+    cfg = to_config_container(resolve(recipe))
+    runtime_config_update(cfg)
+    fp8_recipe = recipe.mixed_precision.fp8_recipe
+    assert cfg.optimizer.fp8_recipe == cfg.model.fp8_recipe == fp8_recipe
+    assert cfg.optimizer.use_precision_aware_optimizer == recipe.optimizer.use_precision_aware_optimizer
+    assert cfg.optimizer.use_precision_aware_optimizer_no_fp8_or_ds_fp8 == (
+        recipe.optimizer.use_precision_aware_optimizer and fp8_recipe in (None, "delayed")
+    )
