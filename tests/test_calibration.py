@@ -1,5 +1,6 @@
 """The one-GPU stand-in of a recipe's rank computes what that rank computes (plan.calibration)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def test_mtp_is_measured_once_for_recipes_with_and_without_it():
 
 def test_a_changed_kernel_choice_is_another_case():
     assert standin("proxy_1gpu").key != standin("proxy_1gpu", "model.moe_permute_fusion=False").key
+
+
+def test_a_field_at_its_default_keeps_the_measured_key():
+    """A recipe field added later at its default leaves every committed measurement in place."""
+    s = standin("proxy_1gpu")
+    before = {k: v for k, v in s.model.items() if k != "moe_single_grouped_weight"}
+    older = dataclasses.replace(s, model=before)
+    assert older.key == s.key
+    assert s.key != standin("proxy_1gpu", "model.moe_single_grouped_weight=True").key
 
 
 @pytest.mark.parametrize("name", [n for n in recipes.names() if n != "torchtitan_bf16"])

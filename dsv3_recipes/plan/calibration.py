@@ -38,6 +38,17 @@ LOCAL_DISPATCHER = "alltoall"
 STAND_IN_FP8 = {"mxfp8": "blockwise"}
 
 
+def _changed(config: type, values: dict[str, object]) -> dict[str, object]:
+    """The values that differ from the config's defaults: a field added later (at its default) keeps
+    every measured key."""
+    default = {
+        f.name: json.dumps(f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
+        for f in dataclasses.fields(config)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    return {k: v for k, v in values.items() if default.get(k) != json.dumps(v)}
+
+
 @dataclass(frozen=True)
 class StandIn:
     """The one-GPU recipe whose parts cost what one rank's parts cost, and how to read its timings.
@@ -59,9 +70,9 @@ class StandIn:
     def key(self) -> str:
         """What identifies a measurement: every field that changes the kernels a stand-in runs."""
         fields = {
-            "model": self.model,
+            "model": _changed(ModelConfig, self.model),
             "micro_batch_size": self.moe_micro_batch,
-            "mixed_precision": self.precision,
+            "mixed_precision": _changed(MixedPrecisionConfig, self.precision),
             "deterministic": self.parent.train.deterministic,
             "env": self.env,
         }
