@@ -30,4 +30,4 @@ run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 $BA
 run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None $BALANCED \
   "${TEXT[@]}"
 run h100_fp8_blockwise_shrunk1 h100_fp8_blockwise --shrink 1 launch.gpu_type=h200
-run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 launch.gpu_type=h200
+run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 launch.gpu_type=h200 $BALANCED
