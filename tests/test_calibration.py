@@ -59,10 +59,10 @@ def test_a_changed_kernel_choice_is_another_case():
 def test_a_field_at_its_default_keeps_the_measured_key():
     """A recipe field added later at its default leaves every committed measurement in place."""
     s = standin("proxy_1gpu")
-    before = {k: v for k, v in s.model.items() if k != "moe_single_grouped_weight"}
-    older = dataclasses.replace(s, model=before)
-    assert older.key == s.key
-    assert s.key != standin("proxy_1gpu", "model.moe_single_grouped_weight=True").key
+    assert s.model["moe_router_fusion"] is False  # its default
+    before = {k: v for k, v in s.model.items() if k != "moe_router_fusion"}
+    assert dataclasses.replace(s, model=before).key == s.key
+    assert dataclasses.replace(s, model=s.model | {"moe_router_fusion": True}).key != s.key
 
 
 @pytest.mark.parametrize("name", [n for n in recipes.names() if n != "torchtitan_bf16"])

@@ -168,11 +168,6 @@ class ModelConfig(Section):
     moe_grouped_gemm: bool = True
     moe_permute_fusion: bool = True
     moe_router_fusion: bool = False
-    # TE's operation fuser for the experts (one fused FC1-SwiGLU-FC2 op, token counts stay on the GPU)
-    use_transformer_engine_op_fuser: bool = False
-    # one grouped parameter per expert GEMM instead of one per expert (needs the op fuser and TE's
-    # NVTE_GROUPED_LINEAR_SINGLE_PARAM=1): every per-parameter loop of DDP and the optimizer shrinks
-    moe_single_grouped_weight: bool = False
     moe_shared_expert_overlap: bool = False
     moe_router_force_load_balancing: bool = False
     moe_router_padding_for_quantization: bool = False
