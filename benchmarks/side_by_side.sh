@@ -11,7 +11,8 @@
 # as shipped (MTP). Candidate changes go in the same list, so each is measured beside the default, e.g.
 #   RUNS="nomtp|model.mtp_num_layers=None;nomtp_graphs|model.mtp_num_layers=None $GRAPHS"
 # with GRAPHS as in benchmarks/proxy_h200_sweep.sh; benchmarks/README.md ("Side by side") lists more.
-# Knobs: STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
+# Knobs: COMMIT (the checkout's commit, for the record: the GPU copy's .git, if any, is stale)
+# STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
 # BUDGET=540 (s, whole script). Each run is time-boxed to what is left. Results land in OUT_DIR as they
 # come: side_by_side.md (the tables), results.tgz (result JSONs, logs, kernel profiles), trace-<label>.json.gz
 # (each profiled trace that fits the device tool's 16 MiB), progress.log.
@@ -128,7 +129,7 @@ proxy() {  # $1 label, $2 overrides
   ENTRIES+=("$entry")
 }
 
-say "runs: ${LIST[*]} | steps $STEPS, profiled step (proxy) $PROFILE_STEP, budget ${BUDGET}s | $(git rev-parse --short HEAD 2>/dev/null)"
+say "runs: ${LIST[*]} | steps $STEPS, profiled step (proxy) $PROFILE_STEP, budget ${BUDGET}s | commit ${COMMIT:-unknown}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
 for v in "${LIST[@]}"; do
   label=$(echo "${v%%|*}" | tr -d ' '); extra=${v#*|}
