@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import json
 import shlex
-import subprocess
 import sys
 import time
 import traceback
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dsv3_recipes import recipes  # noqa: E402
+from dsv3_recipes.launch import local_gpus  # noqa: E402
 from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
 from dsv3_recipes.plan.calibration import MEASURED_GPU, StandIn, part_flops, stand_in  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
@@ -65,16 +65,6 @@ def stand_ins(specs: list[tuple[str, list[str], int | None]]) -> dict[str, tuple
     return found
 
 
-def machine() -> str:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return out.stdout.strip().replace("\n", "; ") or "unknown"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="calibration JSON to write")
@@ -95,7 +85,7 @@ def main() -> int:
     result = {
         "gpu": MEASURED_GPU,
         "command": shlex.join(["python3", "benchmarks/calibrate.py", *sys.argv[1:]]),
-        "machine": machine(),
+        "machine": local_gpus.describe(),
         "date": datetime.date.today().isoformat(),
         "commit": args.commit,
         "torch": torch.__version__,

@@ -12,7 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from dsv3_recipes.report.fault_resume import CHOICES, CONDITION, machine, run_cases
+from dsv3_recipes.launch import local_gpus
+from dsv3_recipes.report.fault_resume import CHOICES, CONDITION, run_cases
 
 
 def main() -> int:
@@ -27,7 +28,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "command": shlex.join(["python", "benchmarks/fault_resume.py", *sys.argv[1:]]),
-        "machine": machine(),
+        "machine": local_gpus.describe(),
         "date": datetime.date.today().isoformat(),
         "gpu": args.gpu,
         **CONDITION,

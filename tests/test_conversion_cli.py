@@ -86,9 +86,9 @@ def test_bad_layouts_and_executors_are_refused(tmp_path, capsys, monkeypatch, ar
 
 def test_local_conversion_needs_its_gpus_here(tmp_path, capsys, monkeypatch):
     """The same machine check as `dsv3 pretrain`: the conversion's ranks, or a pointer to --dryrun."""
-    from dsv3_recipes.launch import submit as launch
+    from dsv3_recipes.launch import local_gpus
 
-    monkeypatch.setattr(launch, "local_gpu_count", lambda: 2)
+    monkeypatch.setattr(local_gpus, "count", lambda: 2)
     write_checkpoint(tmp_path / "hf")
     argv = ["import", "--hf-path", str(tmp_path / "hf"), "--megatron-path", str(tmp_path / "mg"), "--ep", "4"]
     code, out, err = convert(capsys, *argv)

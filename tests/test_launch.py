@@ -8,6 +8,7 @@ import pytest
 
 from dsv3_recipes import recipes
 from dsv3_recipes.cli import main
+from dsv3_recipes.launch import local_gpus
 from dsv3_recipes.launch import submit as launch
 from dsv3_recipes.launch.submit import SlurmOptions, build_task, recipe_of, render_launch
 from dsv3_recipes.recipe import images
@@ -112,7 +113,7 @@ def test_local_dryrun_renders_torchrun_with_recipe_env(capsys):
 
 
 def test_main_job_without_gpu_fails_fast_pointing_to_dryrun(monkeypatch, capsys):
-    monkeypatch.setattr(launch, "local_gpu_count", lambda: 0)
+    monkeypatch.setattr(local_gpus, "count", lambda: 0)
     assert main(["pretrain", "--factory", "proxy_1gpu"]) == 2
     err = capsys.readouterr().err
     assert "needs 1 GPU(s), this machine has 0" in err and "--dryrun" in err
@@ -206,9 +207,9 @@ def test_local_run_without_the_train_side_is_one_line(on_login_node):
     """A GPU box with only the launch install: the local launch check names the missing train side
     (find_spec('megatron.bridge') raised ModuleNotFoundError there instead)."""
     out = on_login_node(
-        "from dsv3_recipes.launch import submit\n"
+        "from dsv3_recipes.launch import local_gpus, submit\n"
         "from dsv3_recipes.recipe.schema import RecipeError\n"
-        "submit.local_gpu_count = lambda: 8\n"
+        "local_gpus.count = lambda: 8\n"
         "try:\n"
         "    submit.check_local_machine(1, 'recipe proxy_1gpu', 'launch.gpus_per_node')\n"
         "except RecipeError as e:\n"

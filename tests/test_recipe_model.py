@@ -58,5 +58,6 @@ def test_check_types_catches_edits_of_a_built_recipe():
 
 
 def test_unknown_factory_lists_the_known_ones():
-    with pytest.raises(RecipeError, match=r"^factory: unknown recipe 'nope'; allowed: proxy_1gpu"):
+    allowed = r"allowed: b200_bf16_256gpu, .*proxy_1gpu, .*torchtitan_bf16$"
+    with pytest.raises(RecipeError, match=rf"^factory: unknown recipe 'nope'; {allowed}"):
         recipes.get("nope")

@@ -15,15 +15,13 @@ import dataclasses
 import glob
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 
 import nemo_run as run
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import executors
+from dsv3_recipes.launch import executors, local_gpus
 from dsv3_recipes.launch.nemo_run_internals import dryrun_request, experiment_id
 from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
 from dsv3_recipes.mlperf import rules as mlperf_rules
@@ -120,17 +118,9 @@ def _check_local_data(recipe: Recipe) -> None:
             mlperf_rules.idx_token_count(prefix + ".idx", f"dataset.{section}")  # a readable index
 
 
-def local_gpu_count() -> int:
-    """GPUs visible here, asked of nvidia-smi: the launch side has no torch."""
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
-
-
 def check_local_machine(gpus: int, what: str, field: str) -> None:
     """Refuse a local run this machine cannot hold: fewer GPUs than ``what`` needs, or no train side."""
-    found = local_gpu_count()
+    found = local_gpus.count()
     if found < gpus:
         raise RecipeError(
             field,

@@ -8,8 +8,10 @@ notebooks find them: ``run.cli.list_factories("dsv3")``, ``run.cli.resolve_facto
 under ``target=pretrain``: NeMo-Run's parser then reads any string value under ``pretrain`` that equals a
 factory's name as that factory's task, and a recipe's ``name`` is its factory's.
 
-The recipe modules load on first use: ``names()`` and ``summary()`` read the factories from source, and
-``dsv3 list`` imports nothing; ``fiddle_task`` imports fiddle, and only ``factory``/``get`` NeMo-Run.
+A factory is a function of a module here marked ``@registered`` (``recipes.common``); that mark is the
+registry. The recipe modules load on first use: ``names()`` and ``summary()`` find the marks and
+docstrings in the modules' source, and ``dsv3 list`` imports nothing; ``fiddle_task`` imports fiddle,
+and only ``factory``/``get`` NeMo-Run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import ast
 import functools
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -30,45 +32,53 @@ if TYPE_CHECKING:
 
     from dsv3_recipes.recipe.rules import Capabilities
 
-# Recipe name -> the module of this package that defines its factory (a function named like the recipe,
-# unless given after a colon).
-_FACTORIES = {
-    "proxy_1gpu": "proxy",
-    "proxy_1gpu_stock": "proxy",
-    "proxy_2gpu_ep2": "proxy",
-    "proxy_2gpu_pp2": "proxy",
-    "proxy_4gpu_ep4": "proxy",
-    "proxy_8gpu_ep8": "proxy",
-    "proxy_8gpu_pp2ep4": "proxy",
-    "gb200_mxfp8_256gpu": "gb200",
-    "h100_fp8_blockwise": "h100",
-    "bridge_default_1024gpu": "h100",
-    "h100_bf16_512gpu": "h100",
-    "b200_bf16_256gpu": "b200",
-    "gb200_bf16_256gpu": "gb200",
-    "mlperf_gb300_256gpu": "mlperf",
-    "mlperf_h100_1024gpu": "mlperf",
-    "mlperf_proxy_1gpu": "mlperf",
-    "torchtitan_bf16": "torchtitan:torchtitan_bf16_from_env",
-}
-_MODULES = frozenset(where.partition(":")[0] for where in _FACTORIES.values()) | {"common"}
-
-
-def names() -> list[str]:
-    return list(_FACTORIES)
-
-
-def _where(name: str) -> tuple[str, str]:
-    try:
-        module, _, function = _FACTORIES[name].partition(":")
-    except KeyError:
-        raise RecipeError("factory", f"unknown recipe {name!r}; allowed: {', '.join(_FACTORIES)}") from None
-    return module, function or name
-
 
 @functools.cache
 def _source(module: str) -> ast.Module:
     return ast.parse((resources.files(__package__) / f"{module}.py").read_text())
+
+
+def _mark(decorator: ast.expr) -> str | None:
+    """The name a ``@registered`` / ``@registered("name")`` decorator gives, '' for the function's own."""
+    if isinstance(decorator, ast.Name) and decorator.id == "registered":
+        return ""
+    if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "registered":
+        [arg] = decorator.args
+        return arg.value
+    return None
+
+
+@functools.cache
+def _registry() -> dict[str, tuple[str, str]]:
+    """Recipe name -> (module, function) for this package (read as source, so ``dsv3 list`` imports no
+    recipe); by module, in source order."""
+    modules = sorted(f.name[:-3] for f in resources.files(__package__).iterdir() if f.name.endswith(".py"))
+    return collect((module, _source(module)) for module in modules)
+
+
+def collect(sources: Iterable[tuple[str, ast.Module]]) -> dict[str, tuple[str, str]]:
+    """The ``@registered`` factories of (module, parsed source) pairs; a name marked twice is refused."""
+    found: dict[str, tuple[str, str]] = {}
+    for module, tree in sources:
+        for node in tree.body:
+            marks = [_mark(d) for d in node.decorator_list] if isinstance(node, ast.FunctionDef) else []
+            for name in (mark or node.name for mark in marks if mark is not None):
+                if name in found:
+                    twice = f"recipe {name!r} registered twice: {found[name][0]} and {module}"
+                    raise RecipeError("factory", twice)
+                found[name] = (module, node.name)
+    return found
+
+
+def names() -> list[str]:
+    return list(_registry())
+
+
+def _where(name: str) -> tuple[str, str]:
+    try:
+        return _registry()[name]
+    except KeyError:
+        raise RecipeError("factory", f"unknown recipe {name!r}; allowed: {', '.join(_registry())}") from None
 
 
 def summary(name: str) -> str:
@@ -161,10 +171,10 @@ def __getattr__(attr: str) -> object:
 
         return shrink
     if attr == "RECIPES":
-        return {name: factory(name) for name in _FACTORIES}
-    if attr in _MODULES:
+        return {name: factory(name) for name in _registry()}
+    if (resources.files(__package__) / f"{attr}.py").is_file():
         return importlib.import_module(f"{__package__}.{attr}")
-    for name in _FACTORIES:
-        if _where(name)[1] == attr:
+    for name, (_, function) in _registry().items():
+        if function == attr:
             return factory(name)
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 
 import fiddle as fdl
 
@@ -37,6 +38,18 @@ BRIDGE_ENV_VARS: dict[str, str] = {
     "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",  # free NCCL buffers without record_stream overhead
     "TORCH_NCCL_HIGH_PRIORITY": "1",  # NCCL streams ahead of compute
 }
+
+
+def registered(name: str | Callable | None = None) -> Callable:
+    """Marks a recipe factory: ``@registered`` (the recipe is named like the function) or
+    ``@registered("name")``. ``dsv3_recipes.recipes`` finds the marks in the modules' source without
+    importing them, so this mark is the registry; the function keeps ``recipe_name`` for notebooks."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.recipe_name = fn.__name__ if name is None or callable(name) else name  # type: ignore[attr-defined]
+        return fn
+
+    return mark(name) if callable(name) else mark
 
 
 def recipe_config(name: str, model: fdl.Config, launch: fdl.Config) -> fdl.Config[Recipe]:

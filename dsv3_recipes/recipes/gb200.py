@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import fiddle as fdl
 
-from dsv3_recipes.recipes.common import MCORE_DSV3_ENV_VARS, dsv3_671b
+from dsv3_recipes.recipes.common import MCORE_DSV3_ENV_VARS, dsv3_671b, registered
 from dsv3_recipes.recipes.torchtitan import torchtitan_bf16
 
 
+@registered
 def gb200_mxfp8_256gpu() -> fdl.Partial:
     """Megatron-Core's GB200 DSV3 guide ([mcore-gb200]): MXFP8 on 256 GB200, every flag of its launch."""
     task = dsv3_671b("gb200_mxfp8_256gpu", gpu_type="gb200", num_nodes=64, gpus_per_node=4)
@@ -128,6 +129,7 @@ def gb200_mxfp8_256gpu() -> fdl.Partial:
     return task
 
 
+@registered
 def gb200_bf16_256gpu() -> fdl.Partial:
     """TorchTitan's GB200 BF16 baseline ([titan-dsv3]): 256 GPUs, DP32 EP32 PP8, local batch 16, 200 steps."""
     return torchtitan_bf16("gb200_bf16_256gpu", gpu_type="gb200")

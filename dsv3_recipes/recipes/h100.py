@@ -5,7 +5,7 @@ from __future__ import annotations
 import fiddle as fdl
 
 from dsv3_recipes.recipe.schema import Recipe
-from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, MCORE_DSV3_ENV_VARS, dsv3_671b
+from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, MCORE_DSV3_ENV_VARS, dsv3_671b, registered
 from dsv3_recipes.recipes.torchtitan import torchtitan_bf16
 
 
@@ -39,6 +39,7 @@ def h100_1024gpu_layout(r: fdl.Config[Recipe]) -> None:
     }
 
 
+@registered
 def h100_fp8_blockwise() -> fdl.Partial:
     """Megatron-Core's H100 DSV3 guide ([mcore-h100]): DeepSeek's blockwise FP8 recipe with DeepEP.
 
@@ -82,6 +83,7 @@ def h100_fp8_blockwise() -> fdl.Partial:
     return task
 
 
+@registered
 def bridge_default_1024gpu() -> fdl.Partial:
     """Megatron-Bridge's DSV3 pretraining recipe ([bridge-dsv3-doc]): TP2 PP16 EP64 on 128 nodes, MTP 1.
 
@@ -136,6 +138,7 @@ def bridge_default_1024gpu() -> fdl.Partial:
     return task
 
 
+@registered
 def h100_bf16_512gpu() -> fdl.Partial:
     """TorchTitan's H100 BF16 baseline ([titan-dsv3]): 512 GPUs, DP64 EP32 PP8, local batch 16, 200 steps."""
     return torchtitan_bf16("h100_bf16_512gpu", gpu_type="h100")

@@ -13,7 +13,7 @@ import fiddle as fdl
 
 from dsv3_recipes.mlperf import rules
 from dsv3_recipes.recipe.schema import Recipe
-from dsv3_recipes.recipes.common import MCORE_DSV3_ENV_VARS, dsv3_671b
+from dsv3_recipes.recipes.common import MCORE_DSV3_ENV_VARS, dsv3_671b, registered
 from dsv3_recipes.recipes.h100 import h100_fp8_blockwise
 from dsv3_recipes.recipes.proxy import proxy_1gpu
 
@@ -55,6 +55,7 @@ def apply_rules(r: fdl.Config[Recipe]) -> None:
     c.load_rng = True
 
 
+@registered
 def mlperf_gb300_256gpu() -> fdl.Partial:
     """MLPerf DSV3 on 64 GB300 nodes ([mlperf-dsv3]'s reference system): TP1 PP4 EP64, GBS 16384, BF16."""
     task = dsv3_671b("mlperf_gb300_256gpu", gpu_type="gb300", num_nodes=64, gpus_per_node=4)
@@ -87,6 +88,7 @@ def mlperf_gb300_256gpu() -> fdl.Partial:
     return task
 
 
+@registered
 def mlperf_h100_1024gpu() -> fdl.Partial:
     """MLPerf DSV3 on 128 H100 nodes: the H100 guide's recipe ([mcore-h100]) in BF16 at GBS 16384."""
     task = h100_fp8_blockwise()
@@ -102,6 +104,7 @@ def mlperf_h100_1024gpu() -> fdl.Partial:
     return task
 
 
+@registered
 def mlperf_proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
     """MLPerf code path on one GPU: the 3.5B proxy with the benchmark's rules, proxy-scale numbers."""
     task = proxy_1gpu(gpu_type)

@@ -11,7 +11,7 @@ import fiddle as fdl
 
 from dsv3_recipes.recipe import hardware, models
 from dsv3_recipes.recipe.schema import LaunchConfig
-from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, pretrain_task, recipe_config
+from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, pretrain_task, recipe_config, registered
 
 # What the planner counts for proxy_1gpu's step without recompute on its most loaded rank (82.7 GiB).
 NO_RECOMPUTE_GIB = 83
@@ -41,11 +41,13 @@ def _proxy(name: str, model: fdl.Config, gpu_type: str, gpus: int) -> fdl.Partia
     return pretrain_task(r)
 
 
+@registered
 def proxy_1gpu_stock(gpu_type: str = "h100") -> fdl.Partial:
     """3.57B proxy on one GPU with Bridge's stock DSV3 settings (the speed-up baseline)."""
     return _proxy("proxy_1gpu_stock", models.proxy_1gpu(), gpu_type=gpu_type, gpus=1)
 
 
+@registered
 def proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
     """3.57B proxy on one GPU, with the fastest settings measured there (benchmarks/proxy_1gpu_tuning.md).
 
@@ -73,6 +75,7 @@ def proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
     return task
 
 
+@registered
 def proxy_2gpu_ep2() -> fdl.Partial:
     """16-layer proxy on 2 GPUs, experts split over EP=2."""
     task = _proxy("proxy_2gpu_ep2", models.proxy_multi_gpu(), gpu_type="h200", gpus=2)
@@ -80,6 +83,7 @@ def proxy_2gpu_ep2() -> fdl.Partial:
     return task
 
 
+@registered
 def proxy_2gpu_pp2() -> fdl.Partial:
     """16-layer proxy on 2 GPUs, two pipeline stages with MTP next to the loss."""
     task = _proxy("proxy_2gpu_pp2", models.proxy_multi_gpu(), gpu_type="h200", gpus=2)
@@ -88,6 +92,7 @@ def proxy_2gpu_pp2() -> fdl.Partial:
     return task
 
 
+@registered
 def proxy_4gpu_ep4() -> fdl.Partial:
     """16-layer proxy on 4 GPUs, experts split over EP=4."""
     task = _proxy("proxy_4gpu_ep4", models.proxy_multi_gpu(), gpu_type="h200", gpus=4)
@@ -95,6 +100,7 @@ def proxy_4gpu_ep4() -> fdl.Partial:
     return task
 
 
+@registered
 def proxy_8gpu_ep8() -> fdl.Partial:
     """One-node proxy (128 experts top-8) with EP=8: all-to-all across the whole node."""
     task = _proxy("proxy_8gpu_ep8", models.proxy_node(), gpu_type="h200", gpus=8)
@@ -102,6 +108,7 @@ def proxy_8gpu_ep8() -> fdl.Partial:
     return task
 
 
+@registered
 def proxy_8gpu_pp2ep4() -> fdl.Partial:
     """One-node proxy with PP2 x EP4 and a 671B-style layout string."""
     task = _proxy("proxy_8gpu_pp2ep4", models.proxy_node(), gpu_type="h200", gpus=8)

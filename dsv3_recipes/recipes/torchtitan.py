@@ -29,7 +29,7 @@ import fiddle as fdl
 
 from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.schema import RecipeError
-from dsv3_recipes.recipes.common import dsv3_671b
+from dsv3_recipes.recipes.common import dsv3_671b, registered
 
 # [titan-dsv3]'s defaults per GPU type: JOB_TOTAL_GPUS (the tables) and DATA_PARALLEL_SHARD_DEGREE.
 DEFAULT_GPUS = {"h100": 512, "b200": 256, "gb200": 256}
@@ -172,6 +172,7 @@ def torchtitan_bf16(name: str, gpu_type: str, env: Mapping[str, str] | None = No
     return task
 
 
+@registered("torchtitan_bf16")
 def torchtitan_bf16_from_env(env: Mapping[str, str] | None = None) -> fdl.Partial:
     """``GPU_TYPE=h100 JOB_TOTAL_GPUS=512 dsv3 pretrain -f torchtitan_bf16``, as [titan-dsv3] launches."""
     env = os.environ if env is None else env

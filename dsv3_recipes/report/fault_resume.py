@@ -339,14 +339,3 @@ def judge(names: list[str], launches: dict[str, Launch]) -> dict[str, object]:
         entry["passed"] = ok
         results[name] = entry
     return results
-
-
-def machine() -> str:
-    """``N x <GPU name>`` as nvidia-smi gives it (the launch side does not import torch)."""
-    try:
-        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
-        names = subprocess.run(query, capture_output=True, text=True, check=True).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError) as err:
-        return f"unknown ({err})"
-    names = [n.strip() for n in names if n.strip()]
-    return f"{len(names)} x {names[0]}" if names else "unknown (nvidia-smi listed no GPU)"

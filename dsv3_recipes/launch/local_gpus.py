@@ -1,0 +1,39 @@
+"""The GPUs of this machine, asked of nvidia-smi once per call: the launch side has no torch.
+
+The local launch check counts them, and the benchmarks' records name them."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    name: str
+    driver: str
+
+
+def query() -> list[Gpu]:
+    """Every GPU nvidia-smi lists; none where it is missing or fails (a CPU machine)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    ask = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+    out = subprocess.run(ask, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return []
+    rows = (line.rsplit(",", 1) for line in out.stdout.splitlines() if "," in line)
+    return [Gpu(name.strip(), driver.strip()) for name, driver in rows]
+
+
+def count() -> int:
+    return len(query())
+
+
+def describe(gpus: list[Gpu] | None = None) -> str:
+    """``N x <name> (driver D)`` for a result's ``machine`` field."""
+    gpus = query() if gpus is None else gpus
+    if not gpus:
+        return "unknown (nvidia-smi listed no GPU)"
+    return f"{len(gpus)} x {gpus[0].name} (driver {gpus[0].driver})"

@@ -1,0 +1,27 @@
+"""This machine's GPUs come from one nvidia-smi query (the launch side has no torch)."""
+
+import os
+import stat
+
+from dsv3_recipes.launch import local_gpus
+
+
+def fake_nvidia_smi(tmp_path, monkeypatch, stdout: str, code: int = 0) -> None:
+    tool = tmp_path / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\nprintf '{stdout}'\nexit {code}\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/usr/bin:/bin")
+
+
+def test_two_gpus_are_counted_and_described(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA H200, 580.65.06\\nNVIDIA H200, 580.65.06\\n")
+    assert local_gpus.count() == 2
+    assert local_gpus.describe() == "2 x NVIDIA H200 (driver 580.65.06)"
+
+
+def test_a_failing_or_missing_nvidia_smi_means_no_gpu(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA-SMI has failed\\n", code=9)
+    assert local_gpus.query() == []
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert local_gpus.count() == 0
+    assert local_gpus.describe() == "unknown (nvidia-smi listed no GPU)"
