@@ -1,8 +1,10 @@
 """The step-time model (plan.step_time) against published DSV3-671B runs and its own arithmetic.
 
-benchmarks/results/step_time_fit/2026-12-03-h200.json is the fit (benchmarks/fit_step_time.py): its
+benchmarks/results/step_time_fit/2026-12-04-h200.json is the fit (benchmarks/fit_step_time.py): its
 constants are the planner's, its predictions are what the planner says today for every published row
-and every 1-GPU check, and README's table quotes it. Fitted rows must be within 10%.
+and every 1-GPU check, and README's table quotes it. Fitted rows must be within 10%, held-out rows within
+15%; a row that is not is a strict xfail whose reason is its ``fitted_miss`` / ``held_out_miss`` field
+(benchmarks/held_out_analysis.md), so a change that brings it within its bound is noticed.
 """
 
 import dataclasses
@@ -19,7 +21,7 @@ from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.recipe.schema import RecipeError
 
 ROOT = Path(__file__).parent.parent
-FIT = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-03-h200.json").read_text())
+FIT = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-04-h200.json").read_text())
 ROWS = json.loads((ROOT / "benchmarks" / "published_runs.json").read_text())["rows"]
 
 
@@ -39,8 +41,40 @@ def test_each_published_row_is_predicted_as_the_fit_says(row):
     fitted = next(f for f in FIT["rows"] if f["id"] == row["id"])
     assert t.step_time_s == pytest.approx(fitted["predicted_step_time_s"], rel=2e-3)
     assert fitted["published_step_time_s"] == row["published"]["step_time_s"]
-    if row["role"] == "fitted":
-        assert t.step_time_s == pytest.approx(row["published"]["step_time_s"], rel=0.10)
+
+
+def _bounded(role: str) -> list:
+    """The rows of ``role``, each a strict xfail with its recorded reason where it misses its bound."""
+    miss = f"{role}_miss"
+    return [
+        pytest.param(
+            r, id=r["id"], marks=[pytest.mark.xfail(strict=True, reason=r[miss])] if miss in r else []
+        )
+        for r in ROWS
+        if r["role"] == role
+    ]
+
+
+@pytest.mark.parametrize("row", _bounded("fitted"))
+def test_each_fitted_row_is_within_10_percent(row):
+    t = step_time.step_time(resolved(row["recipe"], *row["overrides"]))
+    assert t.step_time_s == pytest.approx(row["published"]["step_time_s"], rel=0.10)
+
+
+@pytest.mark.parametrize("row", _bounded("held_out"))
+def test_each_held_out_row_is_within_15_percent(row):
+    t = step_time.step_time(resolved(row["recipe"], *row["overrides"]))
+    assert t.step_time_s == pytest.approx(row["published"]["step_time_s"], rel=0.15)
+
+
+def test_a_miss_is_recorded_on_its_own_role_and_each_correction_is_in_the_overrides():
+    for row in ROWS:
+        assert not {"fitted_miss", "held_out_miss"} - {f"{row['role']}_miss"} & set(row), row["id"]
+        fix = row.get("correction")
+        if fix:
+            assert fix["wrong"] and fix["source"] and fix["quote"], row["id"]
+            for key, change in fix["changed"].items():
+                assert f"{key}={change['now']}" in row["overrides"], (row["id"], key)
 
 
 def test_three_rows_are_fitted_and_the_rest_held_out():
