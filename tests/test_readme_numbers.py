@@ -36,3 +36,24 @@ def test_every_figure_in_the_measured_section_is_in_a_result_file():
     quoted = {int(n.replace(",", "")) for n in re.findall(r"\b\d{1,3}(?:,\d{3})+\b", measured)}
     assert len(quoted) > 20  # the tables are there
     assert sorted(quoted - _recorded_values() - OUTSIDE) == []
+
+
+def test_the_predicted_vs_published_table_is_the_committed_fit():
+    """README's table of `dsv3 plan` against published runs quotes the fit the planner's constants are."""
+    readme = (ROOT / "README.md").read_text()
+    fit = json.loads((ROOT / "benchmarks/results/step_time_fit/2026-12-04-h200.json").read_text())
+    quoted = {
+        m[0]: tuple(float(x) for x in m[1:])
+        for m in re.findall(
+            r"^\| `(\w+)` \| [^|]+\|[^|]+\|[^|]+\|[^|]+\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", readme, re.M
+        )
+    }
+    rows = {r["id"]: r for r in fit["rows"]}
+    assert set(quoted) == set(rows)
+    for name, (published, predicted, ratio) in quoted.items():
+        row = rows[name]
+        assert (published, predicted, ratio) == (
+            round(row["published_step_time_s"], 2),
+            round(row["predicted_step_time_s"], 2),
+            round(row["ratio"], 2),
+        ), name

@@ -1,8 +1,10 @@
 """The step-time model (plan.step_time) against published DSV3-671B runs and its own arithmetic.
 
-benchmarks/results/step_time_fit/2026-12-03-h200.json is the fit (benchmarks/fit_step_time.py): its
+benchmarks/results/step_time_fit/2026-12-04-h200.json is the fit (benchmarks/fit_step_time.py): its
 constants are the planner's, its predictions are what the planner says today for every published row
-and every 1-GPU check, and README's table quotes it. Fitted rows must be within 10%.
+and every 1-GPU check, and README's table quotes it. Fitted rows must be within 10%, held-out rows within
+15%; a row that is not is a strict xfail whose reason is its ``fitted_miss`` / ``held_out_miss`` field
+(benchmarks/held_out_analysis.md), so a change that brings it within its bound is noticed.
 """
 
 import dataclasses
@@ -19,7 +21,7 @@ from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.recipe.schema import RecipeError
 
 ROOT = Path(__file__).parent.parent
-FIT = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-03-h200.json").read_text())
+FIT = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-04-h200.json").read_text())
 ROWS = json.loads((ROOT / "benchmarks" / "published_runs.json").read_text())["rows"]
 
 
@@ -39,8 +41,40 @@ def test_each_published_row_is_predicted_as_the_fit_says(row):
     fitted = next(f for f in FIT["rows"] if f["id"] == row["id"])
     assert t.step_time_s == pytest.approx(fitted["predicted_step_time_s"], rel=2e-3)
     assert fitted["published_step_time_s"] == row["published"]["step_time_s"]
-    if row["role"] == "fitted":
-        assert t.step_time_s == pytest.approx(row["published"]["step_time_s"], rel=0.10)
+
+
+def _bounded(role: str) -> list:
+    """The rows of ``role``, each a strict xfail with its recorded reason where it misses its bound."""
+    miss = f"{role}_miss"
+    return [
+        pytest.param(
+            r, id=r["id"], marks=[pytest.mark.xfail(strict=True, reason=r[miss])] if miss in r else []
+        )
+        for r in ROWS
+        if r["role"] == role
+    ]
+
+
+@pytest.mark.parametrize("row", _bounded("fitted"))
+def test_each_fitted_row_is_within_10_percent(row):
+    t = step_time.step_time(resolved(row["recipe"], *row["overrides"]))
+    assert t.step_time_s == pytest.approx(row["published"]["step_time_s"], rel=0.10)
+
+
+@pytest.mark.parametrize("row", _bounded("held_out"))
+def test_each_held_out_row_is_within_15_percent(row):
+    t = step_time.step_time(resolved(row["recipe"], *row["overrides"]))
+    assert t.step_time_s == pytest.approx(row["published"]["step_time_s"], rel=0.15)
+
+
+def test_a_miss_is_recorded_on_its_own_role_and_each_correction_is_in_the_overrides():
+    for row in ROWS:
+        assert not {"fitted_miss", "held_out_miss"} - {f"{row['role']}_miss"} & set(row), row["id"]
+        fix = row.get("correction")
+        if fix:
+            assert fix["wrong"] and fix["source"] and fix["quote"], row["id"]
+            for key, change in fix["changed"].items():
+                assert f"{key}={change['now']}" in row["overrides"], (row["id"], key)
 
 
 def test_three_rows_are_fitted_and_the_rest_held_out():
@@ -150,3 +184,93 @@ def test_a_plan_without_a_measurement_of_its_precision_still_plans():
     with pytest.raises(RecipeError, match="^calibration: no measured stand-in in blockwise"):
         step_time.step_time(resolved("h100_fp8_blockwise"), bf16_only)
     assert plan(recipe_of(build_task("h100_fp8_blockwise"))).step is not None
+
+
+def _brute_destinations(experts, topk, groups, group_topk, ranks, domain):
+    """Every routing choice of the model in _destinations, enumerated: unique ranks and domains reached."""
+    import itertools
+
+    per_rank = experts // ranks
+    if groups:
+        size = experts // groups
+        choices = [
+            sum(picks, ())
+            for picked in itertools.combinations(range(groups), group_topk)
+            for picks in itertools.product(
+                *[
+                    list(itertools.combinations(range(g * size, (g + 1) * size), topk // group_topk))
+                    for g in picked
+                ]
+            )
+        ]
+    else:
+        choices = list(itertools.combinations(range(experts), topk))
+    near = far = 0
+    for chosen in choices:
+        hit = {e // per_rank for e in chosen}
+        near += len({r for r in hit if 0 < r < domain})
+        far += len({r // domain for r in hit if r >= domain})
+    return near / len(choices), far / len(choices)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(8, 2, 0, 0, 4, 4), (8, 2, 0, 0, 4, 2), (16, 4, 4, 2, 8, 2), (16, 4, 4, 2, 4, 4), (12, 4, 0, 0, 6, 3)],
+)
+def test_the_flex_dispatcher_sends_a_token_once_per_destination(shape):
+    assert step_time._destinations(*shape) == pytest.approx(_brute_destinations(*shape))
+
+
+def test_hybridep_within_a_node_sends_half_the_all_to_all_copies_at_ep8():
+    """DeepSeek-V3's 8 expert groups on EP8 are one group per GPU: a token reaches its 4 groups' GPUs, itself
+    among them half the time (3.5 peers), where the all-to-all sends its 8 copies, 7 of them to peers."""
+    row = next(r for r in ROWS if r["id"] == "mbridge_2602_b200_mxfp8_4096")  # B200 EP8, HybridEP
+    flex = resolved(row["recipe"], *row["overrides"])
+    alltoall = resolved(
+        row["recipe"],
+        *row["overrides"],
+        "model.moe_token_dispatcher_type=alltoall",
+        "model.moe_flex_dispatcher_backend=None",
+    )
+    assert (flex.dispatcher, alltoall.dispatcher, flex.sizes.ep) == ("flex", "alltoall", 8)
+    assert step_time._ep_comm_s(flex, step_time.FITTED) == pytest.approx(
+        step_time._ep_comm_s(alltoall, step_time.FITTED) * 3.5 / 7
+    )
+
+
+@pytest.mark.parametrize(
+    "recompute",
+    [
+        ["model.recompute_granularity=selective", 'model.recompute_modules=["mla_up_proj","mlp","moe"]'],
+        [
+            "model.recompute_granularity=full",
+            "model.recompute_method=uniform",
+            "model.recompute_num_layers=1",
+        ],
+    ],
+)
+def test_recomputing_the_moe_layer_runs_its_dispatch_and_combine_again(recompute):
+    base = ["launch.gpu_type=h100", "launch.num_nodes=128", "launch.gpus_per_node=8"]
+    kept = step_time._ep_comm_s(resolved("bridge_default_1024gpu", *base), step_time.FITTED)
+    again = step_time._ep_comm_s(resolved("bridge_default_1024gpu", *base, *recompute), step_time.FITTED)
+    assert again == pytest.approx(kept * 6 / 4)
+
+
+def test_a_borrowed_case_reads_the_wanted_ranks_expert_weights():
+    cal = calibration.load()
+    case = cal.cases["64f2a28f075c414d"]  # 8 local experts of 2048, blockwise FP8
+    assert case.local_expert_params == 8 * 3 * 7168 * 2048
+    twice = calibration.scaled(case, case.flops, 2 * case.local_expert_params)
+    extra = calibration.expert_weight_s(case, case.local_expert_params)
+    for name in ("moe_layer", "moe_block", "mtp"):
+        assert getattr(twice, name).forward_backward_s == pytest.approx(
+            getattr(case, name).forward_backward_s + extra[0]
+        )
+        assert getattr(twice, name).forward_s == pytest.approx(getattr(case, name).forward_s + extra[1])
+    assert twice.dense_layer == case.dense_layer and twice.head == case.head
+    # B200 EP8 holds 32 local experts, the nearest measured FP8 case 8: the plan says it moved their weights.
+    row = next(r for r in ROWS if r["id"] == "mbridge_2509_b200_mxfp8_2048")
+    assert (
+        "expert weights' traffic from 352,321,536 to 1,409,286,144"
+        in step_time.step_time(resolved(row["recipe"], *row["overrides"])).case
+    )

@@ -19,12 +19,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
 from typing import Optional
 
 from dsv3_recipes.plan import flops
+from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.resolve import Resolved
 from dsv3_recipes.recipe.schema import LaunchConfig, MixedPrecisionConfig, ModelConfig, Recipe, RecipeError
 
@@ -36,6 +38,12 @@ LOCAL_DISPATCHER = "alltoall"
 # Hopper has no MXFP8: the block-scaled FP8 recipe it runs stands in, and the GPU scaling applies
 # Blackwell's FP8 rate to the GEMMs (GPU_SCALING below).
 STAND_IN_FP8 = {"mxfp8": "blockwise"}
+# Bytes each local expert parameter moves per pass whatever the tokens, as a stand-in runs (no DDP: the
+# weight gradient accumulates into the bf16 .grad; TE quantizes FP8 weights again on every pass):
+# (forward+backward, forward). BF16: read in forward and dgrad, .grad read and written. FP8: the cast
+# reads bf16 and writes the rowwise and columnwise FP8 copies, the GEMMs read one each, .grad as BF16.
+EXPERT_WEIGHT_BYTES = {"bf16": (2 + 2 + 4, 2), "fp8": (2 + 2 + 1 + 1 + 4, 2 + 2 + 1)}
+LABEL_EXPERTS = re.compile(r"\bh(\d+) .*\bexperts(\d+)x(\d+)\b")  # StandIn.label's shapes
 
 
 def _changed(config: type, values: dict[str, object]) -> dict[str, object]:
@@ -92,6 +100,11 @@ class StandIn:
         return self.micro_batch / self.moe_micro_batch
 
     @property
+    def local_expert_params(self) -> int:
+        m = self.model
+        return expert_params(m["hidden_size"], m["num_moe_experts"], m["moe_ffn_hidden_size"])  # type: ignore[arg-type]
+
+    @property
     def label(self) -> str:
         m = self.model
         return (
@@ -120,6 +133,11 @@ class StandIn:
             launch=LaunchConfig(gpu_type=MEASURED_GPU, num_nodes=1, gpus_per_node=1),
             env_vars=dict(r.env_vars),
         )
+
+
+def expert_params(hidden: int, local_experts: int, ffn: int) -> int:
+    """Parameters of a rank's routed experts (SwiGLU: fc1 is 2 x ffn wide)."""
+    return local_experts * 3 * hidden * ffn
 
 
 def stand_in(resolved: Resolved) -> StandIn:
@@ -244,6 +262,11 @@ class CaseTiming:
     mtp: Optional[PartTiming]  # what the MTP depth adds to the whole stand-in (every stand-in has one)
     whole_model_s: float  # the stand-in's forward+backward in one piece (a check on the parts' sum)
 
+    @property
+    def local_expert_params(self) -> int:
+        h, experts, ffn = map(int, LABEL_EXPERTS.search(self.label).groups())  # type: ignore[union-attr]
+        return expert_params(h, experts, ffn)
+
 
 @dataclass(frozen=True)
 class OptimizerTiming:
@@ -281,22 +304,45 @@ class Calibration:
                 "with this recipe on a GPU",
             )
         nearest = min(same, key=lambda c: abs(math.log(c.flops["moe_layer"] / wanted["moe_layer"])))
-        return scaled(nearest, wanted), (
-            f"stand-in {stand.key} ({stand.label}) not measured: case {nearest.key} ({nearest.label}) "
-            "scaled by FLOPs"
+        how = "scaled by FLOPs"
+        if nearest.local_expert_params != stand.local_expert_params:
+            how += (
+                f" and its expert weights' traffic from {nearest.local_expert_params:,} to "
+                f"{stand.local_expert_params:,} parameters"
+            )
+        return scaled(nearest, wanted, stand.local_expert_params), (
+            f"stand-in {stand.key} ({stand.label}) not measured: case {nearest.key} ({nearest.label}) {how}"
         )
 
 
-def scaled(case: CaseTiming, wanted: dict[str, float]) -> CaseTiming:
-    """``case`` with each part's time scaled by the ratio of FLOPs (shares and launches kept)."""
+def expert_weight_s(case: CaseTiming, params: int) -> tuple[float, float]:
+    """(forward+backward, forward) seconds of the measured GPU's memory that ``params`` local expert
+    parameters cost in one pass of an MoE layer of ``case``'s precision, whatever its tokens."""
+    per_param = EXPERT_WEIGHT_BYTES["fp8" if case.fp8_recipe else "bf16"]
+    bandwidth = hardware.gpu(MEASURED_GPU).hbm_tb_s * 1e12
+    return per_param[0] * params / bandwidth, per_param[1] * params / bandwidth
+
+
+def scaled(case: CaseTiming, wanted: dict[str, float], local_expert_params: int) -> CaseTiming:
+    """``case`` with each part's time scaled by the ratio of FLOPs (shares and launches kept), except the
+    local experts' weight traffic in the parts that hold an MoE layer: that follows the wanted rank's
+    expert count (fewer local experts at the same routed load read fewer weights)."""
+    have, want = expert_weight_s(case, case.local_expert_params), expert_weight_s(case, local_expert_params)
 
     def part(name: str, timing: Optional[PartTiming]) -> Optional[PartTiming]:
         if timing is None:
             return None
         ratio = wanted[name] / case.flops[name]
-        return dataclasses.replace(
-            timing, forward_backward_s=timing.forward_backward_s * ratio, forward_s=timing.forward_s * ratio
+        moe = name in ("moe_layer", "moe_block", "mtp")
+        fb, fw = (
+            (
+                (timing.forward_backward_s - have[0]) * ratio + want[0],
+                (timing.forward_s - have[1]) * ratio + want[1],
+            )
+            if moe
+            else (timing.forward_backward_s * ratio, timing.forward_s * ratio)
         )
+        return dataclasses.replace(timing, forward_backward_s=fb, forward_s=fw)
 
     return dataclasses.replace(
         case,

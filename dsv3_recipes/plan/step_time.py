@@ -5,12 +5,15 @@ Per pipeline rank and micro-batch, each layer costs what its one-GPU stand-in me
 (FP8 or BF16 for the GEMMs, BF16 for attention), the rest by the ratio of memory bandwidths. Full
 recompute runs each layer's forward again. Around the compute:
 
-- **expert-parallel dispatch and combine**: the rank's routed copies (``seq x MBS / TP x top-k x ETP``
-  tokens of ``hidden`` BF16 values) cross the network four times per MoE layer (dispatch and combine,
-  forward and backward): to peers in the NVLink domain over NVLink, to the others over the scale-out NIC,
-  each at a fitted share of its rate; the flex dispatchers (DeepEP, HybridEP) send a token once to each
-  remote domain its group-limited routing reaches. With ``overlap_moe_expert_parallel_comm`` only what
-  exceeds the layer's compute is exposed.
+- **expert-parallel dispatch and combine**: the rank's tokens (``seq x MBS / TP`` of ``hidden x ETP`` BF16
+  values) cross the network four times per MoE layer (dispatch and combine, forward and backward), six
+  when the layer's forward is recomputed (full recompute, or selective ``moe``: Megatron's checkpoint of
+  the MoE layer re-runs its dispatch and combine in the backward): to peers in the NVLink domain over
+  NVLink, to the others over the scale-out NIC, each at a fitted share of its rate. The all-to-all
+  dispatcher sends one copy per routed expert (top-k per token); the flex dispatchers (DeepEP, HybridEP)
+  send a token once to each GPU of the domain that holds one of its experts, and once to each remote
+  domain that does (``_destinations``). With ``overlap_moe_expert_parallel_comm`` only what exceeds the
+  layer's compute is exposed.
 - **tensor-parallel collectives**: with sequence parallelism an all-gather and a reduce-scatter around
   the attention and around the MLP, forward and backward, over NVLink.
 - **pipeline**: the slowest rank sets the pace; warm-up and cool-down of the 1F1B schedule cost
@@ -31,7 +34,10 @@ them and every published row. Launch side: standard library only.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
+from functools import cache
 
 from dsv3_recipes.plan import calibration, memory
 from dsv3_recipes.plan.calibration import CaseTiming, PartTiming, StandIn
@@ -56,7 +62,7 @@ class Constants:
     host_s_per_launch: float  # host time the GPU waits for, per kernel launch outside CUDA graphs
 
 
-# benchmarks/results/step_time_fit/2026-12-03-h200.json (benchmarks/fit_step_time.py): both EP efficiencies
+# benchmarks/results/step_time_fit/2026-12-04-h200.json (benchmarks/fit_step_time.py): both EP efficiencies
 # and the host time are fitted within their physical bounds; two of them end on a bound (NVLink at 1.0,
 # host at 0), which says that the measured compute leaves the fitted runs no time for them.
 FITTED = Constants(ep_efficiency_nvlink=1.0, ep_efficiency_network=0.8265072, host_s_per_launch=0.0)
@@ -139,21 +145,62 @@ class _Costs:
         return _Layer(compute_s=forward_backward + recompute, launches=max(0.0, launches) * self.on_host)
 
 
+@cache
+def _destinations(
+    experts: int, topk: int, groups: int, group_topk: int, ranks: int, domain: int
+) -> tuple[float, float]:
+    """Where DeepEP/HybridEP send one token of EP rank 0, on average under balanced routing: (other ranks
+    of its NVLink domain that hold one of its experts, remote domains that do); each is sent one copy.
+
+    ``experts / ranks`` experts lie on each rank in order, ``domain`` ranks per NVLink domain. With
+    group-limited routing (DeepSeek-V3: 8 groups, 4 chosen) the token picks ``group_topk`` groups and
+    ``topk / group_topk`` experts in each (the sum of a group's top ``topk / group_topk`` scores chose
+    it); without it, ``topk`` of all experts. Balanced routing makes every such choice equally likely."""
+    grouped = groups > 0 and group_topk > 0 and experts % groups == 0 and topk % group_topk == 0
+    per_rank, size = experts // ranks, experts // groups if grouped else experts
+    chosen = list(itertools.combinations(range(experts // size), group_topk if grouped else 1))
+    per_group = topk // len(chosen[0])
+
+    def hit(lo: int, hi: int) -> float:  # probability that an expert in [lo, hi) is one of the token's
+        miss = 0.0
+        for picked in chosen:
+            p = 1.0
+            for g in picked:
+                inside = max(0, min(hi, (g + 1) * size) - max(lo, g * size))
+                p *= math.comb(size - inside, per_group) / math.comb(size, per_group)
+            miss += p
+        return 1 - miss / len(chosen)
+
+    near = sum(hit(r * per_rank, (r + 1) * per_rank) for r in range(1, min(domain, ranks)))
+    far = sum(hit(d * per_rank, min(d + domain, ranks) * per_rank) for d in range(domain, ranks, domain))
+    return near, far
+
+
+def _moe_recomputed(r: Resolved) -> bool:
+    """The MoE layer's forward, dispatch and combine included, runs again in the backward."""
+    return r.recompute_granularity == "full" or "moe" in r.recompute_modules
+
+
 def _ep_comm_s(r: Resolved, constants: Constants) -> float:
-    """One MoE layer's four all-to-alls for one micro-batch, before any overlap."""
+    """One MoE layer's all-to-alls for one micro-batch, before any overlap."""
     s, m, gpu = r.sizes, r.recipe.model, r.gpu
     if s.ep == 1:
         return 0.0
     tokens = m.seq_length * r.recipe.train.micro_batch_size / s.cp / s.tp
     token_bytes = m.hidden_size * BF16_BYTES * s.etp
     in_domain = max(1, min(s.ep, gpu.nvlink_domain_gpus // s.etp))  # EP peers in the NVLink domain
-    near = m.moe_router_topk * (in_domain - 1) / s.ep  # copies per token to other GPUs in the domain
-    far = m.moe_router_topk * (s.ep - in_domain) / s.ep  # ... and beyond it
-    if r.dispatcher == "flex" and m.moe_router_group_topk and far:
-        # DeepEP and HybridEP send a token once to each remote domain that holds one of its experts;
-        # group-limited routing lets it reach at most group_topk groups.
-        domains = s.ep / in_domain
-        far = min(far, m.moe_router_group_topk * (domains - 1) / domains)
+    if r.dispatcher == "flex":
+        near, far = _destinations(
+            m.num_moe_experts,
+            m.moe_router_topk,
+            m.moe_router_num_groups,
+            m.moe_router_group_topk,
+            s.ep,
+            in_domain,
+        )
+    else:  # one copy per routed expert: top-k spread over the EP ranks
+        near = m.moe_router_topk * (in_domain - 1) / s.ep
+        far = m.moe_router_topk * (s.ep - in_domain) / s.ep
     seconds = (
         tokens
         * token_bytes
@@ -162,7 +209,7 @@ def _ep_comm_s(r: Resolved, constants: Constants) -> float:
             + far / (gpu.network_gb_s * 1e9 * constants.ep_efficiency_network)
         )
     )
-    return 4 * seconds
+    return (6 if _moe_recomputed(r) else 4) * seconds
 
 
 def _tp_comm_s(r: Resolved) -> float:
