@@ -150,7 +150,11 @@ def factory(name: str) -> Callable[..., run.Partial]:
 
     make.__signature__ = inspect.signature(fn).replace(return_annotation="run.Partial")  # type: ignore[attr-defined]
 
+    from dsv3_recipes.launch import nemo_cli
+
     # target: the task the factory makes (NeMo-Run skips its return-annotation check); namespace wins.
+    # Under nemo_cli.pretrain too, where `nemo dsv3 pretrain --factory NAME` looks for it.
+    run.cli.factory(make, target=nemo_cli.pretrain, name=name)
     return run.cli.factory(make, target=pretrain, namespace=NAMESPACE, name=name)
 
 
