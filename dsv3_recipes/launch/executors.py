@@ -7,35 +7,46 @@ and a local launch inherits them from the caller's environment.
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 
 import nemo_run as run
 
-from dsv3_recipes.launch import code_check, job_paths
+from dsv3_recipes.launch import code_check, job_paths, safe
 from dsv3_recipes.launch.options import EXECUTORS
 from dsv3_recipes.recipe.images import BINDPCIE_PATH
 from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 SECRET_ENV_VARS = ("HF_TOKEN", "WANDB_API_KEY")
-_SECRET_NAME = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)$")
 
 
 def check_no_secrets(env_vars: Mapping[str, str]) -> None:
-    """Refuse env vars that look like credentials: they would be written into a launch script."""
+    """Refuse env vars that look like credentials (``safe.is_secret``, any case: NeMo-Run upper-cases
+    the name when it renders ``export NAME=value``): the value would be written into a launch script."""
     for name in env_vars:
-        if name in SECRET_ENV_VARS or _SECRET_NAME.search(name):
+        safe.one_line("env_vars", str(name))
+        if safe.is_secret(name):
             raise RecipeError(
                 f"env_vars.{name}", "looks like a secret; export it in your shell, it is forwarded by name"
             )
 
 
+def check_env(env_vars: Mapping[str, str]) -> dict[str, str]:
+    """The env vars as text, no secrets among them; names are shell variable names."""
+    check_no_secrets(env_vars)
+    for name, value in env_vars.items():
+        if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
+            raise RecipeError(f"env_vars.{name}", "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if not isinstance(value, str):
+            raise RecipeError(f"env_vars.{name}", f"expected text, got {type(value).__name__} {value!r}")
+        safe.one_line(f"env_vars.{name}", value)  # one `export` line of the script
+    return dict(env_vars)
+
+
 def local(gpus: int = 1, env_vars: Mapping[str, str] | None = None) -> run.LocalExecutor:
     """torchrun on this machine with one process per GPU."""
-    env = dict(env_vars or {})
-    check_no_secrets(env)
-    return run.LocalExecutor(ntasks_per_node=gpus, launcher="torchrun", env_vars=env)
+    safe.count("executor.gpus", gpus)
+    return run.LocalExecutor(ntasks_per_node=gpus, launcher="torchrun", env_vars=check_env(env_vars or {}))
 
 
 def slurm(
@@ -72,9 +83,33 @@ def slurm(
     cluster; without it sbatch runs on this login node and the job's files live under NeMo-Run's home
     (``run.config.set_nemorun_home`` or ``$NEMORUN_HOME``), the directory the compute nodes read.
     The job checks at start that its image holds this launcher's code (``code_check``).
+    Every value that reaches the script is checked (``safe``) or quoted: NeMo-Run renders the
+    ``export`` values unquoted, so they are ``shlex.quote``-d here.
     """
-    env = dict(env_vars or {})
-    check_no_secrets(env)
+    env = check_env(env_vars or {})
+    safe.slurm_options(
+        "executor.{}".format,
+        dict(
+            account=account,
+            partition=partition,
+            time=time,
+            container_image=container_image,
+            container_mounts=container_mounts,
+            bindpcie=bindpcie,
+            mpi=mpi,
+            gres_gpus_per_node=gres_gpus_per_node,
+            job_dir=job_dir,
+            ssh_host=ssh_host,
+            ssh_user=ssh_user,
+            additional_parameters=additional_parameters,
+        ),
+    )
+    for arg, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("segment", segment)):
+        if value is not None:
+            safe.count(f"executor.{arg}", value)
+    for secret in secrets:
+        if not secret.isidentifier() or not secret.isascii():
+            raise RecipeError("executor.secrets", f"{secret!r} is not a shell variable name")
     if job_dir and not ssh_host:
         raise RecipeError(
             "executor.job_dir",
@@ -105,7 +140,7 @@ def slurm(
         segment=segment,
         # srun's first non-option word is the program: bindpcie then execs the rank's python.
         srun_args=[*([f"--mpi={mpi}"] if mpi else []), *([bindpcie] if bindpcie else [])],
-        env_vars=env | code_check.launcher_env(),
+        env_vars={k: shlex.quote(v) for k, v in (env | code_check.launcher_env()).items()},
         setup_lines="\n".join(setup_lines) or None,
         exclusive=True,
         tunnel=tunnel,

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import nemo_run as run
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import executors
+from dsv3_recipes.launch import executors, safe
 from dsv3_recipes.launch.nemo_run_internals import dryrun_request, experiment_id
 from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
 from dsv3_recipes.mlperf import rules as mlperf_rules
@@ -163,8 +163,7 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         if options.dryrun:
             script = render_launch(task, executor, name)
             if options.dryrun_to:
-                with open(options.dryrun_to, "w") as f:
-                    f.write(script + "\n")
+                write_text("--dryrun-to", options.dryrun_to, script + "\n")
                 print(f"{name}: wrote the launch to {options.dryrun_to}", file=sys.stderr)
             else:
                 print(script)
@@ -178,6 +177,17 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         _report(exp, name, detached=options.detach)
 
 
+def write_text(option: str, path: str, text: str) -> None:
+    """Write a file a command line option names; refuse a directory or an unwritable path in one line."""
+    if os.path.isdir(path):
+        raise RecipeError(option, f"{path} is a directory; give a file name")
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise RecipeError(option, f"{path}: {e.strerror}") from None
+
+
 @contextlib.contextmanager
 def _job_home(slurm: SlurmOptions | None) -> Iterator[None]:
     """``--job-dir`` without ``--ssh-host``: NeMo-Run keeps the experiment (and the job's files, which
@@ -187,6 +197,7 @@ def _job_home(slurm: SlurmOptions | None) -> Iterator[None]:
         return
     from nemo_run import config
 
+    safe.path("--job-dir", os.path.abspath(slurm.job_dir))  # NeMo-Run's mkdir of it is not quoted
     try:
         os.makedirs(slurm.job_dir, exist_ok=True)
     except OSError as e:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fiddle as fdl
 
+from dsv3_recipes.launch import safe
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import flops
 from dsv3_recipes.recipe import hardware, resolve, rules
@@ -53,6 +54,7 @@ def build(config: fdl.Buildable) -> Recipe:
 def validate(recipe: Recipe) -> Resolved:
     """Refuse a recipe no cluster could run, naming the field; returns what it resolves to."""
     check_types(recipe, sections=False)  # the recipe's own fields; each section checks its own below
+    check_strings(recipe)
     for section in recipe.sections():
         section.check_fields()
     recipe.check()
@@ -67,6 +69,19 @@ def validate(recipe: Recipe) -> Resolved:
     if recipe.mlperf.enabled:
         mlperf_rules.check_rules(resolved)
     return resolved
+
+
+def check_strings(recipe: Recipe) -> None:
+    """What reaches a file name, a job name or a script: the name names the job directory, its log
+    files and its ``<name>_config.yaml`` (no ``/`` or ``..``); a secret's value would be written in
+    the script and the task's YAML, so it is refused by name in any case (``safe.is_secret``)."""
+    safe.name("name", recipe.name)
+    for key, value in recipe.env_vars.items():
+        if safe.is_secret(key):
+            raise RecipeError(
+                f"env_vars.{key}", "looks like a secret; export it in your shell, it is forwarded by name"
+            )
+        safe.one_line(f"env_vars.{key}", value)  # one `export` line of the script
 
 
 def check_schedule(recipe: Recipe) -> None:
