@@ -153,6 +153,7 @@ class LaunchOptions:
     dryrun_to: str | None = None  # write the rendered launch here instead of stdout
     detach: bool = False  # return once the Slurm job is submitted
     yes: bool = False  # submit without asking, also on a terminal
+    overwrite: bool = False  # write over existing outputs (a dataset, another run's checkpoint)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
     @staticmethod
@@ -170,6 +171,11 @@ class LaunchOptions:
             help="return once the Slurm job is submitted; follow it with `nemo experiment status|logs`",
         )
         p.add_argument("--yes", "-y", action="store_true", help="submit to Slurm without asking")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="write over existing outputs (a dataset's .bin/.idx, another run's checkpoint.save)",
+        )
         SlurmOptions.add_arguments(p)
 
     @classmethod
@@ -184,5 +190,6 @@ class LaunchOptions:
             dryrun_to=args.dryrun_to,
             detach=args.detach,
             yes=args.yes,
+            overwrite=args.overwrite,
             slurm=SlurmOptions.from_args_and_env(args, env),
         )

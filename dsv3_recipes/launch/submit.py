@@ -96,13 +96,15 @@ def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.
     return executors.for_recipe("slurm", recipe, **slurm.executor_kwargs(image_for(recipe.launch.gpu_type)))
 
 
-def preflight(recipe: Recipe, executor: str, dryrun: bool) -> None:
+def preflight(recipe: Recipe, executor: str, dryrun: bool, overwrite: bool = False) -> None:
     """Refuse, before submission, anything that would fail once the job starts."""
     from dsv3_recipes.plan.preflight import check_launch
+    from dsv3_recipes.recipe.checkpoints import check_exists
 
-    check_launch(recipe)
+    check_launch(recipe, overwrite)
     if executor == "local":
         _check_local_data(recipe)  # cluster paths are only visible inside the job's mounts
+        check_exists(recipe)  # on Slurm the train-side preflight checks them on the node
         if not dryrun:
             field = "shrink" if recipe.shrink else "launch.gpus_per_node"
             check_local_machine(recipe.launch.num_gpus, f"recipe {recipe.name}", field)
@@ -148,7 +150,7 @@ def launch(task: run.Partial, options: LaunchOptions) -> None:
     """Check a recipe task (``preflight`` validates it, once), then run, submit or dry-run it on the
     executor the options name."""
     recipe = validate.built(task.recipe)
-    preflight(recipe, options.executor, options.dryrun)
+    preflight(recipe, options.executor, options.dryrun, options.overwrite)
     executor = make_executor(options.executor, recipe, options.slurm)
     run_task(checked(task), executor, recipe.name, options)
 

@@ -239,8 +239,9 @@ def plan(recipe: Recipe) -> Plan:
     )
 
 
-def check_launch(recipe: Recipe) -> Plan:
-    """``plan`` plus what any launch of the recipe needs, on whichever executor it runs."""
+def check_launch(recipe: Recipe, overwrite: bool = False) -> Plan:
+    """``plan`` plus what any launch of the recipe needs, on whichever executor it runs; ``overwrite``
+    (``--overwrite``) lets it save over another run's checkpoint."""
     report = plan(recipe)
     d = recipe.dataset
     rules.DATA_OR_MOCK.check(recipe)
@@ -257,4 +258,5 @@ def check_launch(recipe: Recipe) -> Plan:
     if recipe.mlperf.enabled:
         mlperf_rules.check_files(recipe)
     checkpoints.check_resume(recipe)
+    checkpoints.check_save(recipe, overwrite)
     return report

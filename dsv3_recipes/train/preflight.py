@@ -9,7 +9,7 @@ rules are ``recipe.rules.CONTAINER``, the same whose fixes ``--shrink`` substitu
 
 from __future__ import annotations
 
-from dsv3_recipes.recipe import rules
+from dsv3_recipes.recipe import checkpoints, rules
 from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import Recipe
 
@@ -29,5 +29,7 @@ def fp8_support(fp8_recipe: str) -> tuple[bool, str]:
 
 
 def check_container(recipe: Recipe) -> None:
-    """Raise RecipeError for the first feature of ``recipe`` that this container cannot run."""
+    """Raise RecipeError for the first feature of ``recipe`` that this container cannot run, or a
+    checkpoint to start from that this node does not see (the launch side cannot see a cluster's)."""
+    checkpoints.check_exists(recipe)
     rules.check_all(rules.CONTAINER, recipe, Capabilities.here(fp8_support=fp8_support))
