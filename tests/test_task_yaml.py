@@ -81,3 +81,32 @@ def test_a_config_naming_other_code_is_refused_before_it_is_built(tmp_path):
     with pytest.raises(RecipeError, match=r"^recipe: expected a run.Config of Recipe"):
         recipe_of(task)
     assert not marker.exists()
+
+
+def test_run_run_compares_the_executor_with_the_recipe(tmp_path, monkeypatch):
+    """Issue 27: the 256-GPU recipe rendered on one node through ``run.run``."""
+    monkeypatch.setenv("NEMORUN_HOME", str(tmp_path))
+    task = recipes.get("proxy_1gpu")
+    with pytest.raises(
+        RecipeError, match=r"^executor: 1 node\(s\) x 2 GPU\(s\) for recipe proxy_1gpu, .* = 1 GPUs"
+    ):
+        run.run(task, executor=executors.local(gpus=2), dryrun=True)
+    task = recipes.get("gb200_mxfp8_256gpu")
+    task.recipe.checkpoint.save = "/lustre/ckpt"
+    task.recipe.dataset.data_paths = ["/lustre/c4_text_document"]
+    task.recipe.logger.wandb_project = None
+    with pytest.raises(RecipeError, match=r"^executor: 1 node\(s\) x 4 GPU\(s\) .* 64 x 4 = 256 GPUs"):
+        run.run(task, executor=executors.slurm(account="a", nodes=1, gpus_per_node=4), dryrun=True)
+    run.run(recipes.get("proxy_1gpu"), executor=executors.local(gpus=1), dryrun=True)  # the same size: runs
+
+
+def test_the_train_entry_compares_the_ranks_it_was_started_with():
+    from dsv3_recipes.train.preflight import check_world
+
+    recipe = recipe_of(recipes.get("proxy_1gpu"))
+    check_world(recipe, {"WORLD_SIZE": "1"})
+    check_world(recipe, {})
+    with pytest.raises(
+        RecipeError, match=r"^launch.num_nodes: the job runs 8 rank\(s\), recipe proxy_1gpu needs 1"
+    ):
+        check_world(recipe, {"SLURM_NTASKS": "8"})

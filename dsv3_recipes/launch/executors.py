@@ -149,6 +149,26 @@ def slurm(
     )
 
 
+def check_size(recipe: Recipe, executor: run.Executor) -> None:
+    """The executor runs as many ranks as the recipe's layout needs, on as many nodes: a 256-GPU recipe
+    on one node would be refused by Megatron only once the job starts (every door; ``for_recipe``
+    sizes an executor from the recipe)."""
+    if isinstance(executor, run.SlurmExecutor):
+        found = (executor.nodes, executor.ntasks_per_node)
+    elif isinstance(executor, run.LocalExecutor):
+        found = (1, executor.ntasks_per_node)
+    else:
+        return
+    launch = recipe.launch
+    if found != (launch.num_nodes, launch.gpus_per_node):
+        raise RecipeError(
+            "executor",
+            f"{found[0]} node(s) x {found[1]} GPU(s) for recipe {recipe.name}, which runs on "
+            f"{launch.num_nodes} x {launch.gpus_per_node} = {launch.num_gpus} GPUs (launch.num_nodes, "
+            "launch.gpus_per_node); executors.for_recipe(kind, recipe) sizes the executor from the recipe",
+        )
+
+
 def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:
     """The executor a recipe needs: its GPU count, env vars, NVL segment, bindpcie, and on Slurm the
     mounts of every path it reads and writes (``job_paths``)."""

@@ -15,6 +15,8 @@ import nemo_run as run
 import nemo_run.core.serialization.yaml  # noqa: F401  (registers run.Partial's YAML representer)
 import yaml
 
+from dsv3_recipes.launch.executors import check_size
+from dsv3_recipes.launch.nemo_run_internals import adding_executor
 from dsv3_recipes.plan.preflight import check_launch
 from dsv3_recipes.plan.validate import RECIPE_TYPES, built, recipe_types
 from dsv3_recipes.recipe.schema import RecipeError, describe_type, matches
@@ -29,13 +31,18 @@ class PretrainTask(run.Partial):
     NeMo-Run never builds a task on the launch side: ``run.run(task, executor=...)`` and
     ``Experiment.add`` serialize it and take a ``clone()`` (``launch.nemo_run_internals``), dry run
     or not. Checking there makes a notebook's ``run.run`` refuse what ``dsv3 pretrain`` refuses:
-    every recipe rule, the memory plan, and what any launch needs (``plan.check_launch``). The GPU
+    every recipe rule, the memory plan, what any launch needs (``plan.check_launch``) and the
+    executor's size against the recipe's (``executors.check_size``). The GPU
     node checks again when ``pretrain`` starts. A door that has run ``check_launch`` itself (``dsv3
     pretrain``) hands NeMo-Run ``checked(task)`` instead, so that the recipe is validated once.
     """
 
     def clone(self) -> PretrainTask:
-        check_launch(built(self.recipe))
+        recipe = built(self.recipe)
+        check_launch(recipe)
+        executor = adding_executor()
+        if executor is not None:
+            check_size(recipe, executor)
         return super().clone()
 
 
