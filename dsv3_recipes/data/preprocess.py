@@ -166,7 +166,7 @@ def _check_output(output_prefix: str, json_key: str, overwrite: bool) -> None:
     from dsv3_recipes.launch import safe
     from dsv3_recipes.recipe.schema import RecipeError
 
-    safe.one_line("--output-prefix", output_prefix)
+    safe.path("--output-prefix", output_prefix)  # a path of the job's command line and mounts
     safe.name("--output-prefix", os.path.basename(output_prefix))
     safe.name("--json-key", json_key)
     prefix = dataset_prefix(output_prefix, json_key)

@@ -161,6 +161,8 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         raise RecipeError(
             "--detach", "only a Slurm job runs detached: a local run lasts as long as this command"
         )
+    if options.dryrun_to:
+        check_writable("--dryrun-to", options.dryrun_to)
     with _job_home(options.slurm if isinstance(executor, run.SlurmExecutor) else None):
         if options.dryrun:
             script = render_launch(task, executor, name)
@@ -179,10 +181,18 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         _report(exp, name, detached=options.detach)
 
 
-def write_text(option: str, path: str, text: str) -> None:
-    """Write a file a command line option names; refuse a directory or an unwritable path in one line."""
+def check_writable(option: str, path: str) -> None:
+    """A file a command line option names can be written, checked before anything is rendered."""
     if os.path.isdir(path):
         raise RecipeError(option, f"{path} is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RecipeError(option, f"{path}: its directory {folder} does not exist")
+
+
+def write_text(option: str, path: str, text: str) -> None:
+    """Write a file a command line option names; refuse a directory or an unwritable path in one line."""
+    check_writable(option, path)
     try:
         with open(path, "w") as f:
             f.write(text)
