@@ -148,8 +148,14 @@ def test_train_entry_refuses_an_edited_recipe(name, changes, overrides, field, c
 
 def test_readme_counts_the_table():
     readme = (Path(__file__).parent / "README.md").read_text()
-    (count,) = re.findall(r"(\d+) bad inputs", readme)
-    assert int(count) == len(BAD_INPUTS)
+    counts = {
+        "bad inputs": len(BAD_INPUTS),
+        "bad launch inputs": len(LAUNCH_INPUTS),
+        "bad executor arguments": len(EXECUTOR_INPUTS),
+        "bad environments": len(MLPERF_SCRIPT_INPUTS),
+    }
+    for what, count in counts.items():
+        assert re.findall(rf"(\d+) {what}", readme) == [str(count)], what
 
 
 # --- derived values are derived -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ types, and a config that names anything else is refused before fiddle builds it 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nemo_run as run
 import pytest
@@ -58,6 +59,8 @@ def marker_yaml(task_yaml: str, marker) -> list[tuple[str, str]]:
 
 def test_a_task_file_naming_other_code_is_refused_before_anything_runs(task_yaml, tmp_path):
     marker = tmp_path / "ran"
+    readme = (Path(__file__).parent / "README.md").read_text()
+    assert f"sends {len(marker_yaml(task_yaml, marker))} bad task files" in readme
     for text, field in marker_yaml(task_yaml, marker):
         with pytest.raises(RecipeError) as err:
             load_yaml(text)
