@@ -526,3 +526,16 @@ def test_the_mlperf_script_checks_its_environment_before_creating_anything(env, 
     assert out.returncode == 2 and len(err) == 1, out.stderr
     assert err[0].startswith(f"run_deepseek_v3_671b.sh: error: {field}: ")
     assert snapshot(world) == before and not (world / "logs").exists()
+
+
+@pytest.mark.parametrize("field", ["checkpoint.load", "checkpoint.pretrained_checkpoint"])
+def test_the_train_entry_refuses_a_checkpoint_the_node_does_not_see(field, capsys):
+    """On Slurm the login node cannot tell; the node checks before the model is built, in one line."""
+    recipe = recipe_of(recipes.get("proxy_1gpu"))
+    assign(recipe, {field: "/nonexistent/ckpt"})
+    with pytest.raises(SystemExit) as stop:
+        pretrain(recipe)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [
+        f"dsv3: error: {field}: /nonexistent/ckpt is not a directory (it does not exist)"
+    ]
