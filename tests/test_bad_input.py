@@ -146,6 +146,14 @@ def test_train_entry_refuses_an_edited_recipe(name, changes, overrides, field, c
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"dsv3: error: {field}: ")
 
 
+def test_secret_names_are_matched_in_any_case_and_not_beyond():
+    from dsv3_recipes.launch.safe import is_secret
+
+    secrets = [*SECRETS, "HF_TOKEN", "NGC_API_KEY", "aws_session_token", "SSH_KEY", "MY_CREDENTIALS"]
+    assert all(map(is_secret, secrets))
+    assert not any(map(is_secret, ("TOKENIZERS_PARALLELISM", "NCCL_IB_PKEY", "NCCL_DEBUG", "MONKEY_PATCH")))
+
+
 def test_readme_counts_the_table():
     readme = (Path(__file__).parent / "README.md").read_text()
     counts = {
@@ -270,7 +278,7 @@ def test_report_on_an_empty_or_unparseable_dir_is_one_line(tmp_path, capsys, con
 HOSTILE = ("x;touch {tmp}/m;", "x$(touch {tmp}/m)", "x`touch {tmp}/m`", "x\ntouch {tmp}/m", "x --privileged")
 SLURM = ["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "--account", "A", "--dryrun"]
 LOCAL = ["pretrain", "-f", "proxy_1gpu", "--dryrun"]
-SECRETS = ("hf_token", "wandb_api_key", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "My_Token", "GITHUB_TOKEN")
+SECRETS = ("hf_token", "wandb_api_key", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "My_Token", "gh_pat")
 # (argv, environment, the field or option the one-line refusal names)
 LAUNCH_INPUTS = [
     *((SLURM + [f"name={v}"], {}, "name") for v in HOSTILE),

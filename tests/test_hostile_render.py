@@ -161,11 +161,13 @@ def test_python_executor_env_values_are_quoted(template, tmp_path):
     recipe = recipe_of(task)
     if "\n" in value:
         with pytest.raises(RecipeError, match=r"^env_vars.NCCL_DEBUG: .* holds a newline"):
-            executors.slurm(account="acct", env_vars={"NCCL_DEBUG": value})
+            executors.slurm(account="acct", gpus_per_node=1, env_vars={"NCCL_DEBUG": value})
         return
-    executor = executors.slurm(account="acct", env_vars={"NCCL_DEBUG": value})
+    executor = executors.slurm(account="acct", gpus_per_node=1, env_vars={"NCCL_DEBUG": value})
     script = render_launch(task, executor, recipe.name)
-    baseline = render_launch(task, executors.slurm(account="acct", env_vars={"NCCL_DEBUG": "x"}), recipe.name)
+    baseline = render_launch(
+        task, executors.slurm(account="acct", gpus_per_node=1, env_vars={"NCCL_DEBUG": "x"}), recipe.name
+    )
     same_script(script, baseline, tmp_path, marker)
 
 

@@ -15,38 +15,17 @@ import nemo_run as run
 from dsv3_recipes.launch import code_check, job_paths, safe
 from dsv3_recipes.launch.options import EXECUTORS
 from dsv3_recipes.recipe.images import BINDPCIE_PATH
-from dsv3_recipes.recipe.schema import Recipe, RecipeError
+from dsv3_recipes.recipe.schema import ENV_NAME, Recipe, RecipeError
 
 SECRET_ENV_VARS = ("HF_TOKEN", "WANDB_API_KEY")
-
-
-def check_no_secrets(env_vars: Mapping[str, str]) -> None:
-    """Refuse env vars that look like credentials (``safe.is_secret``, any case: NeMo-Run upper-cases
-    the name when it renders ``export NAME=value``): the value would be written into a launch script."""
-    for name in env_vars:
-        safe.one_line("env_vars", str(name))
-        if safe.is_secret(name):
-            raise RecipeError(
-                f"env_vars.{name}", "looks like a secret; export it in your shell, it is forwarded by name"
-            )
-
-
-def check_env(env_vars: Mapping[str, str]) -> dict[str, str]:
-    """The env vars as text, no secrets among them; names are shell variable names."""
-    check_no_secrets(env_vars)
-    for name, value in env_vars.items():
-        if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
-            raise RecipeError(f"env_vars.{name}", "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
-        if not isinstance(value, str):
-            raise RecipeError(f"env_vars.{name}", f"expected text, got {type(value).__name__} {value!r}")
-        safe.one_line(f"env_vars.{name}", value)  # one `export` line of the script
-    return dict(env_vars)
 
 
 def local(gpus: int = 1, env_vars: Mapping[str, str] | None = None) -> run.LocalExecutor:
     """torchrun on this machine with one process per GPU."""
     safe.count("executor.gpus", gpus)
-    return run.LocalExecutor(ntasks_per_node=gpus, launcher="torchrun", env_vars=check_env(env_vars or {}))
+    env = dict(env_vars or {})
+    safe.env_vars(env)
+    return run.LocalExecutor(ntasks_per_node=gpus, launcher="torchrun", env_vars=env)
 
 
 def slurm(
@@ -86,7 +65,8 @@ def slurm(
     Every value that reaches the script is checked (``safe``) or quoted: NeMo-Run renders the
     ``export`` values unquoted, so they are ``shlex.quote``-d here.
     """
-    env = check_env(env_vars or {})
+    env = dict(env_vars or {})
+    safe.env_vars(env)
     safe.slurm_options(
         "executor.{}".format,
         dict(
@@ -108,7 +88,7 @@ def slurm(
         if value is not None:
             safe.count(f"executor.{arg}", value)
     for secret in secrets:
-        if not secret.isidentifier() or not secret.isascii():
+        if not isinstance(secret, str) or not ENV_NAME.fullmatch(secret):
             raise RecipeError("executor.secrets", f"{secret!r} is not a shell variable name")
     if job_dir and not ssh_host:
         raise RecipeError(

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dsv3_recipes.recipe.schema import RecipeError
+from dsv3_recipes.recipe.schema import ENV_NAME, RecipeError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Where NeMo-Run puts a path unquoted (the job directory) or joins paths with ':' and ',' (mounts).
@@ -27,7 +27,8 @@ _SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
 _SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
 # *TOKEN* (not TOKENIZERS_PARALLELISM), a KEY word (WANDB_API_KEY, not NCCL_IB_PKEY), *SECRET*, *PASSW*.
 _SECRET_NAME = re.compile(r"TOKEN(?!IZER)|(^|_)(API)?KEYS?(_|$)|SECRET|PASSW|CREDENTIAL")
-KNOWN_SECRETS = ("HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "NGC_API_KEY")
+# Known credentials the pattern misses (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY match it).
+KNOWN_SECRETS = ("GITHUB_PAT", "GH_PAT", "DOCKER_AUTH_CONFIG")
 CONTROL = ("\n", "\r", "\0")
 
 
@@ -115,6 +116,21 @@ def is_secret(env_name: str) -> bool:
     """Whether an environment variable holds a credential, by its name (case-insensitive)."""
     upper = env_name.upper()
     return upper in KNOWN_SECRETS or bool(_SECRET_NAME.search(upper))
+
+
+def env_vars(env: Mapping[str, object]) -> None:
+    """Env vars a launch exports: shell variable names, text values on one line (one ``export`` line
+    of the script), and no credential (``is_secret``, any case: NeMo-Run upper-cases the name), whose
+    value would be written into the script and the task's YAML: it is forwarded by name instead."""
+    for key, value in env.items():
+        where = f"env_vars.{key}"
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise RecipeError(where, "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if is_secret(key):
+            raise RecipeError(where, "looks like a secret; export it in your shell, it is forwarded by name")
+        if not isinstance(value, str):
+            raise RecipeError(where, f"expected text, got {type(value).__name__} {value!r}")
+        one_line(where, value)
 
 
 def count(field: str, value: object, low: int = 1) -> int:

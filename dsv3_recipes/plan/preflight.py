@@ -251,9 +251,6 @@ def check_launch(recipe: Recipe, overwrite: bool = False) -> Plan:
             "tokenizer.tokenizer_model",
             "None: indexed data needs the HuggingFaceTokenizer that made it (a hub name or a directory)",
         )
-    from dsv3_recipes.launch import executors  # NeMo-Run's: only a launch (which has it) gets here
-
-    executors.check_no_secrets(recipe.env_vars)
     rules.WANDB_KEY.check(recipe, Capabilities.here())
     if recipe.mlperf.enabled:
         mlperf_rules.check_files(recipe)

@@ -114,12 +114,7 @@ def check_strings(recipe: Recipe) -> None:
     files and its ``<name>_config.yaml`` (no ``/`` or ``..``); a secret's value would be written in
     the script and the task's YAML, so it is refused by name in any case (``safe.is_secret``)."""
     safe.name("name", recipe.name)
-    for key, value in recipe.env_vars.items():
-        if safe.is_secret(key):
-            raise RecipeError(
-                f"env_vars.{key}", "looks like a secret; export it in your shell, it is forwarded by name"
-            )
-        safe.one_line(f"env_vars.{key}", value)  # one `export` line of the script
+    safe.env_vars(recipe.env_vars)
 
 
 def check_schedule(recipe: Recipe) -> None:

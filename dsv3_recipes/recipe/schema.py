@@ -692,7 +692,7 @@ class Recipe:
     def check(self) -> None:
         """The recipe's own fields (its sections check theirs)."""
         for name in self.env_vars:
-            if not _ENV_NAME.fullmatch(name):
+            if not ENV_NAME.fullmatch(name):
                 raise RecipeError(f"env_vars.{name}", "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
         if self.optimizer.lr is None:
             raise RecipeError("optimizer.lr", "None: only MLPerf recipes derive it (from the GBS); set it")
@@ -711,7 +711,7 @@ class Recipe:
         return self.train.global_batch_size * self.model.seq_length
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _is_number(text: str) -> bool:
