@@ -22,7 +22,7 @@ _MOUNT_PATH = re.compile(r"/[A-Za-z0-9._/+@=~-]*")
 # A container image: a registry reference (enroot's `host#repo:tag`, docker's `host/repo:tag@sha256:...`)
 # or a squashfs file.
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@#+-]*")
-_SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
+_SBATCH_KEY = re.compile(r"(?!-)[-a-z0-9]+")  # rendered as --KEY
 # Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
 # *TOKEN* (not TOKENIZERS_PARALLELISM), a KEY word (WANDB_API_KEY, not NCCL_IB_PKEY), *SECRET*, *PASSW*.
