@@ -193,3 +193,16 @@ def test_a_dry_run_with_a_hostile_name_runs_nothing(tmp_path, capsys):
     assert main([*job_dir, "--job-dir", f"{tmp_path}/j;touch {marker}"]) == 2
     assert capsys.readouterr().err.startswith("dsv3: error: --job-dir: ")
     assert not marker.exists()
+
+
+def test_a_nemo_run_home_with_shell_characters_is_refused_before_its_mkdir(tmp_path, monkeypatch, capsys):
+    from nemo_run import config
+
+    marker = tmp_path / "ran"
+    monkeypatch.setattr(config, "_NEMORUN_HOME", f"{tmp_path}/h;touch {marker}")
+    assert main(["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "--account", "A", "--dryrun"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dsv3: error: NEMORUN_HOME: '{tmp_path}/h;touch {marker}': a path of letters, digits and ._/+@=~- "
+        "(no spaces or shell characters)"
+    ]
+    assert not marker.exists()

@@ -163,7 +163,12 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         )
     if options.dryrun_to:
         check_writable("--dryrun-to", options.dryrun_to)
+    safe.name("name", name)  # the experiment's and its job directory's name
     with _job_home(options.slurm if isinstance(executor, run.SlurmExecutor) else None):
+        if isinstance(executor, run.SlurmExecutor):
+            from nemo_run import config
+
+            safe.path("NEMORUN_HOME", config.get_nemorun_home())  # NeMo-Run's mkdir of it is not quoted
         if options.dryrun:
             script = render_launch(task, executor, name)
             if options.dryrun_to:
