@@ -127,6 +127,12 @@ def verify_job(
     min_top1_agreement: float,
     report_path: Optional[str],
 ) -> ConversionJob:
+    if not 0 < max_mean_rel_error < math.inf:  # NaN fails both
+        raise RecipeError("--max-mean-rel-error", f"must be a finite number > 0, got {max_mean_rel_error}")
+    if not 0 < min_top1_agreement <= 1:
+        raise RecipeError(
+            "--min-top1-agreement", f"must be in (0, 1], got {min_top1_agreement}: else the check cannot fail"
+        )
     paths = _Paths(executor)
     hf_path, source = paths.hf(hf_path, "--hf-path")
     _check_parallelism(source, parallel)

@@ -72,14 +72,13 @@ def _recipe_command(command):
             return command(args, task)
         from nemo_run.cli.config import ConfigSerializer
 
-        from dsv3_recipes.launch.submit import resolved_task
+        from dsv3_recipes.launch.submit import resolved_task, write_text
 
         text = ConfigSerializer().serialize_yaml(resolved_task(task))
         if args.to_yaml == "-":
             print(text, end="")
         else:
-            with open(args.to_yaml, "w") as f:
-                f.write(text)
+            write_text("--to-yaml", args.to_yaml, text)
             print(f"{args.name}: wrote the task to {args.to_yaml}", file=sys.stderr)
         return 0
 

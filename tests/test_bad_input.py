@@ -146,10 +146,24 @@ def test_train_entry_refuses_an_edited_recipe(name, changes, overrides, field, c
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"dsv3: error: {field}: ")
 
 
+def test_secret_names_are_matched_in_any_case_and_not_beyond():
+    from dsv3_recipes.launch.safe import is_secret
+
+    secrets = [*SECRETS, "HF_TOKEN", "NGC_API_KEY", "aws_session_token", "SSH_KEY", "MY_CREDENTIALS"]
+    assert all(map(is_secret, secrets))
+    assert not any(map(is_secret, ("TOKENIZERS_PARALLELISM", "NCCL_IB_PKEY", "NCCL_DEBUG", "MONKEY_PATCH")))
+
+
 def test_readme_counts_the_table():
     readme = (Path(__file__).parent / "README.md").read_text()
-    (count,) = re.findall(r"(\d+) bad inputs", readme)
-    assert int(count) == len(BAD_INPUTS)
+    counts = {
+        "bad inputs": len(BAD_INPUTS),
+        "bad launch inputs": len(LAUNCH_INPUTS),
+        "bad executor arguments": len(EXECUTOR_INPUTS),
+        "bad environments": len(MLPERF_SCRIPT_INPUTS),
+    }
+    for what, count in counts.items():
+        assert re.findall(rf"(\d+) {what}", readme) == [str(count)], what
 
 
 # --- derived values are derived -----------------------------------------------------------------------
@@ -255,3 +269,281 @@ def test_report_on_an_empty_or_unparseable_dir_is_one_line(tmp_path, capsys, con
     assert len(err.splitlines()) == 1 and err.startswith("dsv3: error: ")
     if content is not None:
         assert f"{tmp_path / 'train.log'}:2: unreadable metrics line" in err
+
+
+# --- what a launch is given: Slurm options, env, paths, outputs, files (issue 27) -------------------------
+
+# Every value that would run as shell, land unquoted in the script or leave its directory; {tmp}/m is the
+# marker that exists afterwards only if something ran.
+HOSTILE = ("x;touch {tmp}/m;", "x$(touch {tmp}/m)", "x`touch {tmp}/m`", "x\ntouch {tmp}/m", "x --privileged")
+SLURM = ["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "--account", "A", "--dryrun"]
+LOCAL = ["pretrain", "-f", "proxy_1gpu", "--dryrun"]
+SECRETS = ("hf_token", "wandb_api_key", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "My_Token", "gh_pat")
+# (argv, environment, the field or option the one-line refusal names)
+LAUNCH_INPUTS = [
+    *((SLURM + [f"name={v}"], {}, "name") for v in HOSTILE),
+    *((SLURM + [f"name={v}"], {}, "name") for v in ("../../../tmp/victim", "a/b", "..", "''", "-x", "a..b")),
+    *((LOCAL + ["name=../../{tmp}/victim"], {}, "name"),),
+    *(
+        (["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "--account", v, "--dryrun"], {}, "--account")
+        for v in HOSTILE
+    ),
+    (["pretrain", "-f", "proxy_1gpu", "-e", "slurm", "--account", "", "--dryrun"], {}, "--account"),
+    *((SLURM + ["--partition", v], {}, "--partition") for v in (*HOSTILE, "a,,b")),
+    *((SLURM + ["--time", v], {}, "--time") for v in (*HOSTILE, "abc", "-5", "0", "00:00:00", "1:2:3:4")),
+    *((SLURM + ["--container-image", v], {}, "--container-image") for v in (*HOSTILE, "reg.io/x y")),
+    *(
+        (SLURM + ["--container-mounts", v], {}, "--container-mounts")
+        for v in ("/a:/b:/c:/d", "relative:/x", "/a b:/a", "/a;touch {tmp}/m:/b", "/a:/b:rx")
+    ),
+    *((SLURM + ["--mpi", v], {}, "--mpi") for v in HOSTILE),
+    *((SLURM + ["--bindpcie", v], {}, "--bindpcie") for v in (*HOSTILE, "/usr/bin/bind pcie")),
+    *((SLURM + ["--gres-gpus-per-node", v], {}, "--gres-gpus-per-node") for v in ("0", "-1")),
+    (SLURM, {"SBATCH_GPUS_PER_NODE": "abc"}, "SBATCH_GPUS_PER_NODE"),
+    *(
+        (SLURM, {"ADDITIONAL_SLURM_PARAMS": v}, field)
+        for v, field in (
+            ("comment=a\ntouch {tmp}/m", "ADDITIONAL_SLURM_PARAMS.comment"),
+            ("bad key=1", "ADDITIONAL_SLURM_PARAMS"),
+            ("a$(touch {tmp}/m)=1", "ADDITIONAL_SLURM_PARAMS"),
+            ("x`id`", "ADDITIONAL_SLURM_PARAMS"),
+        )
+    ),
+    *((SLURM + ["--job-dir", f"{{tmp}}/j{v}"], {}, "--job-dir") for v in (";touch {tmp}/m", " k", "$(id)")),
+    *((SLURM + ["--ssh-host", v], {}, "--ssh-host") for v in HOSTILE),
+    *((SLURM + ["--ssh-host", "login", "--ssh-user", v], {}, "--ssh-user") for v in HOSTILE[:3]),
+    (LOCAL + ["--executor", "kubernetes"], {}, "--executor"),
+    # Secrets by value: refused by name in any case, on a launch and on an export.
+    *((LOCAL + [f"env_vars.{name}=s3cr3t"], {}, f"env_vars.{name}") for name in SECRETS),
+    *(
+        (["show", "proxy_1gpu", f"env_vars.{n}=s3cr3t", "--to-yaml", "-"], {}, f"env_vars.{n}")
+        for n in SECRETS
+    ),
+    (SLURM + ["env_vars.NCCL_DEBUG=INFO\ntouch {tmp}/m"], {}, "env_vars.NCCL_DEBUG"),
+    # Checkpoints: one to start from must exist; another run's is not written over.
+    (LOCAL + ["checkpoint.load=/nonexistent"], {}, "checkpoint.load"),
+    (LOCAL + ["checkpoint.load={tmp}/a_file"], {}, "checkpoint.load"),
+    (LOCAL + ["checkpoint.pretrained_checkpoint=/nonexistent"], {}, "checkpoint.pretrained_checkpoint"),
+    (LOCAL + ["checkpoint.save={tmp}/other_run"], {}, "checkpoint.save"),
+    (SLURM + ["checkpoint.save={tmp}/other_run"], {}, "checkpoint.save"),
+    (LOCAL + ["checkpoint.save={tmp}/other_run", "checkpoint.load=/nonexistent"], {}, "checkpoint.save"),
+    # Mounted recipe paths: pyxis splits them at ':' and ','.
+    *(
+        (SLURM + [f"{field}={path!r}"], {}, field)
+        for field, path in (
+            ("checkpoint.save", "/lustre/a:b"),
+            ("dataset.data_cache_path", "/lustre/a,b"),
+            ("logger.tensorboard_dir", "/lustre/a b"),
+            ("output_dir", "/lustre/a:b"),
+            ("tokenizer.tokenizer_model", "/lustre/t,k"),
+            ("mlperf.log_file", "/lustre/l\nx"),
+        )
+    ),
+    (SLURM + ["dataset.data_paths=['/lustre/a:b_text_document']"], {}, "dataset.data_paths"),
+    # Output files the command line names.
+    (LOCAL + ["--dryrun-to", "{tmp}"], {}, "--dryrun-to"),
+    (LOCAL + ["--dryrun-to", "{tmp}/no_such_dir/launch.sh"], {}, "--dryrun-to"),
+    (["show", "proxy_1gpu", "--to-yaml", "{tmp}"], {}, "--to-yaml"),
+    (["plan", "proxy_1gpu", "--to-yaml", "{tmp}/no_such_dir/task.yaml"], {}, "--to-yaml"),
+    # preprocess: an existing dataset is not overwritten unasked; the prefix names the job.
+    *(
+        (["preprocess", "-i", "{tmp}/in.json", "--tokenizer", "{tmp}/tok", *args, "--dryrun"], {}, field)
+        for args, field in (
+            (["-o", "{tmp}/data/c4"], "--output-prefix"),
+            (["-o", "{tmp}/data/c4", "-e", "slurm", "--account", "A"], "--output-prefix"),
+            (["-o", "{tmp}/data/c4;touch {tmp}/m"], "--output-prefix"),
+            (["-o", "{tmp}/data/"], "--output-prefix"),
+            (["-o", "{tmp}/data/x", "--json-key", "a/b"], "--json-key"),
+            (["-o", "{tmp}/data/x", "--workers", "0"], "--workers"),
+        )
+    ),
+    # convert verify: thresholds that cannot fail (or cannot pass).
+    *(
+        (
+            [
+                "convert",
+                "verify",
+                "--hf-path",
+                "{tmp}/hf",
+                "--megatron-path",
+                "{tmp}/mg",
+                flag,
+                v,
+                "--dryrun",
+            ],
+            {},
+            flag,
+        )
+        for flag, v in (
+            ("--min-top1-agreement", "-5"),
+            ("--min-top1-agreement", "0"),
+            ("--min-top1-agreement", "1.5"),
+            ("--min-top1-agreement", "nan"),
+            ("--max-mean-rel-error", "inf"),
+            ("--max-mean-rel-error", "nan"),
+            ("--max-mean-rel-error", "0"),
+            ("--max-mean-rel-error", "-1"),
+        )
+    ),
+    # mlperf-check: a log the checker cannot read.
+    *(
+        (["mlperf-check", log], {}, "log")
+        for log in ("{tmp}", "{tmp}/empty.log", "{tmp}/binary.log", "{tmp}/a_file")
+    ),
+]
+LAUNCH_IDS = [f"{i:03d}-{field}" for i, (_, _, field) in enumerate(LAUNCH_INPUTS)]
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """Files a bad input must not change: another run's checkpoint, a dataset, logs; NeMo-Run's home
+    (where job directories go) is apart, and the command runs in an empty working directory."""
+    from nemo_run import config
+
+    (tmp_path / "other_run").mkdir()
+    (tmp_path / "other_run" / "latest_checkpointed_iteration.txt").write_text("100")
+    (tmp_path / "data").mkdir()
+    for ext in (".bin", ".idx"):
+        (tmp_path / "data" / f"c4_text_document{ext}").write_bytes(b"data")
+    (tmp_path / "a_file").write_text("a file")
+    (tmp_path / "empty.log").touch()
+    (tmp_path / "binary.log").write_bytes(b"\0\1\2:::MLLOG")
+    (tmp_path / "in.json").write_text('{"text": "a"}\n')
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    home = tmp_path.parent / f"{tmp_path.name}_home"  # job directories: outside what is compared
+    monkeypatch.setenv("NEMORUN_HOME", str(home))
+    monkeypatch.setattr(config, "_NEMORUN_HOME", str(home))
+    monkeypatch.setenv("DSV3_IMAGE_REGISTRY", "reg.example.com/team")
+    for name in (
+        "SBATCH_ACCOUNT",
+        "SBATCH_PARTITION",
+        "SBATCH_GPUS_PER_NODE",
+        "RUN_CONF_IMAGE",
+        "RUN_CONF_MOUNTS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ADDITIONAL_SLURM_PARAMS", raising=False)
+    return tmp_path
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(("argv", "env", "field"), LAUNCH_INPUTS, ids=LAUNCH_IDS)
+def test_a_bad_launch_input_is_one_line_and_changes_nothing(argv, env, field, world, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=world))
+    before = snapshot(world)
+    refused_by_cli([a.format(tmp=world) for a in argv], field, capsys)
+    assert snapshot(world) == before  # nothing written, nothing run ({tmp}/m absent)
+
+
+# A notebook's executors: the same rules, naming executor.<argument>. (factory, keyword arguments, field)
+EXECUTOR_INPUTS = [
+    ("slurm", {"account": ""}, "executor.account"),
+    *(("slurm", {"account": v}, "executor.account") for v in HOSTILE),
+    ("slurm", {"nodes": 0}, "executor.nodes"),
+    ("slurm", {"nodes": -1}, "executor.nodes"),
+    ("slurm", {"nodes": "2"}, "executor.nodes"),
+    ("slurm", {"gpus_per_node": 0}, "executor.gpus_per_node"),
+    ("slurm", {"segment": 0}, "executor.segment"),
+    ("slurm", {"gres_gpus_per_node": 0}, "executor.gres_gpus_per_node"),
+    ("slurm", {"gres_gpus_per_node": -1}, "executor.gres_gpus_per_node"),
+    ("slurm", {"gres_gpus_per_node": 4}, "executor.gres_gpus_per_node"),  # fewer than the 8 ranks
+    *(("slurm", {"time": v}, "executor.time") for v in ("-5", "abc", "0", "", "4:00:00\n#SBATCH --x")),
+    *(("slurm", {"partition": v}, "executor.partition") for v in HOSTILE),
+    *(("slurm", {"container_image": v}, "executor.container_image") for v in HOSTILE),
+    *(
+        ("slurm", {"container_mounts": [v]}, "executor.container_mounts")
+        for v in ("/a:/b:/c:/d", "/a,/b", "a:/b")
+    ),
+    *(("slurm", {"mpi": v}, "executor.mpi") for v in ("pmix; touch {tmp}/m", "pmix\nx")),
+    ("slurm", {"bindpcie": "bindpcie"}, "executor.bindpcie"),
+    ("slurm", {"bindpcie": "/usr/bin/x;touch {tmp}/m"}, "executor.bindpcie"),
+    ("slurm", {"ssh_host": "h;touch {tmp}/m"}, "executor.ssh_host"),
+    ("slurm", {"ssh_host": "h", "ssh_user": "u x"}, "executor.ssh_user"),
+    ("slurm", {"job_dir": "/j"}, "executor.job_dir"),  # only with ssh_host
+    ("slurm", {"ssh_host": "h", "job_dir": "/j;touch {tmp}/m"}, "executor.job_dir"),
+    ("slurm", {"secrets": ["HF TOKEN"]}, "executor.secrets"),
+    ("slurm", {"additional_parameters": {"bad key": 1}}, "executor.additional_parameters"),
+    ("slurm", {"additional_parameters": {"comment": "a\nb"}}, "executor.additional_parameters.comment"),
+    ("slurm", {"env_vars": {"hf_token": "x"}}, "env_vars.hf_token"),
+    ("slurm", {"env_vars": {"NCCL_DEBUG": "INFO\ntouch {tmp}/m"}}, "env_vars.NCCL_DEBUG"),
+    ("slurm", {"env_vars": {"BAD NAME": "1"}}, "env_vars.BAD NAME"),
+    ("slurm", {"env_vars": {"NCCL_DEBUG": 1}}, "env_vars.NCCL_DEBUG"),
+    ("local", {"gpus": 0}, "executor.gpus"),
+    ("local", {"gpus": -1}, "executor.gpus"),
+    ("local", {"gpus": "2"}, "executor.gpus"),
+    ("local", {"env_vars": {"Api_Key": "x"}}, "env_vars.Api_Key"),
+    ("local", {"env_vars": {"SOME_PASSWORD": "x"}}, "env_vars.SOME_PASSWORD"),
+]
+
+
+@pytest.mark.parametrize(("factory", "kwargs", "field"), EXECUTOR_INPUTS, ids=[f[2] for f in EXECUTOR_INPUTS])
+def test_a_bad_executor_argument_is_refused_naming_it(factory, kwargs, field, world):
+    before = snapshot(world)
+    kwargs = {k: v.format(tmp=world) if isinstance(v, str) else v for k, v in kwargs.items()}
+    if factory == "slurm":
+        kwargs = {"account": "acct"} | kwargs
+    with pytest.raises(RecipeError) as err:
+        getattr(executors, factory)(**kwargs)
+    assert err.value.path == field and "\n" not in str(err.value), str(err.value)
+    assert snapshot(world) == before
+
+
+# The MLPerf launch script: its environment is checked before it creates LOG_DIR or CHECKPOINT_DIR.
+MLPERF_SCRIPT_INPUTS = [
+    ({"SAVE_CKPT_STEPS": "abc", "CHECKPOINT_DIR": "{tmp}/ckpt"}, "SAVE_CKPT_STEPS"),
+    ({"SAVE_CKPT_STEPS": "5"}, "SAVE_CKPT_STEPS"),  # saves, but nowhere to save to
+    ({"NNODES": "x"}, "NNODES"),
+    ({"GBS": "-1"}, "GBS"),
+    ({"RESUME": "yes"}, "RESUME"),
+    ({"DETACH": "2"}, "DETACH"),
+    ({"LOG_DIR": "logs"}, "LOG_DIR"),
+    ({"CHECKPOINT_DIR": "{tmp}/a b"}, "CHECKPOINT_DIR"),
+    ({"DATA_DIR": "{tmp}/d:x"}, "DATA_DIR"),
+    ({"SEED": "$(touch {tmp}/m)"}, "SEED"),
+]
+
+
+@pytest.mark.parametrize(("env", "field"), MLPERF_SCRIPT_INPUTS, ids=[f[1] for f in MLPERF_SCRIPT_INPUTS])
+def test_the_mlperf_script_checks_its_environment_before_creating_anything(env, field, world):
+    import shlex
+    import subprocess
+
+    scripts = Path(__file__).resolve().parent.parent / "experiments" / "mlperf"
+    values = {
+        "ACCOUNT": "acct",
+        "PARTITION": "batch",
+        "LOG_DIR": f"{world}/logs",
+        "IMAGE": "registry.example.com/team/dsv3-recipes:test",
+        "DATA_DIR": f"{world}/data",
+        "MODEL_CKPT": f"{world}/data/ckpt",
+        "SUBMISSION_ORG": "ACME",
+        "DRYRUN": "0",
+        "DSV3": "false",  # never reached
+    } | {k: v.format(tmp=world) for k, v in env.items()}
+    exports = " ".join(shlex.quote(f"{k}={v}") for k, v in values.items())
+    config = scripts / "config_GB300_64x4x256xtp1pp4cp1.sh"
+    command = f"source {config} && export {exports} && bash {scripts / 'run_deepseek_v3_671b.sh'}"
+    before = snapshot(world)
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1, out.stderr
+    assert err[0].startswith(f"run_deepseek_v3_671b.sh: error: {field}: ")
+    assert snapshot(world) == before and not (world / "logs").exists()
+
+
+@pytest.mark.parametrize("field", ["checkpoint.load", "checkpoint.pretrained_checkpoint"])
+def test_the_train_entry_refuses_a_checkpoint_the_node_does_not_see(field, capsys):
+    """On Slurm the login node cannot tell; the node checks before the model is built, in one line."""
+    recipe = recipe_of(recipes.get("proxy_1gpu"))
+    assign(recipe, {field: "/nonexistent/ckpt"})
+    with pytest.raises(SystemExit) as stop:
+        pretrain(recipe)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [
+        f"dsv3: error: {field}: /nonexistent/ckpt is not a directory (it does not exist)"
+    ]

@@ -2,6 +2,7 @@
 and each checked against that release."""
 
 import importlib.metadata
+import typing
 
 import nemo_run as run
 import pytest
@@ -33,3 +34,23 @@ def test_experiment_id_and_dryrun_request(tmp_path, monkeypatch):
         exp.dryrun(log=False)
     assert nemo_run_internals.experiment_id(exp).startswith("probe_")
     assert "#SBATCH --account=a" in nemo_run_internals.dryrun_request(exp).materialize()
+
+
+class Probe(run.Partial):
+    """A task that records what ``adding_executor`` sees when NeMo-Run clones it."""
+
+    seen: typing.ClassVar[list] = []
+
+    def clone(self):
+        Probe.seen.append(nemo_run_internals.adding_executor())
+        return super().clone()
+
+
+def test_adding_a_task_clones_it_while_its_executor_is_at_hand(tmp_path, monkeypatch):
+    """``adding_executor``: the executor ``_add_single_job`` holds while it takes ``task.clone()``."""
+    monkeypatch.setenv("NEMORUN_HOME", str(tmp_path))
+    with run.Experiment("probe", log_level="ERROR") as exp:
+        exp.add(Probe(dict), executor=run.LocalExecutor(ntasks_per_node=3), name="probe")
+    (seen,) = Probe.seen
+    assert isinstance(seen, run.LocalExecutor) and seen.ntasks_per_node == 3
+    assert nemo_run_internals.adding_executor() is None

@@ -160,6 +160,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(output_prefix: str, json_key: str, overwrite: bool) -> None:
+    """The output prefix names a file (the job's name is its base name) and writes over no dataset
+    unless ``--overwrite``: a job that rewrites a ``.bin`` other runs read corrupts them."""
+    from dsv3_recipes.launch import safe
+    from dsv3_recipes.recipe.schema import RecipeError
+
+    safe.path("--output-prefix", output_prefix)  # a path of the job's command line and mounts
+    safe.name("--output-prefix", os.path.basename(output_prefix))
+    safe.name("--json-key", json_key)
+    prefix = dataset_prefix(output_prefix, json_key)
+    found = [prefix + ext for ext in (".bin", ".idx") if os.path.exists(prefix + ext)]
+    if found and not overwrite:
+        raise RecipeError(
+            "--output-prefix", f"{found[0]} exists; give another prefix, or --overwrite to replace it"
+        )
+
+
 def _executor(args: argparse.Namespace, options: LaunchOptions) -> nemo_run.Executor:
     import nemo_run
 
@@ -168,6 +185,7 @@ def _executor(args: argparse.Namespace, options: LaunchOptions) -> nemo_run.Exec
 
     if args.workers < 1:
         raise RecipeError("--workers", f"must be >= 1, got {args.workers}")
+    _check_output(args.output_prefix, args.json_key, options.overwrite)
     if options.executor == "local":
         expand(args.input)  # the inputs and the tokenizer must be here
         if not os.path.isfile(os.path.join(args.tokenizer, "tokenizer_config.json")):

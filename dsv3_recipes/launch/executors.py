@@ -7,34 +7,24 @@ and a local launch inherits them from the caller's environment.
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 
 import nemo_run as run
 
-from dsv3_recipes.launch import code_check, job_paths
+from dsv3_recipes.launch import code_check, job_paths, safe
 from dsv3_recipes.launch.options import EXECUTORS
 from dsv3_recipes.recipe.images import BINDPCIE_PATH
-from dsv3_recipes.recipe.schema import Recipe, RecipeError
+from dsv3_recipes.recipe.schema import ENV_NAME, Recipe, RecipeError
 
 SECRET_ENV_VARS = ("HF_TOKEN", "WANDB_API_KEY")
-_SECRET_NAME = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)$")
-
-
-def check_no_secrets(env_vars: Mapping[str, str]) -> None:
-    """Refuse env vars that look like credentials: they would be written into a launch script."""
-    for name in env_vars:
-        if name in SECRET_ENV_VARS or _SECRET_NAME.search(name):
-            raise RecipeError(
-                f"env_vars.{name}", "looks like a secret; export it in your shell, it is forwarded by name"
-            )
 
 
 def local(gpus: int = 1, env_vars: Mapping[str, str] | None = None) -> run.LocalExecutor:
     """torchrun on this machine with one process per GPU."""
+    safe.count("executor.gpus", gpus)
     env = dict(env_vars or {})
-    check_no_secrets(env)
+    safe.env_vars(env)
     return run.LocalExecutor(ntasks_per_node=gpus, launcher="torchrun", env_vars=env)
 
 
@@ -72,9 +62,34 @@ def slurm(
     cluster; without it sbatch runs on this login node and the job's files live under NeMo-Run's home
     (``run.config.set_nemorun_home`` or ``$NEMORUN_HOME``), the directory the compute nodes read.
     The job checks at start that its image holds this launcher's code (``code_check``).
+    Every value that reaches the script is checked (``safe``) or quoted: NeMo-Run renders the
+    ``export`` values unquoted, so they are ``shlex.quote``-d here.
     """
     env = dict(env_vars or {})
-    check_no_secrets(env)
+    safe.env_vars(env)
+    safe.slurm_options(
+        "executor.{}".format,
+        dict(
+            account=account,
+            partition=partition,
+            time=time,
+            container_image=container_image,
+            container_mounts=container_mounts,
+            bindpcie=bindpcie,
+            mpi=mpi,
+            gres_gpus_per_node=gres_gpus_per_node,
+            job_dir=job_dir,
+            ssh_host=ssh_host,
+            ssh_user=ssh_user,
+            additional_parameters=additional_parameters,
+        ),
+    )
+    for arg, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("segment", segment)):
+        if value is not None:
+            safe.count(f"executor.{arg}", value)
+    for secret in secrets:
+        if not isinstance(secret, str) or not ENV_NAME.fullmatch(secret):
+            raise RecipeError("executor.secrets", f"{secret!r} is not a shell variable name")
     if job_dir and not ssh_host:
         raise RecipeError(
             "executor.job_dir",
@@ -105,13 +120,33 @@ def slurm(
         segment=segment,
         # srun's first non-option word is the program: bindpcie then execs the rank's python.
         srun_args=[*([f"--mpi={mpi}"] if mpi else []), *([bindpcie] if bindpcie else [])],
-        env_vars=env | code_check.launcher_env(),
+        env_vars={k: shlex.quote(v) for k, v in (env | code_check.launcher_env()).items()},
         setup_lines="\n".join(setup_lines) or None,
         exclusive=True,
         tunnel=tunnel,
         packager=run.Packager(),
         additional_parameters=dict(additional_parameters or {}),
     )
+
+
+def check_size(recipe: Recipe, executor: run.Executor) -> None:
+    """The executor runs as many ranks as the recipe's layout needs, on as many nodes: a 256-GPU recipe
+    on one node would be refused by Megatron only once the job starts (every door; ``for_recipe``
+    sizes an executor from the recipe)."""
+    if isinstance(executor, run.SlurmExecutor):
+        found = (executor.nodes, executor.ntasks_per_node)
+    elif isinstance(executor, run.LocalExecutor):
+        found = (1, executor.ntasks_per_node)
+    else:
+        return
+    launch = recipe.launch
+    if found != (launch.num_nodes, launch.gpus_per_node):
+        raise RecipeError(
+            "executor",
+            f"{found[0]} node(s) x {found[1]} GPU(s) for recipe {recipe.name}, which runs on "
+            f"{launch.num_nodes} x {launch.gpus_per_node} = {launch.num_gpus} GPUs (launch.num_nodes, "
+            "launch.gpus_per_node); executors.for_recipe(kind, recipe) sizes the executor from the recipe",
+        )
 
 
 def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:

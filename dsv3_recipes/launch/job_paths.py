@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dsv3_recipes.launch import safe
 from dsv3_recipes.recipe.schema import Recipe, RecipeError, blend_prefixes
 
 
@@ -92,7 +93,7 @@ def slurm_mounts(recipe: Recipe, user_mounts: list[str]) -> tuple[list[str], lis
             if p.output:
                 continue  # lands in the job directory, which NeMo-Run mounts
             raise RecipeError(p.field, f"{p.path} is relative: a Slurm job runs in its job directory")
-        path = os.path.normpath(p.path)
+        path = os.path.normpath(safe.absolute_path(p.field, p.path, mount=True))
         if any(_under(path, d) for d in covered):
             continue
         # Mount the directory that holds the path: it exists for an input, and the batch script makes

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dsv3_recipes.launch import safe
 from dsv3_recipes.recipe.schema import RecipeError
 
 EXECUTORS = ("local", "slurm")
@@ -74,9 +75,11 @@ class SlurmOptions:
     ) -> SlurmOptions:
         env = os.environ if env is None else env
         mounts = args.container_mounts or env.get("RUN_CONF_MOUNTS", "")
-        gres = args.gres_gpus_per_node or env.get("SBATCH_GPUS_PER_NODE")
-        if gres and not str(gres).isdigit():
-            raise RecipeError("SBATCH_GPUS_PER_NODE", f"expected a GPU count, got {gres!r}")
+        gres = args.gres_gpus_per_node
+        if gres is None and env.get("SBATCH_GPUS_PER_NODE"):
+            gres = env["SBATCH_GPUS_PER_NODE"]
+            if not gres.isdigit():
+                raise RecipeError("SBATCH_GPUS_PER_NODE", f"expected a GPU count, got {gres!r}")
         return cls(
             account=args.account or env.get("SBATCH_ACCOUNT"),
             partition=args.partition or env.get("SBATCH_PARTITION"),
@@ -88,7 +91,7 @@ class SlurmOptions:
             ssh_user=args.ssh_user,
             bindpcie=args.bindpcie,
             mpi=args.mpi,
-            gres_gpus_per_node=int(gres) if gres else None,
+            gres_gpus_per_node=int(gres) if gres is not None else None,
             additional_parameters=parse_additional_slurm_params(env.get("ADDITIONAL_SLURM_PARAMS", "")),
         )
 
@@ -109,7 +112,7 @@ class SlurmOptions:
                 f"{image} is a local tag the nodes cannot pull: push it (docker/README.md) and set "
                 "$DSV3_IMAGE_REGISTRY, or pass --container-image",
             )
-        return dict(
+        kwargs = dict(
             account=self.account,
             partition=self.partition,
             time=self.time,
@@ -123,6 +126,13 @@ class SlurmOptions:
             gres_gpus_per_node=self.gres_gpus_per_node,
             additional_parameters=self.additional_parameters,
         )
+        safe.slurm_options(_flag, kwargs)
+        return kwargs
+
+
+def _flag(option: str) -> str:
+    """The command line's name of a Slurm option, for messages."""
+    return "ADDITIONAL_SLURM_PARAMS" if option == "additional_parameters" else "--" + option.replace("_", "-")
 
 
 def parse_additional_slurm_params(text: str) -> dict[str, object]:
@@ -143,6 +153,7 @@ class LaunchOptions:
     dryrun_to: str | None = None  # write the rendered launch here instead of stdout
     detach: bool = False  # return once the Slurm job is submitted
     yes: bool = False  # submit without asking, also on a terminal
+    overwrite: bool = False  # write over existing outputs (a dataset, another run's checkpoint)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
     @staticmethod
@@ -160,6 +171,11 @@ class LaunchOptions:
             help="return once the Slurm job is submitted; follow it with `nemo experiment status|logs`",
         )
         p.add_argument("--yes", "-y", action="store_true", help="submit to Slurm without asking")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="write over existing outputs (a dataset's .bin/.idx, another run's checkpoint.save)",
+        )
         SlurmOptions.add_arguments(p)
 
     @classmethod
@@ -174,5 +190,6 @@ class LaunchOptions:
             dryrun_to=args.dryrun_to,
             detach=args.detach,
             yes=args.yes,
+            overwrite=args.overwrite,
             slurm=SlurmOptions.from_args_and_env(args, env),
         )

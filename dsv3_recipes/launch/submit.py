@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 import nemo_run as run
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import executors, local_gpus
+from dsv3_recipes.launch import executors, local_gpus, safe
 from dsv3_recipes.launch.nemo_run_internals import dryrun_request, experiment_id
 from dsv3_recipes.launch.options import EXECUTORS, JobFailed, LaunchOptions, SlurmOptions
 from dsv3_recipes.mlperf import rules as mlperf_rules
@@ -94,13 +94,15 @@ def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.
     return executors.for_recipe("slurm", recipe, **slurm.executor_kwargs(image_for(recipe.launch.gpu_type)))
 
 
-def preflight(recipe: Recipe, executor: str, dryrun: bool) -> None:
+def preflight(recipe: Recipe, executor: str, dryrun: bool, overwrite: bool = False) -> None:
     """Refuse, before submission, anything that would fail once the job starts."""
     from dsv3_recipes.plan.preflight import check_launch
+    from dsv3_recipes.recipe.checkpoints import check_exists
 
-    check_launch(recipe)
+    check_launch(recipe, overwrite)
     if executor == "local":
         _check_local_data(recipe)  # cluster paths are only visible inside the job's mounts
+        check_exists(recipe)  # on Slurm the train-side preflight checks them on the node
         if not dryrun:
             field = "shrink" if recipe.shrink else "launch.gpus_per_node"
             check_local_machine(recipe.launch.num_gpus, f"recipe {recipe.name}", field)
@@ -138,7 +140,7 @@ def launch(task: run.Partial, options: LaunchOptions) -> None:
     """Check a recipe task (``preflight`` validates it, once), then run, submit or dry-run it on the
     executor the options name."""
     recipe = validate.built(task.recipe)
-    preflight(recipe, options.executor, options.dryrun)
+    preflight(recipe, options.executor, options.dryrun, options.overwrite)
     executor = make_executor(options.executor, recipe, options.slurm)
     run_task(checked(task), executor, recipe.name, options)
 
@@ -149,12 +151,18 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         raise RecipeError(
             "--detach", "only a Slurm job runs detached: a local run lasts as long as this command"
         )
+    if options.dryrun_to:
+        check_writable("--dryrun-to", options.dryrun_to)
+    safe.name("name", name)  # the experiment's and its job directory's name
     with _job_home(options.slurm if isinstance(executor, run.SlurmExecutor) else None):
+        if isinstance(executor, run.SlurmExecutor):
+            from nemo_run import config
+
+            safe.path("NEMORUN_HOME", config.get_nemorun_home())  # NeMo-Run's mkdir of it is not quoted
         if options.dryrun:
             script = render_launch(task, executor, name)
             if options.dryrun_to:
-                with open(options.dryrun_to, "w") as f:
-                    f.write(script + "\n")
+                write_text("--dryrun-to", options.dryrun_to, script + "\n")
                 print(f"{name}: wrote the launch to {options.dryrun_to}", file=sys.stderr)
             else:
                 print(script)
@@ -168,6 +176,25 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         _report(exp, name, detached=options.detach)
 
 
+def check_writable(option: str, path: str) -> None:
+    """A file a command line option names can be written, checked before anything is rendered."""
+    if os.path.isdir(path):
+        raise RecipeError(option, f"{path} is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RecipeError(option, f"{path}: its directory {folder} does not exist")
+
+
+def write_text(option: str, path: str, text: str) -> None:
+    """Write a file a command line option names; refuse a directory or an unwritable path in one line."""
+    check_writable(option, path)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise RecipeError(option, f"{path}: {e.strerror}") from None
+
+
 @contextlib.contextmanager
 def _job_home(slurm: SlurmOptions | None) -> Iterator[None]:
     """``--job-dir`` without ``--ssh-host``: NeMo-Run keeps the experiment (and the job's files, which
@@ -177,6 +204,7 @@ def _job_home(slurm: SlurmOptions | None) -> Iterator[None]:
         return
     from nemo_run import config
 
+    safe.path("--job-dir", os.path.abspath(slurm.job_dir))  # NeMo-Run's mkdir of it is not quoted
     try:
         os.makedirs(slurm.job_dir, exist_ok=True)
     except OSError as e:

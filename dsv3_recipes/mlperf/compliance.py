@@ -21,7 +21,7 @@ import yaml
 from mlperf_logging.compliance_checker import mlp_compliance, mlp_parser
 
 from dsv3_recipes.mlperf import rules as mlperf_rules
-from dsv3_recipes.recipe.schema import Recipe
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 USAGE = "training"
 RULES = f"{USAGE}_{mlperf_rules.RULESET}/common.yaml"
@@ -73,8 +73,21 @@ class ProxyScale:
         return [{"KEY": record} for record in records]
 
 
+def check_readable(path: str) -> None:
+    """A log the checker can read: a text file with ``:::MLLOG`` lines (else it lists every key missing)."""
+    if not os.path.isfile(path):
+        raise RecipeError("log", f"{path} is {'a directory' if os.path.isdir(path) else 'not a file'}")
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"\0" in data:
+        raise RecipeError("log", f"{path} is not a text log (it holds NUL bytes)")
+    if b":::MLLOG" not in data:
+        raise RecipeError("log", f"{path} holds no :::MLLOG lines{' (it is empty)' if not data else ''}")
+
+
 def check_log(path: str, proxy: ProxyScale | None = None) -> tuple[bool, list[str]]:
     """Run the checker; returns (passed, the checker's failure messages)."""
+    check_readable(path)
     checker = mlp_compliance.make_checker(USAGE, mlperf_rules.RULESET, quiet=True, werror=False)
     loglines, errors = mlp_parser.parse_file(path, ruleset=mlperf_rules.RULESET)
     if errors:

@@ -239,8 +239,9 @@ def plan(recipe: Recipe) -> Plan:
     )
 
 
-def check_launch(recipe: Recipe) -> Plan:
-    """``plan`` plus what any launch of the recipe needs, on whichever executor it runs."""
+def check_launch(recipe: Recipe, overwrite: bool = False) -> Plan:
+    """``plan`` plus what any launch of the recipe needs, on whichever executor it runs; ``overwrite``
+    (``--overwrite``) lets it save over another run's checkpoint."""
     report = plan(recipe)
     d = recipe.dataset
     rules.DATA_OR_MOCK.check(recipe)
@@ -250,11 +251,9 @@ def check_launch(recipe: Recipe) -> Plan:
             "tokenizer.tokenizer_model",
             "None: indexed data needs the HuggingFaceTokenizer that made it (a hub name or a directory)",
         )
-    from dsv3_recipes.launch import executors  # NeMo-Run's: only a launch (which has it) gets here
-
-    executors.check_no_secrets(recipe.env_vars)
     rules.WANDB_KEY.check(recipe, Capabilities.here())
     if recipe.mlperf.enabled:
         mlperf_rules.check_files(recipe)
     checkpoints.check_resume(recipe)
+    checkpoints.check_save(recipe, overwrite)
     return report

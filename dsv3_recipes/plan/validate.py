@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fiddle as fdl
 
+from dsv3_recipes.launch import safe
 from dsv3_recipes.mlperf import rules as mlperf_rules
 from dsv3_recipes.plan import flops
 from dsv3_recipes.recipe import hardware, resolve, rules
@@ -34,9 +35,47 @@ RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", 
 GIB = 1024**3
 
 
+def recipe_types() -> dict[str, type]:
+    """What a recipe config may build, by dotted name: the Recipe and the dataclasses it holds. A task
+    loaded from YAML names its targets; anything else (``os.system``) is refused before it is built."""
+    import dataclasses
+
+    from dsv3_recipes.recipe import schema
+
+    found = [t for t in vars(schema).values() if isinstance(t, type) and dataclasses.is_dataclass(t)]
+    found = [t for t in found if t.__module__ == schema.__name__] + [dict, list]  # NeMo-Run's containers
+    return {f"{t.__module__}.{t.__qualname__}": t for t in found}
+
+
+def check_targets(value: object, where: str, allowed: dict[str, type]) -> None:
+    """Every ``fdl.Buildable`` in ``value`` builds one of ``allowed``; refuse the first that does not."""
+    if isinstance(value, fdl.Buildable):
+        target = value.__fn_or_cls__
+        dotted = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
+        if allowed.get(dotted) is not target:
+            raise RecipeError(where, f"{dotted} is not a recipe type; a task builds only {RECIPE_TYPES}")
+        for key, arg in value.__arguments__.items():
+            check_targets(arg, f"{where}.{key}" if where else key, allowed)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_targets(item, f"{where}[{i}]", allowed)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_targets(item, f"{where}.{key}", allowed)
+
+
+RECIPE_TYPES = "dsv3_recipes.recipe.schema's dataclasses (Recipe and its sections)"
+
+
 def built(config: fdl.Buildable) -> Recipe:
     """``fdl.build`` a ``run.Config[Recipe]``: each section checks its own fields; errors carry only the
-    field's message. A door that goes on to ``plan`` or ``check_launch`` validates there, once."""
+    field's message. A door that goes on to ``plan`` or ``check_launch`` validates there, once. The
+    config builds only recipe types (``check_targets``): fiddle calls whatever a config names."""
+    if not isinstance(config, fdl.Buildable) or config.__fn_or_cls__ is not Recipe:
+        raise RecipeError(
+            "recipe", f"expected a run.Config of Recipe, got {type(config).__name__} {config!r:.80}"
+        )
+    check_targets(config, "", recipe_types())
     try:
         return fdl.build(config)
     except RecipeError as e:  # fiddle appends its build context to the message: keep ours
@@ -53,6 +92,7 @@ def build(config: fdl.Buildable) -> Recipe:
 def validate(recipe: Recipe) -> Resolved:
     """Refuse a recipe no cluster could run, naming the field; returns what it resolves to."""
     check_types(recipe, sections=False)  # the recipe's own fields; each section checks its own below
+    check_strings(recipe)
     for section in recipe.sections():
         section.check_fields()
     recipe.check()
@@ -67,6 +107,14 @@ def validate(recipe: Recipe) -> Resolved:
     if recipe.mlperf.enabled:
         mlperf_rules.check_rules(resolved)
     return resolved
+
+
+def check_strings(recipe: Recipe) -> None:
+    """What reaches a file name, a job name or a script: the name names the job directory, its log
+    files and its ``<name>_config.yaml`` (no ``/`` or ``..``); a secret's value would be written in
+    the script and the task's YAML, so it is refused by name in any case (``safe.is_secret``)."""
+    safe.name("name", recipe.name)
+    safe.env_vars(recipe.env_vars)
 
 
 def check_schedule(recipe: Recipe) -> None:

@@ -174,3 +174,37 @@ def check_resume(recipe: Recipe) -> None:
                 "schedule (e.g. to extend the run) or scheduler.use_checkpoint_opt_param_scheduler=True "
                 "to keep the saved one",
             )
+
+
+def check_exists(recipe: Recipe) -> None:
+    """A checkpoint to start from must exist where this process runs (the launch with a local
+    executor, the train-side preflight on the node). ``checkpoint.load`` equal to ``checkpoint.save``
+    is a resume-if-present run: its directory appears with the first save."""
+    c = recipe.checkpoint
+    for field, path in (
+        ("checkpoint.load", c.load),
+        ("checkpoint.pretrained_checkpoint", c.pretrained_checkpoint),
+    ):
+        if path is None or (
+            field == "checkpoint.load" and c.save and os.path.normpath(path) == os.path.normpath(c.save)
+        ):
+            continue
+        if not os.path.isdir(path):
+            raise RecipeError(
+                field, f"{path} is not a directory{'' if os.path.exists(path) else ' (it does not exist)'}"
+            )
+
+
+def check_save(recipe: Recipe, overwrite: bool = False) -> None:
+    """A new run does not save over another run's checkpoint: ``checkpoint.save`` holding one is
+    refused unless the run resumes it (``checkpoint.load`` the same directory) or ``--overwrite``."""
+    c = recipe.checkpoint
+    if overwrite or c.save is None:
+        return
+    held = latest_iteration(c.save)
+    if held is not None and (c.load is None or os.path.normpath(c.load) != os.path.normpath(c.save)):
+        raise RecipeError(
+            "checkpoint.save",
+            f"{c.save} already holds a checkpoint (iteration {held}) that this run would write over: resume "
+            f"it (checkpoint.load={c.save}), save elsewhere, or pass --overwrite",
+        )

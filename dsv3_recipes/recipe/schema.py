@@ -679,10 +679,11 @@ class Recipe:
 
     def __post_init__(self) -> None:
         # NeMo-Run's YAML loader (ConfigSerializer.deserialize_yaml, `--yaml`) reads '32' back as 32.
-        self.env_vars = {
-            k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            for k, v in self.env_vars.items()
-        }
+        if isinstance(self.env_vars, dict):  # else check_types names it
+            self.env_vars = {
+                k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                for k, v in self.env_vars.items()
+            }
         check_types(self, sections=False)  # each section checked its own fields when built
         if self.optimizer.lr is None and self.mlperf.enabled:  # derived: the benchmark's GBS rule
             self.optimizer.lr = MLPerfConfig.base_learning_rate(self.train.global_batch_size)
@@ -691,7 +692,7 @@ class Recipe:
     def check(self) -> None:
         """The recipe's own fields (its sections check theirs)."""
         for name in self.env_vars:
-            if not _ENV_NAME.fullmatch(name):
+            if not ENV_NAME.fullmatch(name):
                 raise RecipeError(f"env_vars.{name}", "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
         if self.optimizer.lr is None:
             raise RecipeError("optimizer.lr", "None: only MLPerf recipes derive it (from the GBS); set it")
@@ -710,7 +711,7 @@ class Recipe:
         return self.train.global_batch_size * self.model.seq_length
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _is_number(text: str) -> bool:
@@ -745,17 +746,18 @@ def check_types(obj: object, path: str = "", sections: bool = True) -> None:
         expected = hints[f.name]
         if dataclasses.is_dataclass(value) and (sections or not isinstance(value, Section)):
             check_types(value, where)
-        elif not _matches(value, expected):
+        elif not matches(value, expected):
             raise RecipeError(
                 where, f"expected {describe_type(expected)}, got {type(value).__name__} {value!r}"
             )
 
 
-def _matches(value: object, tp: object) -> bool:
+def matches(value: object, tp: object) -> bool:
+    """Whether ``value`` fits the annotation ``tp`` (the recipe's own type check)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
+        return any(matches(value, a) for a in args)
     if origin is Literal:
         return value in args
     if tp is type(None):
@@ -765,10 +767,10 @@ def _matches(value: object, tp: object) -> bool:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+        return isinstance(value, list) and all(matches(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(
-            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()
+            matches(k, args[0]) and matches(v, args[1]) for k, v in value.items()
         )
     return isinstance(value, tp)  # type: ignore[arg-type]
 

@@ -9,9 +9,12 @@ rules are ``recipe.rules.CONTAINER``, the same whose fixes ``--shrink`` substitu
 
 from __future__ import annotations
 
-from dsv3_recipes.recipe import rules
+import os
+from collections.abc import Mapping
+
+from dsv3_recipes.recipe import checkpoints, rules
 from dsv3_recipes.recipe.rules import Capabilities
-from dsv3_recipes.recipe.schema import Recipe
+from dsv3_recipes.recipe.schema import Recipe, RecipeError
 
 FP8_SUPPORT_CHECK = {  # recipe name -> Transformer Engine's own support check for the local GPU
     "tensorwise": "check_fp8_support",
@@ -28,6 +31,22 @@ def fp8_support(fp8_recipe: str) -> tuple[bool, str]:
     return getattr(quantization, FP8_SUPPORT_CHECK[fp8_recipe])()
 
 
+def check_world(recipe: Recipe, env: Mapping[str, str]) -> None:
+    """The job started as many ranks as the recipe's layout needs (torchrun's WORLD_SIZE, srun's
+    SLURM_NTASKS): any door's executor may have been sized by hand."""
+    world = env.get("WORLD_SIZE") or env.get("SLURM_NTASKS")
+    if world and world.isdigit() and int(world) != recipe.launch.num_gpus:
+        raise RecipeError(
+            "launch.num_nodes",
+            f"the job runs {world} rank(s), recipe {recipe.name} needs {recipe.launch.num_nodes} node(s) "
+            f"x {recipe.launch.gpus_per_node} GPU(s) = {recipe.launch.num_gpus}; size the executor from "
+            "the recipe",
+        )
+
+
 def check_container(recipe: Recipe) -> None:
-    """Raise RecipeError for the first feature of ``recipe`` that this container cannot run."""
+    """Raise RecipeError for the first feature of ``recipe`` that this container cannot run, or a
+    checkpoint to start from that this node does not see (the launch side cannot see a cluster's)."""
+    checkpoints.check_exists(recipe)
+    check_world(recipe, os.environ)
     rules.check_all(rules.CONTAINER, recipe, Capabilities.here(fp8_support=fp8_support))

@@ -33,6 +33,23 @@ DRYRUN=${DRYRUN:-0}
 DETACH=${DETACH:-0}
 DSV3=${DSV3:-dsv3}
 
+# Bad input stops here, before anything is created: a count that is not one would turn a test like
+# `[ "$SAVE_CKPT_STEPS" -gt 0 ]` into "no saving" with exit 0.
+refuse() { echo "run_deepseek_v3_671b.sh: error: $1" >&2; exit 2; }
+for var in NNODES GPUS_PER_NODE GBS MBS MAX_STEPS SAVE_CKPT_STEPS SEED ${SEGMENT:+SEGMENT} \
+  ${EXIT_DURATION_MINS:+EXIT_DURATION_MINS} ${VIRTUAL_PIPELINE_PARALLEL_SIZE:+VIRTUAL_PIPELINE_PARALLEL_SIZE}; do
+  [[ ${!var} =~ ^[0-9]+$ ]] || refuse "$var: expected a non-negative integer, got '${!var}'"
+done
+for var in RESUME DRYRUN DETACH; do
+  [[ ${!var} =~ ^[01]$ ]] || refuse "$var: expected 0 or 1, got '${!var}'"
+done
+for var in LOG_DIR DATA_DIR MODEL_CKPT ${CHECKPOINT_DIR:+CHECKPOINT_DIR}; do
+  [[ ${!var} =~ ^/[A-Za-z0-9._/+@=~-]*$ ]] || refuse "$var: expected an absolute path without spaces, ':' or ',' (it is mounted), got '${!var}'"
+done
+if [ "$SAVE_CKPT_STEPS" -gt 0 ] && [ -z "$CHECKPOINT_DIR" ]; then
+  refuse "SAVE_CKPT_STEPS: $SAVE_CKPT_STEPS saves need CHECKPOINT_DIR"
+fi
+
 # The learning rate is not passed: the recipe derives it from GBS by the benchmark's rule.
 OUT_DIR="$LOG_DIR/$EXP_NAME"
 TRAIN_PATHS=""
@@ -90,6 +107,8 @@ if [ "$DRYRUN" = 1 ]; then
   $DSV3 show --json "$FACTORY" "${overrides[@]}"
   args+=(--dryrun)
 else
+  # shellcheck disable=SC2086
+  $DSV3 plan "$FACTORY" "${overrides[@]}" >/dev/null  # the recipe is accepted before anything is made
   mkdir -p "$LOG_DIR" ${CHECKPOINT_DIR:+"$CHECKPOINT_DIR"}  # the job mounts them
   if [ "$DETACH" = 1 ]; then
     args+=(--detach)
