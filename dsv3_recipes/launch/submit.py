@@ -218,7 +218,7 @@ def run_task(task: run.Partial, executor: run.Executor, name: str, options: Laun
         try:
             with (
                 contextlib.redirect_stdout(console),
-                _submission_errors(executor, name),
+                _submission_errors(executor, name, lambda: console.submitted()),
                 interrupt if slurm and not options.detach else contextlib.nullcontext(),
                 run.Experiment(name, executor=executor) as exp,  # whose exit waits for the job
             ):
@@ -281,9 +281,10 @@ def _named(executor: run.Executor, name: str, exp_id: str) -> run.Executor:
 
 
 @contextlib.contextmanager
-def _submission_errors(executor: run.Executor, name: str) -> Iterator[None]:
+def _submission_errors(executor: run.Executor, name: str, submitted: Callable[[], bool]) -> Iterator[None]:
     """sbatch's refusal (a bad account, partition, QOS...) or an SSH host that does not answer: one
-    line, as bad input, instead of NeMo-Run's and paramiko's tracebacks."""
+    line, as bad input, instead of NeMo-Run's and paramiko's tracebacks. Once the job is submitted,
+    errors pass as they are."""
     if not isinstance(executor, run.SlurmExecutor):
         yield
         return
@@ -293,12 +294,14 @@ def _submission_errors(executor: run.Executor, name: str) -> Iterator[None]:
     try:
         yield
     except invoke.exceptions.UnexpectedExit as e:
+        if submitted():
+            raise
         said = [
             line.strip() for line in (e.result.stderr or e.result.stdout or "").splitlines() if line.strip()
         ]
         raise SubmitRefused(f"{name}: not submitted: {said[-1] if said else e.result.command}") from None
     except (OSError, paramiko.SSHException) as e:
-        if not isinstance(executor.tunnel, run.SSHTunnel):
+        if submitted() or not isinstance(executor.tunnel, run.SSHTunnel):
             raise
         tunnel = executor.tunnel
         where = f"{tunnel.user}@{tunnel.host}" if tunnel.user else tunnel.host
