@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         gpus_per_node=args.gpus_per_node,
         gpu_type=args.gpu_type,
         dryrun=options.dryrun,
+        paths=job.paths,
     )
     launch.submit(job, executor, options)
     return 0

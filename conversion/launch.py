@@ -2,14 +2,15 @@
 the executor (local torchrun or a Slurm job) and run it, or print what would run.
 
 Paths a local run uses must exist here. A Slurm job's paths are its container's: they must be
-absolute, and are checked here when this machine sees them (a shared file system) and in the job always.
+absolute, are checked here when this machine sees them (a shared file system) and in the job always,
+and are mounted in the job's container as pretrain's are (``job_paths``).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,7 @@ import nemo_run as run
 from conversion import checks, tasks
 from conversion.checks import Parallelism
 from dsv3_recipes.launch import executors
+from dsv3_recipes.launch.job_paths import RecipePath
 from dsv3_recipes.launch.submit import LaunchOptions, SlurmOptions, check_local_machine, run_task
 from dsv3_recipes.recipe.images import image_for
 from dsv3_recipes.recipe.schema import RecipeError
@@ -32,6 +34,7 @@ class ConversionJob:
     name: str
     task: run.Partial
     parallel: Parallelism
+    paths: tuple[RecipePath, ...] = field(default=())  # what the job reads and writes, to mount
 
 
 class _Paths:
@@ -41,8 +44,10 @@ class _Paths:
         if executor not in EXECUTORS:
             raise RecipeError("--executor", f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
         self.local = executor == "local"
+        self.seen: list[RecipePath] = []
 
-    def _checkable(self, path: str, arg: str) -> bool:
+    def _checkable(self, path: str, arg: str, output: bool = False, is_dir: bool = True) -> bool:
+        self.seen.append(RecipePath(arg, path, output=output, is_dir=is_dir))
         if self.local:
             return True
         if not Path(path).is_absolute():
@@ -68,12 +73,14 @@ class _Paths:
         return self._as_given(path)
 
     def output(self, path: str, arg: str) -> str:
-        if self._checkable(path, arg):
+        # is_dir=False: the batch script makes only the parent; the task makes the directory itself
+        if self._checkable(path, arg, output=True, is_dir=False):
             checks.check_output_dir(path, arg)
         return self._as_given(path)
 
     def file(self, path: str, arg: str) -> str:
-        self._checkable(path, arg)
+        """An output file (the verification's report)."""
+        self._checkable(path, arg, output=True, is_dir=False)
         return self._as_given(path)
 
 
@@ -94,7 +101,7 @@ def import_job(hf_path: str, megatron_path: str, parallel: Parallelism, executor
         pp=parallel.pp,
         ep=parallel.ep,
     )
-    return ConversionJob("convert-import", task, parallel)
+    return ConversionJob("convert-import", task, parallel, tuple(paths.seen))
 
 
 def export_job(
@@ -112,7 +119,7 @@ def export_job(
         pp=parallel.pp,
         ep=parallel.ep,
     )
-    return ConversionJob("convert-export", task, parallel)
+    return ConversionJob("convert-export", task, parallel, tuple(paths.seen))
 
 
 def verify_job(
@@ -151,7 +158,7 @@ def verify_job(
         min_top1_agreement=min_top1_agreement,
         report_path=paths.file(report_path, "--report") if report_path else None,
     )
-    return ConversionJob("convert-verify", task, parallel)
+    return ConversionJob("convert-verify", task, parallel, tuple(paths.seen))
 
 
 def generate_job(
@@ -172,7 +179,7 @@ def generate_job(
         pp=parallel.pp,
         ep=parallel.ep,
     )
-    return ConversionJob("convert-generate", task, parallel)
+    return ConversionJob("convert-generate", task, parallel, tuple(paths.seen))
 
 
 def make_executor(
@@ -183,8 +190,10 @@ def make_executor(
     gpus_per_node: int,
     gpu_type: str,
     dryrun: bool,
+    paths: tuple[RecipePath, ...] = (),
 ) -> run.Executor:
-    """torchrun with one process per rank here, or a Slurm job of ceil(ranks / GPUs per node) nodes."""
+    """torchrun with one process per rank here, or a Slurm job of ceil(ranks / GPUs per node) nodes
+    that mounts ``paths``."""
     if kind == "local":
         if not dryrun:
             check_local_machine(world_size, "the conversion (PP x lcm(TP, EP))", "--tp/--pp/--ep")
@@ -197,8 +206,9 @@ def make_executor(
             "--gpus-per-node",
             f"{world_size} ranks do not fill nodes of {gpus_per_node} GPUs; change TP/PP/EP",
         )
-    return executors.slurm(
-        **options,  # type: ignore[arg-type]
+    return executors.for_paths(
+        paths,
+        **options,
         nodes=math.ceil(world_size / gpus_per_node),
         gpus_per_node=min(world_size, gpus_per_node),
     )

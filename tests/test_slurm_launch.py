@@ -9,6 +9,7 @@ import sys
 
 import nemo_run as run
 import pytest
+from test_conversion_checks import write_checkpoint
 from test_mlperf_launch import data_dir  # noqa: F401  (a fixture)
 from test_plan import RECIPES_671B as PLANNED_671B
 
@@ -161,7 +162,7 @@ def test_dryrun_prints_exactly_the_script_or_writes_it(tmp_path, capsys):
     assert second == "" and f"wrote the launch to {target}" in err
 
     def same(script):  # each render is a new experiment id
-        return re.sub(r"proxy_1gpu_\d+", "ID", script)
+        return re.sub(r"proxy_1gpu[_-]\d+", "ID", script)
 
     assert same(target.read_text()) == same(out)
 
@@ -282,3 +283,121 @@ def test_a_submission_at_a_terminal_asks_first_and_yes_skips_it(monkeypatch, cap
     with pytest.raises(TypeError):
         main([*argv, "--yes"])
     assert len(asked) == 1
+
+
+SLURM = ["-e", "slurm", "--account", "acct", "--container-image", IMAGE]
+
+
+@pytest.mark.parametrize(
+    ("flag", "bad"),
+    [
+        ("--time", "4h"),
+        ("--time", "1-2:3:4:5"),
+        ("--dependency", "afterok"),
+        ("--dependency", "afterok:12,afterany:x"),
+        ("--dependency", "afterok:1,afterok:2?afterok:3"),
+        ("--qos", "high;rm"),
+        ("--array", "0-"),
+        ("--array", "5-2"),
+        ("--max-restarts", "-1"),
+    ],
+)
+def test_slurm_options_are_refused_outside_slurms_formats(flag, bad, capsys):
+    assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, flag, bad, "--dryrun"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dsv3: error: {flag}: ")
+
+
+def test_slurm_options_render_as_sbatch_directives(capsys):
+    good = ["--time", "1-12", "--qos", "long", "--dependency", "afterok:12:13?afterany:14", "--array", "0-2"]
+    assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, *good, "--dryrun"]) == 0
+    script = capsys.readouterr().out
+    for line in ("--time=1-12", "--qos=long", "--dependency='afterok:12:13?afterany:14'", "--array=0-2"):
+        assert f"#SBATCH {line}\n" in script
+    assert "#SBATCH --requeue" not in script and "TORCHX_MAX_RETRIES=0" in script
+    for time in ("30", "30:00", "04:00:00", "2-0", "2-04:00", "2-04:00:00"):
+        assert executors.slurm(account="a", time=time).time == time
+    with pytest.raises(RecipeError, match=r"^--time: '4h' is not a Slurm time limit; use one of MM, MM:SS"):
+        executors.slurm(account="a", time="4h")
+
+
+def test_the_job_name_starts_with_the_task_and_a_short_experiment_id(capsys):
+    assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--dryrun"]) == 0
+    script = capsys.readouterr().out
+    exp_id = re.search(r"/experiments/proxy_1gpu/(proxy_1gpu_\d+)/", script).group(1)
+    assert f"#SBATCH --job-name=proxy_1gpu-{exp_id[-6:]}\n" in script
+
+
+def test_requeue_resumes_from_the_directory_it_saves_into(capsys):
+    saving = ["checkpoint.save=/lustre/ckpt", "checkpoint.save_interval=50"]
+    task = build_task("proxy_1gpu", saving)
+    resumed = launch.resumable(task, recipe_of(task))
+    assert recipe_of(resumed).checkpoint.load == "/lustre/ckpt" and recipe_of(task).checkpoint.load is None
+    own = build_task("proxy_1gpu", ["checkpoint.save_interval=50"])  # saves under output_dir
+    assert recipe_of(launch.resumable(own, recipe_of(own))).checkpoint.load == "nemo_experiments/checkpoints"
+    assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--requeue", *saving, "--dryrun"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --requeue\n" in script
+    argv = ["pretrain", "-f", "proxy_1gpu", *SLURM, "--dryrun"]
+    assert main([*argv, "--max-restarts", "3"]) == 2  # nothing saved: it would start over
+    assert "checkpoint.save_interval: unset while the job may start again" in capsys.readouterr().err
+    assert main([*argv, "--requeue", *saving, "checkpoint.load=/lustre/other"]) == 2
+    assert "checkpoint.load: /lustre/other is not the directory the job saves into" in capsys.readouterr().err
+    assert main([*argv, "--max-restarts", "3", *saving]) == 0
+    assert "export TORCHX_MAX_RETRIES=3\n" in capsys.readouterr().out  # NeMo-Run's requeue on failure
+
+
+def test_an_array_is_followed_detached(capsys):
+    assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--array", "0-2", "--yes"]) == 2
+    assert "--array: an array's tasks are followed with --detach" in capsys.readouterr().err
+
+
+def test_an_unreachable_ssh_host_is_one_line(tmp_path, capsys):
+    argv = [
+        "pretrain",
+        "-f",
+        "proxy_1gpu",
+        *SLURM,
+        "--ssh-host",
+        "nosuch.invalid",
+        "--job-dir",
+        "/j",
+        "--yes",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dsv3: error: --ssh-host: cannot reach nosuch.invalid: ")
+
+
+def test_preprocess_and_convert_on_slurm_mount_absolute_paths_in_pretrains_image(
+    tmp_path, capsys, monkeypatch
+):
+    from dsv3_recipes.recipe.images import image_for
+
+    monkeypatch.setenv("DSV3_IMAGE_REGISTRY", "registry.example.com/team")  # where build.sh pushed them
+    argv = ["preprocess", "-i", "/raw/c4/c4-train.*.json.gz", "-i", "/raw2/v.json", "-o", "/data/c4/train"]
+    argv += ["--tokenizer", "/tok/dsv3", "-e", "slurm", "--account", "acct", "--dryrun"]
+    assert main(argv) == 0
+    script = capsys.readouterr().out
+    assert mount_destinations(script)[:-1] == ["/data/c4", "/raw", "/raw2", "/tok"]  # then the job dir
+    assert f"--container-image {image_for('h100')} " in srun_line(script)
+    assert "mkdir -p /data/c4\n" in script
+    for flag, field, path, shown in [
+        ("-i", "--input", "raw/x.json", "raw"),
+        ("-o", "--output-prefix", "out/train", "out/train"),
+        ("--tokenizer", "--tokenizer", "tok", "tok"),
+    ]:
+        changed = list(argv)
+        changed[changed.index(flag) + 1] = path
+        assert main(changed) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"dsv3: error: {field}: {shown} is relative: a Slurm job runs in its job directory"]
+    hf = tmp_path / "hf"
+    write_checkpoint(hf)
+    convert = ["convert", "import", "--hf-path", str(hf), "--megatron-path", str(tmp_path / "mg" / "out")]
+    assert main([*convert, "-e", "slurm", "--account", "acct", "--dryrun"]) == 0
+    script = capsys.readouterr().out
+    assert f"{tmp_path}:{tmp_path}" in srun_line(script) and f"mkdir -p {tmp_path}/mg\n" in script
+    assert f"--container-image {image_for('h100')} " in srun_line(script)
+    assert main(["convert", "import", "--hf-path", "hf", "--megatron-path", "/mg", *SLURM, "--dryrun"]) == 2
+    assert "--hf-path: hf must be an absolute path" in capsys.readouterr().err

@@ -133,6 +133,12 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer processes")
     p.add_argument("--json-key", default="text")
+    p.add_argument(
+        "--gpu-type",
+        default=os.environ.get("GPU_TYPE", "h100"),
+        help="picks the default container image for Slurm, the one pretrain uses (default: $GPU_TYPE, "
+        "else h100)",
+    )
     LaunchOptions.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -191,8 +197,17 @@ def _executor(args: argparse.Namespace, options: LaunchOptions) -> nemo_run.Exec
         if not os.path.isfile(os.path.join(args.tokenizer, "tokenizer_config.json")):
             raise RecipeError("--tokenizer", f"{args.tokenizer} is not a Hugging Face tokenizer directory")
         return nemo_run.LocalExecutor(ntasks_per_node=1)
-    return executors.slurm(
-        **options.slurm.executor_kwargs(),  # type: ignore[arg-type]
+    from dsv3_recipes.launch.job_paths import RecipePath, glob_directory
+    from dsv3_recipes.recipe.images import image_for
+
+    paths = [RecipePath("--input", glob_directory(p), output=False, is_dir=True) for p in args.input]
+    paths += [
+        RecipePath("--tokenizer", args.tokenizer, output=False, is_dir=True),
+        RecipePath("--output-prefix", args.output_prefix, output=True, is_dir=False),
+    ]
+    return executors.for_paths(
+        paths,
+        **options.slurm.executor_kwargs(image_for(args.gpu_type)),  # the image pretrain runs in
         nodes=1,
         gpus_per_node=1,  # one task; the node's cores go to --workers
         env_vars={"TOKENIZERS_PARALLELISM": "false"},

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import nemo_run as run
 
-from dsv3_recipes.launch import code_check, job_paths, safe
+from dsv3_recipes.launch import code_check, job_paths, safe, slurm_args
 from dsv3_recipes.launch.options import EXECUTORS
 from dsv3_recipes.recipe.images import BINDPCIE_PATH
 from dsv3_recipes.recipe.schema import ENV_NAME, Recipe, RecipeError
@@ -48,6 +48,11 @@ def slurm(
     ssh_host: str | None = None,
     ssh_user: str | None = None,
     additional_parameters: Mapping[str, object] | None = None,
+    dependency: str | None = None,
+    qos: str | None = None,
+    requeue: bool = False,
+    array: str | None = None,
+    max_restarts: int = 0,
 ) -> run.SlurmExecutor:
     """One Slurm job, one srun task per GPU (Megatron reads the SLURM_* ranks; no torchrun).
 
@@ -61,6 +66,10 @@ def slurm(
     ``ssh_host``: submit through SSH from a laptop, ``job_dir`` then being the job's directory on the
     cluster; without it sbatch runs on this login node and the job's files live under NeMo-Run's home
     (``run.config.set_nemorun_home`` or ``$NEMORUN_HOME``), the directory the compute nodes read.
+    ``time``, ``dependency`` (e.g. ``afterok:123``), ``qos`` and ``array`` (e.g. ``0-2``) are checked
+    for Slurm's formats (``slurm_args``). ``requeue``: the job may be requeued (preemption, node failure,
+    ``scontrol requeue``); ``max_restarts``: a job that fails is requeued up to that many times
+    (NeMo-Run's retries). A recipe task resumes from its checkpoints either way (``submit.resumable``).
     The job checks at start that its image holds this launcher's code (``code_check``).
     Every value that reaches the script is checked (``safe``) or quoted: NeMo-Run renders the
     ``export`` values unquoted, so they are ``shlex.quote``-d here.
@@ -90,6 +99,11 @@ def slurm(
     for secret in secrets:
         if not isinstance(secret, str) or not ENV_NAME.fullmatch(secret):
             raise RecipeError("executor.secrets", f"{secret!r} is not a shell variable name")
+    extra = dict(additional_parameters or {})
+    if dependency is not None:  # a user's job ids: NeMo-Run's `dependencies` take its own job handles
+        extra["dependency"] = slurm_args.dependency(dependency)
+    if requeue:
+        extra["requeue"] = True
     if job_dir and not ssh_host:
         raise RecipeError(
             "executor.job_dir",
@@ -114,6 +128,9 @@ def slurm(
         ntasks_per_node=gpus_per_node,
         gpus_per_node=gres_gpus_per_node,
         time=time,
+        qos=slurm_args.qos(qos) if qos is not None else None,
+        array=slurm_args.array(array) if array is not None else None,
+        retries=slurm_args.max_restarts(max_restarts),
         container_image=container_image,
         container_mounts=list(container_mounts),
         container_env=list(secrets) or None,
@@ -125,7 +142,7 @@ def slurm(
         exclusive=True,
         tunnel=tunnel,
         packager=run.Packager(),
-        additional_parameters=dict(additional_parameters or {}),
+        additional_parameters=extra,
     )
 
 
@@ -157,10 +174,8 @@ def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:
     if kind == "slurm":
         bindpcie = options.pop("bindpcie", None) or (BINDPCIE_PATH if recipe.launch.bindpcie else None)
         user_mounts = list(options.pop("container_mounts", ()))  # type: ignore[call-overload]
-        mounts, mkdirs = job_paths.slurm_mounts(recipe, user_mounts)
         return slurm(
-            container_mounts=[*user_mounts, *mounts],
-            setup_lines=[f"mkdir -p {shlex.join(mkdirs)}"] if mkdirs else [],
+            **_mounted(user_mounts, job_paths.slurm_mounts(recipe, user_mounts)),
             nodes=recipe.launch.num_nodes,
             gpus_per_node=recipe.launch.gpus_per_node,
             segment=recipe.launch.nvl_segment_nodes,
@@ -169,3 +184,19 @@ def for_recipe(kind: str, recipe: Recipe, **options: object) -> run.Executor:
             **options,  # type: ignore[arg-type]
         )
     raise RecipeError("executor", f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
+
+
+def for_paths(paths: Sequence[job_paths.RecipePath], **options: object) -> run.SlurmExecutor:
+    """A Slurm job of a task that is no recipe (preprocess, convert) and names its paths: each must be
+    absolute (the job runs in its job directory), each is mounted, and its outputs' directories made."""
+    user_mounts = list(options.pop("container_mounts", ()))  # type: ignore[call-overload]
+    found = job_paths.path_mounts(list(paths), user_mounts, relative_outputs=False)
+    return slurm(**_mounted(user_mounts, found), **options)  # type: ignore[arg-type]
+
+
+def _mounted(user_mounts: list[str], found: tuple[list[str], list[str]]) -> dict[str, list[str]]:
+    mounts, mkdirs = found
+    return dict(
+        container_mounts=[*user_mounts, *mounts],
+        setup_lines=[f"mkdir -p {shlex.join(mkdirs)}"] if mkdirs else [],
+    )

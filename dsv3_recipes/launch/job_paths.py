@@ -85,12 +85,20 @@ def check_checkpoint_dir(recipe: Recipe) -> None:
 def slurm_mounts(recipe: Recipe, user_mounts: list[str]) -> tuple[list[str], list[str]]:
     """The mounts to add to ``user_mounts`` and the output directories to create before ``srun``."""
     check_checkpoint_dir(recipe)
+    return path_mounts(recipe_paths(recipe), user_mounts)
+
+
+def path_mounts(
+    paths: list[RecipePath], user_mounts: list[str], relative_outputs: bool = True
+) -> tuple[list[str], list[str]]:
+    """``slurm_mounts`` of any job's paths (preprocess and convert name theirs by their options).
+    ``relative_outputs``: a relative output lands in the job directory; else it is refused too."""
     covered = [mount_destination(m) for m in user_mounts]
     mounts: list[str] = []
     mkdirs: list[str] = []
-    for p in recipe_paths(recipe):
+    for p in paths:
         if not os.path.isabs(p.path):
-            if p.output:
+            if p.output and relative_outputs:
                 continue  # lands in the job directory, which NeMo-Run mounts
             raise RecipeError(p.field, f"{p.path} is relative: a Slurm job runs in its job directory")
         path = os.path.normpath(safe.absolute_path(p.field, p.path, mount=True))
@@ -104,3 +112,10 @@ def slurm_mounts(recipe: Recipe, user_mounts: list[str]) -> tuple[list[str], lis
         if not any(_under(holder, m) for m in mounts):
             mounts = [m for m in mounts if not _under(m, holder)] + [holder]
     return [f"{m}:{m}" for m in sorted(mounts)], sorted(set(mkdirs))
+
+
+def glob_directory(pattern: str) -> str:
+    """The directory a file glob's matches lie under: its leading components without a wildcard."""
+    parts = pattern.split("/")
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts) - 1)
+    return "/".join(parts[:fixed]) or "/"

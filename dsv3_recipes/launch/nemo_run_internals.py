@@ -5,7 +5,8 @@ them); tests/test_nemo_run_internals.py pins the version they were read from and
   ``Experiment.add``, dry run or not): ``recipes.common.PretrainTask.clone`` checks the recipe there.
 - ``_add_single_job``'s local ``executor`` (already cloned) while it takes that clone: the clone
   compares the recipe's GPUs with the executor's (``adding_executor``).
-- An experiment's id (``Experiment._id``), which ``nemo experiment status/logs`` take.
+- An experiment's id (``Experiment._id``), which ``nemo experiment status/logs`` take, and its
+  directory (``Experiment._exp_dir``), which a kept dry run leaves for ``sbatch FILE``.
 - A dry run's rendered request (``Job._dryrun_info``): the sbatch script or the local app.
 """
 
@@ -22,6 +23,10 @@ NEMO_RUN_VERSION = "0.11.1"  # the release these were read from (pyproject.toml 
 
 def experiment_id(exp: run.Experiment) -> str:
     return exp._id
+
+
+def experiment_dir(exp: run.Experiment) -> str:
+    return exp._exp_dir
 
 
 def dryrun_request(exp: run.Experiment) -> object:

@@ -24,6 +24,10 @@ class JobFailed(RuntimeError):
     """A submitted job ended in another state than SUCCEEDED (the message names it): a failed command."""
 
 
+class SubmitRefused(ValueError):
+    """The cluster refused the submission (sbatch's message) or could not be reached: bad input, exit 2."""
+
+
 @dataclass
 class SlurmOptions:
     """Slurm job options: flags first, then [titan-dsv3]'s environment (SBATCH_*, RUN_CONF_*)."""
@@ -40,13 +44,39 @@ class SlurmOptions:
     mpi: str | None = None
     gres_gpus_per_node: int | None = None
     additional_parameters: dict[str, object] = field(default_factory=dict)
+    dependency: str | None = None
+    qos: str | None = None
+    requeue: bool = False
+    array: str | None = None
+    max_restarts: int = 0
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("slurm executor")
         g.add_argument("--account", help="Slurm account (default: $SBATCH_ACCOUNT)")
         g.add_argument("--partition", help="Slurm partition (default: $SBATCH_PARTITION)")
-        g.add_argument("--time", default="04:00:00")
+        g.add_argument(
+            "--time", default="04:00:00", help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+        )
+        g.add_argument("--qos", help="Slurm quality of service")
+        g.add_argument(
+            "--dependency",
+            metavar="TYPE:JOBID[:JOBID...]",
+            help="start after other jobs, in sbatch's syntax (e.g. afterok:1234, afterany:12:13)",
+        )
+        g.add_argument("--array", metavar="SPEC", help="a job array for sweeps: 0-2, 1,3,5, 0-99%%10")
+        g.add_argument(
+            "--requeue",
+            action="store_true",
+            help="the job may be requeued (preemption, node failure); it resumes from its latest checkpoint",
+        )
+        g.add_argument(
+            "--max-restarts",
+            type=int,
+            default=0,
+            metavar="N",
+            help="requeue a job that fails, at most N times; each restart resumes from the latest checkpoint",
+        )
         g.add_argument("--container-image", help="default: $RUN_CONF_IMAGE, else the recipe GPU's image")
         g.add_argument("--container-mounts", help="comma-separated src:dst (default: $RUN_CONF_MOUNTS)")
         g.add_argument(
@@ -93,6 +123,11 @@ class SlurmOptions:
             mpi=args.mpi,
             gres_gpus_per_node=int(gres) if gres is not None else None,
             additional_parameters=parse_additional_slurm_params(env.get("ADDITIONAL_SLURM_PARAMS", "")),
+            dependency=args.dependency,
+            qos=args.qos,
+            requeue=args.requeue,
+            array=args.array,
+            max_restarts=args.max_restarts,
         )
 
     def executor_kwargs(self, default_image: str | None = None) -> dict[str, object]:
@@ -125,6 +160,11 @@ class SlurmOptions:
             mpi=self.mpi,
             gres_gpus_per_node=self.gres_gpus_per_node,
             additional_parameters=self.additional_parameters,
+            dependency=self.dependency,
+            qos=self.qos,
+            requeue=self.requeue,
+            array=self.array,
+            max_restarts=self.max_restarts,
         )
         safe.slurm_options(_flag, kwargs)
         return kwargs
@@ -133,6 +173,11 @@ class SlurmOptions:
 def _flag(option: str) -> str:
     """The command line's name of a Slurm option, for messages."""
     return "ADDITIONAL_SLURM_PARAMS" if option == "additional_parameters" else "--" + option.replace("_", "-")
+
+    @property
+    def resumes(self) -> bool:
+        """Whether the job may start again (requeued or restarted), so it must resume, not start over."""
+        return self.requeue or self.max_restarts > 0
 
 
 def parse_additional_slurm_params(text: str) -> dict[str, object]:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dsv3_recipes.launch import slurm_args
 from dsv3_recipes.recipe.schema import ENV_NAME, RecipeError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -23,8 +24,6 @@ _MOUNT_PATH = re.compile(r"/[A-Za-z0-9._/+@=~-]*")
 # or a squashfs file.
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@#+-]*")
 _SBATCH_KEY = re.compile(r"(?!-)[-a-z0-9]+")  # rendered as --KEY
-# Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
-_SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
 # *TOKEN* (not TOKENIZERS_PARALLELISM), a KEY word (WANDB_API_KEY, not NCCL_IB_PKEY), *SECRET*, *PASSW*.
 _SECRET_NAME = re.compile(r"TOKEN(?!IZER)|(^|_)(API)?KEYS?(_|$)|SECRET|PASSW|CREDENTIAL")
 # Known credentials the pattern misses (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY match it).
@@ -102,16 +101,6 @@ def sbatch_key(field: str, value: str) -> str:
     return value
 
 
-def slurm_time(field: str, value: str) -> str:
-    """Slurm's ``--time`` formats, at least one minute."""
-    one_line(field, value)
-    if not _SLURM_TIME.fullmatch(value) or not any(c in "123456789" for c in value):
-        raise RecipeError(
-            field, f"{value!r} is not a Slurm time limit (minutes, HH:MM:SS or D-HH:MM:SS, above zero)"
-        )
-    return value
-
-
 def is_secret(env_name: str) -> bool:
     """Whether an environment variable holds a credential, by its name (case-insensitive)."""
     upper = env_name.upper()
@@ -152,7 +141,7 @@ def slurm_options(label: Callable[[str], str], options: Mapping[str, Any]) -> No
     if o.get("partition") is not None:
         for part in str(o["partition"]).split(","):  # sbatch takes a list of partitions
             name(label("partition"), part)
-    slurm_time(label("time"), o.get("time", "04:00:00"))
+    slurm_args.time_limit(o.get("time", "04:00:00"), label("time"))
     if o.get("container_image") is not None:
         image(label("container_image"), o["container_image"])
     for m in o.get("container_mounts", ()):

@@ -70,8 +70,9 @@ def as_nemo_run(value: object) -> object:
 
 def checked(task: fdl.Partial) -> run.Partial:
     """The task as NeMo-Run takes it after the door ran ``check_launch``: a plain ``run.Partial`` of the
-    same function and recipe, whose ``clone`` does not check again."""
-    return run.Partial(task.__fn_or_cls__, recipe=as_nemo_run(task.recipe))
+    same function and arguments, whose ``clone`` does not check again."""
+    arguments = {k: as_nemo_run(v) for k, v in task.__arguments__.items()}
+    return run.Partial(task.__fn_or_cls__, **arguments)
 
 
 def load_yaml(text: str) -> PretrainTask:
