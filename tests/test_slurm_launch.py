@@ -317,8 +317,14 @@ def test_slurm_options_render_as_sbatch_directives(capsys):
     assert "#SBATCH --requeue" not in script and "TORCHX_MAX_RETRIES=0" in script
     for time in ("30", "30:00", "04:00:00", "2-0", "2-04:00", "2-04:00:00"):
         assert executors.slurm(account="a", time=time).time == time
-    with pytest.raises(RecipeError, match=r"^--time: '4h' is not a Slurm time limit; use one of MM, MM:SS"):
+    with pytest.raises(
+        RecipeError, match=r"^executor.time: '4h' is not a Slurm time limit; use one of MM, MM:SS"
+    ):
         executors.slurm(account="a", time="4h")
+    with pytest.raises(RecipeError, match=r"^executor.time: '0:00': a job needs a time limit above zero$"):
+        executors.slurm(account="a", time="0:00")
+    assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--time", "4h", "--dryrun"]) == 2
+    assert capsys.readouterr().err.strip().startswith("--time: '4h' is not a Slurm time limit")
 
 
 def test_the_job_name_starts_with_the_task_and_a_short_experiment_id(capsys):

@@ -169,15 +169,15 @@ class SlurmOptions:
         safe.slurm_options(_flag, kwargs)
         return kwargs
 
-
-def _flag(option: str) -> str:
-    """The command line's name of a Slurm option, for messages."""
-    return "ADDITIONAL_SLURM_PARAMS" if option == "additional_parameters" else "--" + option.replace("_", "-")
-
     @property
     def resumes(self) -> bool:
         """Whether the job may start again (requeued or restarted), so it must resume, not start over."""
         return self.requeue or self.max_restarts > 0
+
+
+def _flag(option: str) -> str:
+    """The command line's name of a Slurm option, for messages."""
+    return "ADDITIONAL_SLURM_PARAMS" if option == "additional_parameters" else "--" + option.replace("_", "-")
 
 
 def parse_additional_slurm_params(text: str) -> dict[str, object]:
