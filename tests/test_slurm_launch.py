@@ -324,7 +324,7 @@ def test_slurm_options_render_as_sbatch_directives(capsys):
     with pytest.raises(RecipeError, match=r"^executor.time: '0:00': a job needs a time limit above zero$"):
         executors.slurm(account="a", time="0:00")
     assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--time", "4h", "--dryrun"]) == 2
-    assert capsys.readouterr().err.strip().startswith("--time: '4h' is not a Slurm time limit")
+    assert capsys.readouterr().err.strip().startswith("dsv3: error: --time: '4h' is not a Slurm time limit")
 
 
 def test_the_job_name_starts_with_the_task_and_a_short_experiment_id(capsys):
