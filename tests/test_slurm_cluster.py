@@ -189,7 +189,9 @@ def test_256_ranks_on_64_nodes_run_behind_bindpcie_with_the_recipes_env(tmp_path
     stub.write_text(BINDPCIE_STUB.format(records=records))
     stub.chmod(0o755)
     data = tmp_path / "data"
-    data.mkdir()
+    data.mkdir()  # a dataset the login node sees: a submission from it checks the data first
+    mlperf_launch.write_idx(data / "c4_text_document.idx", [4096] * 4)
+    (data / "c4_text_document.bin").write_bytes(bytes(4 * 4096 * 4))
     result = dsv3(
         "pretrain", "-f", "gb200_mxfp8_256gpu",
         *slurm_args(tmp_path, "--bindpcie", str(stub), "--mpi", "pmix", "--time", "00:10:00"),

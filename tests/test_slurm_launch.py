@@ -327,6 +327,21 @@ def test_slurm_options_render_as_sbatch_directives(capsys):
     assert capsys.readouterr().err.strip().startswith("dsv3: error: --time: '4h' is not a Slurm time limit")
 
 
+def test_a_submission_from_the_login_node_checks_its_data_first(tmp_path, capsys, monkeypatch):
+    """The login node sees the cluster's file systems: a dataset that is not there is refused before
+    anything is submitted, not after the job's wait in the queue; a dry run, which may be rendered
+    anywhere, checks no cluster path (the train-side preflight checks them on the node)."""
+    submitted = []
+    with monkeypatch.context() as m:
+        m.setattr(launch, "run_task", lambda *args: submitted.append(args))
+        missing = [f"dataset.data_paths=['{tmp_path}/c4_text_document']"]
+        assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--yes", *missing]) == 2
+    assert submitted == []
+    err = capsys.readouterr().err.strip()
+    assert err == f"dsv3: error: dataset.data_paths: {tmp_path}/c4_text_document.bin does not exist"
+    assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--dryrun", *missing]) == 0
+
+
 def test_the_job_name_starts_with_the_task_and_a_short_experiment_id(capsys):
     assert main(["pretrain", "-f", "proxy_1gpu", *SLURM, "--dryrun"]) == 0
     script = capsys.readouterr().out

@@ -100,18 +100,27 @@ def make_executor(kind: str, recipe: Recipe, slurm: SlurmOptions | None) -> run.
     return executors.for_recipe("slurm", recipe, **slurm.executor_kwargs(image_for(recipe.launch.gpu_type)))
 
 
-def preflight(recipe: Recipe, executor: str, dryrun: bool, overwrite: bool = False) -> None:
-    """Refuse, before submission, anything that would fail once the job starts."""
+def preflight(
+    recipe: Recipe, executor: str, dryrun: bool, overwrite: bool = False, on_login_node: bool = False
+) -> None:
+    """Refuse, before submission, anything that would fail once the job starts.
+
+    ``on_login_node``: a Slurm job submitted from this machine (no ``--ssh-host``), which sees the
+    cluster's file systems, so its data is checked here too, before it waits in the queue only to fail
+    on the node (or in pyxis, mounting a path that is not there). A dry run checks no cluster path: it
+    may be rendered anywhere, and the train-side preflight checks them on the node."""
     from dsv3_recipes.plan.preflight import check_launch
     from dsv3_recipes.recipe.checkpoints import check_exists
 
     check_launch(recipe, overwrite)
     if executor == "local":
-        _check_local_data(recipe)  # cluster paths are only visible inside the job's mounts
+        _check_local_data(recipe)
         check_exists(recipe)  # on Slurm the train-side preflight checks them on the node
         if not dryrun:
             field = "shrink" if recipe.shrink else "launch.gpus_per_node"
             check_local_machine(recipe.launch.num_gpus, f"recipe {recipe.name}", field)
+    elif on_login_node and not dryrun:
+        _check_local_data(recipe)
 
 
 def _check_local_data(recipe: Recipe) -> None:
@@ -149,7 +158,7 @@ def launch(task: run.Partial, options: LaunchOptions) -> None:
     if options.executor == "slurm" and options.slurm.resumes:
         task = resumable(task, recipe)
         recipe = validate.built(task.recipe)
-    preflight(recipe, options.executor, options.dryrun, options.overwrite)
+    preflight(recipe, options.executor, options.dryrun, options.overwrite, not options.slurm.ssh_host)
     executor = make_executor(options.executor, recipe, options.slurm)
     run_task(checked(task), executor, recipe.name, options)
 
