@@ -6,9 +6,11 @@ the factories make the train entry's task (``train.entry.pretrain``), which NeMo
 registered under the train entry itself: NeMo-Run's parser would then read a string value equal to a
 recipe's name (a recipe's ``name`` is its factory's) as that recipe's task.
 
-``CheckedRunContext`` gives it ``dsv3 pretrain``'s validation: ``--factory`` must name a recipe,
-and the task NeMo-Run parsed (factory, then overrides) is checked before anything is shown, rendered or
-submitted, dry run or not; a refusal is one line, exit 2."""
+``CheckedRunContext`` gives it ``dsv3 pretrain``'s validation, once, as that door does: ``--factory``
+must name a recipe; the task NeMo-Run parsed (factory, then overrides) is checked, with the size of the
+executor NeMo-Run parsed (``executors.check_size``), before anything is shown, exported, rendered or
+submitted, and handed on as ``checked(task)``, whose clone does not check again. A refusal is one
+line, exit 2."""
 
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import sys
 import nemo_run as run
 
 from dsv3_recipes import recipes
+from dsv3_recipes.launch.executors import check_size
 from dsv3_recipes.plan.preflight import check_launch
 from dsv3_recipes.plan.validate import built
 from dsv3_recipes.recipe.schema import Recipe, RecipeError
+from dsv3_recipes.recipes.task import checked
 from dsv3_recipes.train import entry
 
 
@@ -31,8 +35,11 @@ class CheckedRunContext(run.cli.RunContext):
                 "--factory", f"{self.factory!r} is not a recipe; allowed: {', '.join(recipes.names())}"
             )
         task = super().parse_fn(fn, args, **default_kwargs)
-        check_launch(built(task.recipe))
-        return task
+        recipe = built(task.recipe)
+        check_launch(recipe)
+        if self.executor is not None:  # NeMo-Run built it (parse_args) before it parses the task
+            check_size(recipe, self.executor)
+        return checked(task)  # checked once here: NeMo-Run's run.run then takes it as it is
 
     def cli_execute(self, fn, args, entrypoint_type="task"):
         try:
