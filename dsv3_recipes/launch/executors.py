@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import nemo_run as run
 
-from dsv3_recipes.launch import code_check, job_paths, safe, slurm_args
+from dsv3_recipes.launch import code_check, job_paths, safe
 from dsv3_recipes.launch.options import EXECUTORS
 from dsv3_recipes.recipe.images import BINDPCIE_PATH
 from dsv3_recipes.recipe.schema import ENV_NAME, Recipe, RecipeError
@@ -67,9 +67,10 @@ def slurm(
     cluster; without it sbatch runs on this login node and the job's files live under NeMo-Run's home
     (``run.config.set_nemorun_home`` or ``$NEMORUN_HOME``), the directory the compute nodes read.
     ``time``, ``dependency`` (e.g. ``afterok:123``), ``qos`` and ``array`` (e.g. ``0-2``) are checked
-    for Slurm's formats (``slurm_args``). ``requeue``: the job may be requeued (preemption, node failure,
-    ``scontrol requeue``); ``max_restarts``: a job that fails is requeued up to that many times
-    (NeMo-Run's retries). A recipe task resumes from its checkpoints either way (``submit.resumable``).
+    for Slurm's formats with the other options (``safe.slurm_options``). ``requeue``: the job may be
+    requeued (preemption, node failure, ``scontrol requeue``); ``max_restarts``: a job that fails is
+    requeued up to that many times (NeMo-Run's retries). A recipe task resumes from its checkpoints
+    either way (``submit.resumable``).
     The job checks at start that its image holds this launcher's code (``code_check``).
     Every value that reaches the script is checked (``safe``) or quoted: NeMo-Run renders the
     ``export`` values unquoted, so they are ``shlex.quote``-d here.
@@ -91,6 +92,10 @@ def slurm(
             ssh_host=ssh_host,
             ssh_user=ssh_user,
             additional_parameters=additional_parameters,
+            dependency=dependency,
+            qos=qos,
+            array=array,
+            max_restarts=max_restarts,
         ),
     )
     for arg, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("segment", segment)):
@@ -101,7 +106,7 @@ def slurm(
             raise RecipeError("executor.secrets", f"{secret!r} is not a shell variable name")
     extra = dict(additional_parameters or {})
     if dependency is not None:  # a user's job ids: NeMo-Run's `dependencies` take its own job handles
-        extra["dependency"] = slurm_args.dependency(dependency)
+        extra["dependency"] = dependency
     if requeue:
         extra["requeue"] = True
     if job_dir and not ssh_host:
@@ -128,9 +133,9 @@ def slurm(
         ntasks_per_node=gpus_per_node,
         gpus_per_node=gres_gpus_per_node,
         time=time,
-        qos=slurm_args.qos(qos) if qos is not None else None,
-        array=slurm_args.array(array) if array is not None else None,
-        retries=slurm_args.max_restarts(max_restarts),
+        qos=qos,
+        array=array,
+        retries=max_restarts,
         container_image=container_image,
         container_mounts=list(container_mounts),
         container_env=list(secrets) or None,

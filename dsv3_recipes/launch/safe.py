@@ -142,6 +142,14 @@ def slurm_options(label: Callable[[str], str], options: Mapping[str, Any]) -> No
         for part in str(o["partition"]).split(","):  # sbatch takes a list of partitions
             name(label("partition"), part)
     slurm_args.time_limit(o.get("time", "04:00:00"), label("time"))
+    for arg, check in (
+        ("dependency", slurm_args.dependency),
+        ("qos", slurm_args.qos),
+        ("array", slurm_args.array),
+    ):
+        if o.get(arg) is not None:
+            check(o[arg], label(arg))
+    slurm_args.max_restarts(o.get("max_restarts", 0), label("max_restarts"))
     if o.get("container_image") is not None:
         image(label("container_image"), o["container_image"])
     for m in o.get("container_mounts", ()):

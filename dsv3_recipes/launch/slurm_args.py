@@ -28,7 +28,7 @@ _QOS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ARRAY = re.compile(r"\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?")
 
 
-def time_limit(text: str, option: str = "--time") -> str:
+def time_limit(text: str, option: str) -> str:
     """A time limit in one of sbatch's formats, above zero, returned as given."""
     if not isinstance(text, str) or not _TIME.fullmatch(text):
         raise RecipeError(option, f"{text!r} is not a Slurm time limit; use one of {', '.join(TIME_FORMATS)}")
@@ -37,7 +37,7 @@ def time_limit(text: str, option: str = "--time") -> str:
     return text
 
 
-def dependency(text: str, option: str = "--dependency") -> str:
+def dependency(text: str, option: str) -> str:
     """A dependency in sbatch's syntax, e.g. ``afterok:123:124`` or ``afterany:12,afterok:13``."""
     if not _DEPENDENCY.fullmatch(text):
         raise RecipeError(
@@ -48,13 +48,13 @@ def dependency(text: str, option: str = "--dependency") -> str:
     return text
 
 
-def qos(text: str, option: str = "--qos") -> str:
+def qos(text: str, option: str) -> str:
     if not _QOS.fullmatch(text):
         raise RecipeError(option, f"{text!r} is not a QOS name (letters, digits, '_', '.', '-')")
     return text
 
 
-def array(text: str, option: str = "--array") -> str:
+def array(text: str, option: str) -> str:
     """A job array's index spec, e.g. ``0-2``, ``1,3,5``, ``0-15:4`` or ``0-99%10``."""
     if not _ARRAY.fullmatch(text):
         raise RecipeError(
@@ -67,7 +67,7 @@ def array(text: str, option: str = "--array") -> str:
     return text
 
 
-def max_restarts(value: int, option: str = "--max-restarts") -> int:
+def max_restarts(value: int, option: str) -> int:
     if value < 0:
         raise RecipeError(option, f"must be >= 0, got {value}")
     return value
