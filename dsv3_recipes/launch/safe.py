@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dsv3_recipes.launch import slurm_args
-from dsv3_recipes.recipe.schema import ENV_NAME, RecipeError
+from dsv3_recipes.recipe.schema import RecipeError, check_env_name
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Where NeMo-Run puts a path unquoted (the job directory) or joins paths with ':' and ',' (mounts).
@@ -113,8 +113,7 @@ def env_vars(env: Mapping[str, object]) -> None:
     value would be written into the script and the task's YAML: it is forwarded by name instead."""
     for key, value in env.items():
         where = f"env_vars.{key}"
-        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
-            raise RecipeError(where, "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        check_env_name(where, key)
         if is_secret(key):
             raise RecipeError(where, "looks like a secret; export it in your shell, it is forwarded by name")
         if not isinstance(value, str):

@@ -692,8 +692,7 @@ class Recipe:
     def check(self) -> None:
         """The recipe's own fields (its sections check theirs)."""
         for name in self.env_vars:
-            if not ENV_NAME.fullmatch(name):
-                raise RecipeError(f"env_vars.{name}", "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
+            check_env_name(f"env_vars.{name}", name)
         if self.optimizer.lr is None:
             raise RecipeError("optimizer.lr", "None: only MLPerf recipes derive it (from the GBS); set it")
 
@@ -712,6 +711,12 @@ class Recipe:
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env_name(where: str, name: object) -> None:
+    """An environment variable's name is a shell variable's: a launch renders ``export NAME=...``."""
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        raise RecipeError(where, "is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _is_number(text: str) -> bool:
