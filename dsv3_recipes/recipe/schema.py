@@ -678,12 +678,8 @@ class Recipe:
         return {**self.env_vars, **(DETERMINISTIC_ENV_VARS if self.train.deterministic else {})}
 
     def __post_init__(self) -> None:
-        # NeMo-Run's YAML loader (ConfigSerializer.deserialize_yaml, `--yaml`) reads '32' back as 32.
         if isinstance(self.env_vars, dict):  # else check_types names it
-            self.env_vars = {
-                k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                for k, v in self.env_vars.items()
-            }
+            self.env_vars = env_as_text(self.env_vars)
         check_types(self, sections=False)  # each section checked its own fields when built
         if self.optimizer.lr is None and self.mlperf.enabled:  # derived: the benchmark's GBS rule
             self.optimizer.lr = MLPerfConfig.base_learning_rate(self.train.global_batch_size)
@@ -711,6 +707,12 @@ class Recipe:
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_as_text(env: dict) -> dict:
+    """Env values as the recipe holds them: NeMo-Run's YAML loader (``ConfigSerializer.deserialize_yaml``,
+    ``--yaml``) reads '32' back as 32, which is text again here."""
+    return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in env.items()}
 
 
 def check_env_name(where: str, name: object) -> None:

@@ -19,7 +19,7 @@ from dsv3_recipes.launch.executors import check_size
 from dsv3_recipes.launch.nemo_run_internals import adding_executor
 from dsv3_recipes.plan.preflight import check_launch
 from dsv3_recipes.plan.validate import RECIPE_TYPES, built, recipe_types
-from dsv3_recipes.recipe.schema import RecipeError, describe_type, matches
+from dsv3_recipes.recipe.schema import RecipeError, describe_type, env_as_text, matches
 from dsv3_recipes.train.entry import pretrain
 
 PRETRAIN = f"{pretrain.__module__}.{pretrain.__qualname__}"
@@ -133,9 +133,9 @@ def _has_target(value: object) -> bool:
 
 def _yaml_matches(value: object, tp: object) -> bool:
     """``value`` fits ``tp`` as the recipe reads YAML back: an int where a float is expected, and an
-    env var's value written as a number (``Recipe.__post_init__`` makes it text)."""
+    env var's value written as a number (``env_as_text``, as ``Recipe.__post_init__`` reads it)."""
     if isinstance(value, dict) and typing.get_origin(tp) is dict:
-        value = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
+        value = env_as_text(value)
     if isinstance(value, int) and not isinstance(value, bool) and float in (*typing.get_args(tp), tp):
         return True
     return matches(value, tp)
