@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Mapping
 
-from dsv3_recipes.recipe.schema import Recipe, RecipeError
+from dsv3_recipes.recipe.schema import CheckpointConfig, Recipe, RecipeError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 # recipe ModelConfig field -> (HF config.json key, Bridge run_config.yaml model key)
@@ -176,6 +176,11 @@ def check_resume(recipe: Recipe) -> None:
             )
 
 
+def loads_its_save(c: CheckpointConfig) -> bool:
+    """``checkpoint.load`` is ``checkpoint.save``: a resume-if-present run of its own checkpoints."""
+    return bool(c.load and c.save) and os.path.normpath(c.load) == os.path.normpath(c.save)
+
+
 def check_exists(recipe: Recipe) -> None:
     """A checkpoint to start from must exist where this process runs (the launch with a local
     executor, the train-side preflight on the node). ``checkpoint.load`` equal to ``checkpoint.save``
@@ -185,9 +190,7 @@ def check_exists(recipe: Recipe) -> None:
         ("checkpoint.load", c.load),
         ("checkpoint.pretrained_checkpoint", c.pretrained_checkpoint),
     ):
-        if path is None or (
-            field == "checkpoint.load" and c.save and os.path.normpath(path) == os.path.normpath(c.save)
-        ):
+        if path is None or (field == "checkpoint.load" and loads_its_save(c)):
             continue
         if not os.path.isdir(path):
             raise RecipeError(
@@ -202,7 +205,7 @@ def check_save(recipe: Recipe, overwrite: bool = False) -> None:
     if overwrite or c.save is None:
         return
     held = latest_iteration(c.save)
-    if held is not None and (c.load is None or os.path.normpath(c.load) != os.path.normpath(c.save)):
+    if held is not None and not loads_its_save(c):
         raise RecipeError(
             "checkpoint.save",
             f"{c.save} already holds a checkpoint (iteration {held}) that this run would write over: resume "
