@@ -68,6 +68,23 @@ def sacct_state(job_id: str) -> str:
     return out.stdout.strip()
 
 
+def ended(job_id: str) -> str | None:
+    """The job's final state, or None while sacct has no row for it yet or it has not ended."""
+    state = sacct_state(job_id)
+    return state if state and state.split()[0] not in ("PENDING", "RUNNING", "REQUEUED") else None
+
+
+def wait_for(what: str, check, timeout: float = 120.0):
+    """Poll ``check`` every half second until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not within {timeout:.0f} s")
+
+
 def job_id_of(line: str) -> str:
     """``NAME: job 12 FAILED`` / ``NAME: submitted job 12 ...`` -> ``12``."""
     words = line.split()
@@ -157,10 +174,7 @@ def test_detach_returns_after_submission_and_says_how_to_follow(tmp_path):
     home = shlex.quote(str(tmp_path / "nemo"))
     assert status.strip().startswith(f"NEMORUN_HOME={home} nemo experiment status proxy_1gpu_")
     assert logs.strip().startswith(f"NEMORUN_HOME={home} nemo experiment logs proxy_1gpu_")
-    for _ in range(300):
-        if sacct_state(job_id) not in ("PENDING", "RUNNING"):
-            break
-        time.sleep(1)
+    wait_for(f"job {job_id}", lambda: ended(job_id), 300)  # sacct may not list a job just submitted
     follow = subprocess.run(
         ["bash", "-c", status.strip()],
         env=os.environ | {"PATH": f"{VENV_BIN}:{os.environ['PATH']}"},

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nemo_run as run
@@ -22,10 +21,12 @@ from test_slurm_cluster import (
     VENV_BIN,
     corpus,  # noqa: F401  (a fixture)
     dsv3,
+    ended,
     job_id_of,
     needs_train_side,
     sacct_state,
     slurm_args,
+    wait_for,
 )
 
 from dsv3_recipes.launch import executors, submit
@@ -36,27 +37,11 @@ TESTS = str(Path(__file__).parent)
 REPO = str(Path(__file__).parent.parent)
 
 
-def wait_for(what: str, check, timeout: float = 120.0):
-    """Poll ``check`` every half second until it returns something true; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    pytest.fail(f"{what}: not within {timeout:.0f} s")
-
-
 def sacct(job_id: str, fields: str) -> list[list[str]]:
     out = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True, text=True, check=True
     )
     return [line.split("|") for line in out.stdout.splitlines() if line]
-
-
-def ended(job_id: str) -> str | None:
-    state = sacct_state(job_id)
-    return state if state and state.split()[0] not in ("PENDING", "RUNNING", "REQUEUED") else None
 
 
 def squeue(job_id: str, field: str) -> str:
