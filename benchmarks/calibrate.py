@@ -128,6 +128,14 @@ def main() -> int:
                 save()
                 continue
             calibrate.release()
+            try:  # the step around the passes: a case without it keeps the planner's per-parameter Adam
+                with calibrate.recipe_env(stand.env):
+                    step = calibrate.measure_step(stand)
+                case["step"] = step | {"unwrapped_forward_backward_s": case["whole_model_s"]}
+            except Exception as e:
+                case["step_failed"] = {"error": repr(e)[:400], "trace": traceback.format_exc()[-1500:]}
+                print(f"step of {key} FAILED: {e!r}"[:600], flush=True)
+            calibrate.release()
             result["cases"][key] = {
                 **case,
                 "fp8_recipe": stand.fp8_recipe,
@@ -139,8 +147,15 @@ def main() -> int:
                 k: round(case[k]["forward_backward_s"] * 1e3, 2)
                 for k in ("dense_layer", "moe_layer", "moe_block", "head")
             }
+            step = case.get("step")
+            around = (
+                f", wrapped {step['wrapped_forward_backward_s'] * 1e3:.1f} ms, after backward "
+                f"{step['after_backward_s'] * 1e3:.1f} ms"
+                if step
+                else ""
+            )
             print(
-                f"{key} {stand.label}: {parts} ms, whole {case['whole_model_s'] * 1e3:.1f} ms "
+                f"{key} {stand.label}: {parts} ms, whole {case['whole_model_s'] * 1e3:.1f} ms{around} "
                 f"({time.perf_counter() - t:.0f} s)",
                 flush=True,
             )

@@ -102,7 +102,8 @@ def test_a_stand_in_sets_up_as_the_train_entry_would(name, overrides, shrink):
     from dsv3_recipes.train import calibrate
 
     stand = stand_in(resolve(recipe_of(build_task(name, overrides, shrink_gpus=shrink))))
-    provider, ddp = calibrate.provider(stand)
+    cfg = calibrate.container(stand)
+    provider = cfg.model
     m = stand.recipe.model
     assert (provider.num_attention_heads, provider.num_moe_experts) == (
         m.num_attention_heads,

@@ -15,8 +15,9 @@ import pytest
 
 from dsv3_recipes.cli import main
 from dsv3_recipes.launch.submit import build_task, recipe_of
-from dsv3_recipes.plan import calibration, step_time
+from dsv3_recipes.plan import calibration, memory, step_time
 from dsv3_recipes.plan.preflight import plan
+from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.recipe.schema import RecipeError
 
@@ -100,6 +101,7 @@ def test_parts_sum_to_the_step_and_json_carries_them(capsys):
         "pp_p2p",
         "pp_bubble",
         "dp_grad_param_sync",
+        "ddp_wrapper",
         "optimizer",
         "host",
     }
@@ -111,7 +113,16 @@ def test_parts_sum_to_the_step_and_json_carries_them(capsys):
 def test_the_printout_shows_every_part(capsys):
     assert main(["plan", "bridge_default_1024gpu"]) == 0
     out = capsys.readouterr().out
-    for part in ("compute", "ep_dispatch_combine", "pp_bubble", "dp_grad_param_sync", "optimizer", "host"):
+    parts = (
+        "compute",
+        "ep_dispatch_combine",
+        "pp_bubble",
+        "dp_grad_param_sync",
+        "ddp_wrapper",
+        "optimizer",
+        "host",
+    )
+    for part in parts:
         assert part in out
 
 
@@ -184,6 +195,48 @@ def test_a_plan_without_a_measurement_of_its_precision_still_plans():
     with pytest.raises(RecipeError, match="^calibration: no measured stand-in in blockwise"):
         step_time.step_time(resolved("h100_fp8_blockwise"), bf16_only)
     assert plan(recipe_of(build_task("h100_fp8_blockwise"))).step is not None
+
+
+def _with_step(r, wrapper_s: float, after_backward_s: float, params: int = 10**8):
+    """The calibration with the case of ``r``'s stand-in given a measured step around its passes."""
+    cal = calibration.load()
+    case, _ = cal.case_for(calibration.stand_in(r))
+    step = calibration.StepTiming(
+        params=params,
+        param_tensors=100,
+        fp8_params=False,
+        unwrapped_forward_backward_s=case.whole_model_s,
+        wrapped_forward_backward_s=case.whole_model_s + wrapper_s,
+        after_backward_s=after_backward_s,
+    )
+    return dataclasses.replace(cal, cases=cal.cases | {case.key: dataclasses.replace(case, step=step)})
+
+
+def test_a_measured_step_sets_the_optimizer_and_adds_the_wrapper_per_micro_batch():
+    r = resolved("proxy_1gpu", "launch.gpu_type=h200")
+    without = step_time.step_time(r)
+    assert without.parts["ddp_wrapper"] == 0.0  # a case measured before the step was: no wrapper part
+    t = step_time.step_time(r, _with_step(r, wrapper_s=0.01, after_backward_s=0.02))
+    weights = memory.rank_weights(r.recipe, r.sizes, r.chunks_of(0))
+    params = weights.dense + weights.expert
+    assert t.parts["optimizer"] == pytest.approx(0.02 * params / 10**8)  # 1 GPU: the shard is the rank
+    assert t.parts["ddp_wrapper"] == pytest.approx(r.sizes.num_microbatches * 0.01 * params / 10**8)
+    assert t.parts["compute"] == without.parts["compute"]
+
+
+def test_gradient_accumulation_fusion_takes_the_wrapper_off_and_h100_pays_for_bandwidth():
+    r = resolved("bridge_default_1024gpu")
+    cal = _with_step(r, wrapper_s=0.01, after_backward_s=0.02)
+    assert step_time.step_time(r, cal).parts["ddp_wrapper"] > 0
+    fused = resolved("bridge_default_1024gpu", "model.gradient_accumulation_fusion=True")
+    assert step_time.step_time(fused, cal).parts["ddp_wrapper"] == 0.0
+    h200 = resolved("bridge_default_1024gpu", "launch.gpu_type=h200")
+    assert step_time.step_time(r, cal).parts["optimizer"] == pytest.approx(
+        step_time.step_time(h200, cal).parts["optimizer"]
+        * hardware.gpu("h200").hbm_tb_s
+        / hardware.gpu("h100").hbm_tb_s,
+        rel=1e-6,
+    )
 
 
 def _brute_destinations(experts, topk, groups, group_topk, ranks, domain):

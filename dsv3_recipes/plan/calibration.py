@@ -249,6 +249,30 @@ def part_flops(stand: StandIn) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class StepTiming:
+    """What a rank's train step adds around the stand-in's passes (``train.calibrate.measure_step``):
+    Megatron's DDP wrapper and the recipe's FP8 parameters per micro-batch, the step after the last
+    backward (gradient finalization, the distributed optimizer, zeroing) per step; over ``params``."""
+
+    params: int
+    param_tensors: int
+    fp8_params: bool
+    unwrapped_forward_backward_s: float  # the same stand-in's forward+backward without DDP
+    wrapped_forward_backward_s: float  # with it, as a micro-batch before the step's last
+    after_backward_s: float
+
+    @property
+    def wrapper_s_per_param(self) -> float:
+        """Per micro-batch: the gradient hooks' accumulation (no fusion without apex) and what FP8
+        parameters change in the passes (they skip the weights' cast), per parameter."""
+        return (self.wrapped_forward_backward_s - self.unwrapped_forward_backward_s) / self.params
+
+    @property
+    def after_backward_s_per_param(self) -> float:
+        return self.after_backward_s / self.params
+
+
+@dataclass(frozen=True)
 class CaseTiming:
     key: str
     label: str
@@ -261,6 +285,7 @@ class CaseTiming:
     head: PartTiming  # final norm, output layer, cross-entropy
     mtp: Optional[PartTiming]  # what the MTP depth adds to the whole stand-in (every stand-in has one)
     whole_model_s: float  # the stand-in's forward+backward in one piece (a check on the parts' sum)
+    step: Optional[StepTiming] = None  # measured from 2026-12-04 on; earlier cases have none
 
     @property
     def local_expert_params(self) -> int:
@@ -363,6 +388,7 @@ def from_dict(data: dict) -> Calibration:
             flops=c["flops"],
             mtp=PartTiming(**c["mtp"]) if c.get("mtp") else None,
             whole_model_s=c["whole_model_s"],
+            step=StepTiming(**c["step"]) if c.get("step") else None,
             **parts,
         )
     return Calibration(

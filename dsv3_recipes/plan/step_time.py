@@ -22,8 +22,11 @@ recompute runs each layer's forward again. Around the compute:
 - **data-parallel sync** (distributed optimizer): the reduce-scatter of the rank's gradients and the
   all-gather of its parameters over their data-parallel groups, exposed beyond the last micro-batch's
   backward and the first one's forward when overlapped.
-- **optimizer**: Adam over the rank's shard and the gradient norm over its gradients, per parameter as
-  measured, scaled by memory bandwidth.
+- **DDP wrapper** (per micro-batch) and **optimizer** (the step after the last backward): what the
+  stand-in measured around its passes, wrapped in Megatron's DDP with the recipe's FP8 parameters and
+  stepped by its distributed optimizer, per parameter, for the rank's parameters (the optimizer's
+  shard); a case measured before that (2026-12-03) has Adam and the gradient norm per parameter
+  instead, and no wrapper part. Both scale by memory bandwidth.
 - **host**: kernel launches the GPU waits for, a fitted time per launch; CUDA graphs take the launches
   of their scope off the host.
 
@@ -287,19 +290,40 @@ def _data_parallel_s(r: Resolved, weights: memory.RankWeights, rank: _Rank) -> f
     return exposed_reduce + exposed_gather
 
 
-def _optimizer_s(r: Resolved, cal: calibration.Calibration, weights: memory.RankWeights) -> float:
-    """Adam over the rank's optimizer shard and the norm of its gradients, scaled by memory bandwidth."""
+def _optimizer_s(
+    r: Resolved, cal: calibration.Calibration, case: CaseTiming, weights: memory.RankWeights
+) -> float:
+    """The step after the last backward over the rank's optimizer shard, scaled by memory bandwidth: as
+    the case's stand-in measured it per parameter (gradient finalization, the distributed optimizer with
+    the recipe's FP8 parameters, zeroing), else Adam and the gradient norm per parameter."""
     s, o = r.sizes, r.recipe.optimizer
     shards = (s.dense_optimizer_shards, s.expert_dp) if o.use_distributed_optimizer else (1, 1)
     sharded = weights.dense / shards[0] + weights.expert / shards[1]
-    states = (
-        "fp32/bf16/bf16"
-        if o.use_precision_aware_optimizer and o.exp_avg_dtype == "bf16"
-        else "fp32/fp32/fp32"
-    )
-    seconds = sharded * cal.optimizer.adam_s_per_param[states]
-    seconds += (weights.dense + weights.expert) * cal.optimizer.grad_norm_s_per_param
-    return seconds * hardware.gpu(calibration.MEASURED_GPU).hbm_tb_s / r.gpu.hbm_tb_s
+    if case.step is not None:
+        seconds = sharded * case.step.after_backward_s_per_param
+    else:
+        states = (
+            "fp32/bf16/bf16"
+            if o.use_precision_aware_optimizer and o.exp_avg_dtype == "bf16"
+            else "fp32/fp32/fp32"
+        )
+        seconds = sharded * cal.optimizer.adam_s_per_param[states]
+        seconds += (weights.dense + weights.expert) * cal.optimizer.grad_norm_s_per_param
+    return seconds * _bandwidth_ratio(r)
+
+
+def _ddp_wrapper_s(r: Resolved, case: CaseTiming, weights: memory.RankWeights) -> float:
+    """Per micro-batch, what Megatron's DDP wrapper and the recipe's FP8 parameters add to the passes,
+    as the case's stand-in measured it per parameter: the gradient hooks accumulate into the fp32 buffers
+    (a kernel per parameter; apex's gradient-accumulation fusion does it in the weight-gradient GEMM
+    instead) and FP8 parameters skip the weights' cast."""
+    if case.step is None or r.recipe.model.gradient_accumulation_fusion:
+        return 0.0
+    return (weights.dense + weights.expert) * case.step.wrapper_s_per_param * _bandwidth_ratio(r)
+
+
+def _bandwidth_ratio(r: Resolved) -> float:
+    return hardware.gpu(calibration.MEASURED_GPU).hbm_tb_s / r.gpu.hbm_tb_s
 
 
 def step_time(
@@ -330,7 +354,8 @@ def step_time(
         "pp_p2p": micro * p2p,
         "pp_bubble": (s.pp - 1) / s.vpp * (worst.total_s + p2p),
         "dp_grad_param_sync": _data_parallel_s(r, weights, worst),
-        "optimizer": _optimizer_s(r, cal, weights),
+        "ddp_wrapper": micro * _ddp_wrapper_s(r, case, weights),
+        "optimizer": _optimizer_s(r, cal, case, weights),
         "host": micro * worst.host_s,
     }
     return StepTime(

@@ -56,22 +56,24 @@ def init_single_rank(seed: int = 1234) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
-def provider(stand: StandIn):
-    """The stand-in's model provider as the train entry sets it up: the recipe's ConfigContainer,
-    Bridge's precision setup and Megatron-Core's experimental switch (fused MLA RoPE, the fused
-    routing-map padding)."""
+def container(stand: StandIn):
+    """The stand-in's ConfigContainer as the train entry sets it up: Bridge's precision setup, the
+    finalized model, DDP and optimizer configs, and Megatron-Core's experimental switch (fused MLA RoPE,
+    the fused routing-map padding)."""
     cfg = to_config_container(resolve(stand.recipe))
     set_experimental_flag(cfg.dist.enable_megatron_core_experimental)
     cfg.mixed_precision.finalize()
     cfg.mixed_precision.setup(cfg.model, cfg.optimizer, cfg.ddp)
+    cfg.ddp.finalize()
+    cfg.optimizer.finalize()
     cfg.model.finalize()
-    return cfg.model, cfg.ddp
+    return cfg
 
 
 def build(stand: StandIn) -> torch.nn.Module:
     """The stand-in's model on this GPU (Float16Module-wrapped, as Bridge builds it)."""
-    model_provider, ddp = provider(stand)
-    (model,) = model_provider.provide_distributed_model(ddp_config=ddp, wrap_with_ddp=False)
+    cfg = container(stand)
+    (model,) = cfg.model.provide_distributed_model(ddp_config=cfg.ddp, wrap_with_ddp=False)
     return model
 
 
@@ -199,6 +201,56 @@ def measure_case(stand: StandIn) -> dict:
         else None
     )
     return result
+
+
+def measure_step(stand: StandIn) -> dict:
+    """What a train step of one rank adds around the stand-in's passes, as Megatron runs it: the whole
+    stand-in wrapped in Megatron's DDP (its gradient hooks and buffers, no gradient-accumulation fusion
+    without apex) with the recipe's FP8 parameters, then the step after the backward (gradient
+    finalization, the distributed optimizer, zeroing the buffers). Per micro-batch: its
+    forward+backward so wrapped; per step: the rest. With the stand-in's parameter count, so that the
+    planner scales both to a rank's parameters."""
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.optimizer import get_megatron_optimizer
+
+    fp8_params = stand.parent.mixed_precision.fp8_param_gather and stand.fp8_recipe is not None
+    stepped = dataclasses.replace(stand, precision=stand.precision | {"fp8_param_gather": fp8_params})
+    cfg = container(stepped)
+    (model,) = cfg.model.provide_distributed_model(ddp_config=cfg.ddp, wrap_with_ddp=True)
+    optimizer = get_megatron_optimizer(cfg.optimizer, [model], use_gloo_process_groups=False)
+    m = stepped.recipe.model
+    device = torch.cuda.current_device()
+    tokens = torch.randint(0, m.vocab_size, (stepped.moe_micro_batch, m.seq_length), device=device)
+    positions = torch.arange(m.seq_length, device=device).unsqueeze(0).expand_as(tokens)
+
+    def forward_backward() -> None:
+        loss = model(input_ids=tokens, position_ids=positions, attention_mask=None, labels=tokens)
+        loss.backward(torch.ones_like(loss))
+
+    def accumulating() -> None:  # a micro-batch before the step's last: its gradients stay in the buffers
+        with model.no_sync():
+            forward_backward()
+
+    def after_backward() -> None:
+        finalize_model_grads([model])
+        optimizer.step()
+        model.zero_grad_buffer()
+        optimizer.zero_grad()
+
+    def train_step() -> None:
+        forward_backward()
+        after_backward()
+
+    micro_batch = _seconds(accumulating)
+    model.zero_grad_buffer()
+    step = _seconds(train_step)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "param_tensors": sum(1 for _ in model.parameters()),
+        "fp8_params": fp8_params,
+        "wrapped_forward_backward_s": micro_batch,
+        "after_backward_s": step - micro_batch,
+    }
 
 
 def release() -> None:
