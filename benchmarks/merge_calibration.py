@@ -37,6 +37,10 @@ SETUP = {  # what the call's benchmark did before timing, by the commit it ran
     "9346d3ca35fab41bf03c377dd9b46355df004dae": (
         "built as the train entry builds it, on the machine of the 1-GPU checks beside it"
     ),
+    "a73ceb84e5f62be26eafd001a109955372f5a819": (
+        "built as the train entry builds it, on the machine of the 1-GPU checks beside it; with the step "
+        "around the passes (DDP wrapper, FP8 parameters, distributed optimizer)"
+    ),
 }
 
 

@@ -197,11 +197,16 @@ def test_a_plan_without_a_measurement_of_its_precision_still_plans():
     assert plan(recipe_of(build_task("h100_fp8_blockwise"))).step is not None
 
 
-def _with_step(r, wrapper_s: float, after_backward_s: float, params: int = 10**8):
-    """The calibration with the case of ``r``'s stand-in given a measured step around its passes."""
+def _with_step(r, step: calibration.StepTiming | None):
+    """The calibration with the case of ``r``'s stand-in given ``step`` around its passes (or none)."""
     cal = calibration.load()
     case, _ = cal.case_for(calibration.stand_in(r))
-    step = calibration.StepTiming(
+    return dataclasses.replace(cal, cases=cal.cases | {case.key: dataclasses.replace(case, step=step)})
+
+
+def _step(r, wrapper_s: float, after_backward_s: float, params: int = 10**8) -> calibration.StepTiming:
+    case, _ = calibration.load().case_for(calibration.stand_in(r))
+    return calibration.StepTiming(
         params=params,
         param_tensors=100,
         fp8_params=False,
@@ -209,14 +214,13 @@ def _with_step(r, wrapper_s: float, after_backward_s: float, params: int = 10**8
         wrapped_forward_backward_s=case.whole_model_s + wrapper_s,
         after_backward_s=after_backward_s,
     )
-    return dataclasses.replace(cal, cases=cal.cases | {case.key: dataclasses.replace(case, step=step)})
 
 
 def test_a_measured_step_sets_the_optimizer_and_adds_the_wrapper_per_micro_batch():
     r = resolved("proxy_1gpu", "launch.gpu_type=h200")
-    without = step_time.step_time(r)
+    without = step_time.step_time(r, _with_step(r, None))
     assert without.parts["ddp_wrapper"] == 0.0  # a case measured before the step was: no wrapper part
-    t = step_time.step_time(r, _with_step(r, wrapper_s=0.01, after_backward_s=0.02))
+    t = step_time.step_time(r, _with_step(r, _step(r, wrapper_s=0.01, after_backward_s=0.02)))
     weights = memory.rank_weights(r.recipe, r.sizes, r.chunks_of(0))
     params = weights.dense + weights.expert
     assert t.parts["optimizer"] == pytest.approx(0.02 * params / 10**8)  # 1 GPU: the shard is the rank
@@ -226,7 +230,7 @@ def test_a_measured_step_sets_the_optimizer_and_adds_the_wrapper_per_micro_batch
 
 def test_gradient_accumulation_fusion_takes_the_wrapper_off_and_h100_pays_for_bandwidth():
     r = resolved("bridge_default_1024gpu")
-    cal = _with_step(r, wrapper_s=0.01, after_backward_s=0.02)
+    cal = _with_step(r, _step(r, wrapper_s=0.01, after_backward_s=0.02))
     assert step_time.step_time(r, cal).parts["ddp_wrapper"] > 0
     fused = resolved("bridge_default_1024gpu", "model.gradient_accumulation_fusion=True")
     assert step_time.step_time(fused, cal).parts["ddp_wrapper"] == 0.0
