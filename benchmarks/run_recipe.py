@@ -27,6 +27,7 @@ from dsv3_recipes.mlperf.rules import idx_token_count
 from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import Recipe, blend_prefixes
+from dsv3_recipes.report.cpu_result import in_repo
 from dsv3_recipes.report.logs import megatron_throughput, parse_log
 from dsv3_recipes.report.metrics import profiled_steps, warmup_steps
 
@@ -50,7 +51,7 @@ def data_condition(recipe: Recipe, corpus: str | None) -> dict[str, object]:
         "kind": "text",
         "corpus": corpus or ",".join(os.path.basename(p) for p in prefixes),
         "tokens": sum(idx_token_count(p + ".idx") for p in prefixes),
-        "tokenizer": recipe.tokenizer.tokenizer_model,
+        "tokenizer": in_repo(recipe.tokenizer.tokenizer_model),
     }
 
 
@@ -117,7 +118,7 @@ def main() -> int:
         Path(args.full_log).write_text(log)
     run = parse_log(log)
     if returncode != 0 or run.summary is None:
-        header = f"$ {shlex.join(['dsv3', *dsv3_args])}\n"
+        header = f"$ {in_repo(shlex.join(['dsv3', *dsv3_args]))}\n"
         (out_dir / f"{label}.failed.log").write_text(header + log[-200_000:])
         print(log[-4000:])
         print(f"FAILED {label} (exit {returncode})")
@@ -132,7 +133,7 @@ def main() -> int:
         "machine": f"{run.summary['num_gpus']} x {run.summary['gpu']}",
         "gpu": run.summary["gpu"],
         "num_gpus": run.summary["num_gpus"],
-        "command": shlex.join(["dsv3", *dsv3_args]),
+        "command": in_repo(shlex.join(["dsv3", *dsv3_args])),
         "data": data_condition(recipe, args.corpus),
         "routing": routing_condition(recipe),
         "expert_load_last_step": run.summary.get("expert_load_last_step"),

@@ -57,3 +57,11 @@ def test_the_predicted_vs_published_table_is_the_committed_fit():
             round(row["predicted_step_time_s"], 2),
             round(row["ratio"], 2),
         ), name
+
+
+def test_a_result_records_the_checkouts_paths_relative_to_its_root():
+    from dsv3_recipes.report.cpu_result import REPO, in_repo
+
+    command = f"dsv3 pretrain tokenizer.tokenizer_model={REPO}/.bench/tokenizer output_dir=/tmp/x"
+    assert in_repo(command) == "dsv3 pretrain tokenizer.tokenizer_model=.bench/tokenizer output_dir=/tmp/x"
+    assert in_repo(f"{REPO}-other/file") == f"{REPO}-other/file"  # a sibling folder is not the checkout

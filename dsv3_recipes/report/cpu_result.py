@@ -15,6 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NO_MODEL = {"kind": "none", "note": "CPU only: no model is trained, no token is routed"}
 
 
+def in_repo(text: str) -> str:
+    """``text`` with this checkout's absolute paths made relative to its root, as results record them
+    (a command so recorded runs from the repository's root)."""
+    return text.replace(REPO + os.sep, "")
+
+
 def save(folder: str, before: str | None, before_commit: str | None, **fields: object) -> str:
     """Write ``folder/<date>-<commit>.json`` and return its path; ``fields`` are the benchmark's own."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
