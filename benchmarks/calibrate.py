@@ -4,7 +4,8 @@
 
 For every recipe (the project's recipes, each published run of benchmarks/published_runs.json with its
 overrides, and the 1-GPU checks) it derives the one-GPU stand-in of its ranks
-(``plan.calibration.stand_in``), measures each distinct stand-in once (``train.calibrate``), and writes
+(``plan.calibration.stand_in``), measures each distinct stand-in once (``train.calibrate``: its parts, then
+the step around them, wrapped in Megatron's DDP and stepped by its optimizer), and writes
 the calibration file after every case, so that a call cut short keeps what it measured. Cases run in
 the order given (``--priority`` first), within ``--budget`` seconds. Copy the result to
 ``dsv3_recipes/plan/calibration_h200.json`` to make the planner read it.
