@@ -228,6 +228,15 @@ def test_busy_idle_and_gaps_by_hand(tmp_path):
     assert [round(g["ms"], 3) for g in gaps] == [0.3, 0.1]
     assert gaps[0]["after"] == "kernel_C" and gaps[0]["before"] == "kernel_D"
     assert gaps[0]["launched_in"] == ["ProfilerStep#5", "dsv3::attention"]
+    # Each gap is the wait before the kernel after it, in that kernel's category: D's 300 µs, C's 100.
+    waits = {name: c["idle_before_ms"] for name, c in step["categories"].items() if c["idle_before_ms"]}
+    category = {k["name"]: name for name, c in step["categories"].items() for k in c["top"]}
+    expected = {category["kernel_D"]: 0.3}
+    expected[category["kernel_C"]] = expected.get(category["kernel_C"], 0.0) + 0.1
+    assert waits == pytest.approx(expected)
+    assert sum(waits.values()) == pytest.approx(step["idle_between_kernels_ms"])
+    by_range = {r["range"]: r["ms"] for r in step["idle_by_launching_range"]}
+    assert by_range == pytest.approx({"dsv3::attention": 0.3, "ProfilerStep#5": 0.1})
 
 
 def test_steps_are_the_profiler_step_ranges_and_kernels_go_by_their_launch(tmp_path):

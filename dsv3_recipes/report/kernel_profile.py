@@ -412,9 +412,10 @@ def profile_step(
     categories: dict[str, dict] = {
         c: {"ms": 0.0, "count": 0, "kernels": defaultdict(lambda: [0.0, 0])} for c in CATEGORIES
     }
+    category_of: dict[int, str] = {}
     for k in kernels:
         names, backward, shapes = trace.context(k)
-        category = classifier.category(k.name, k.kind, names, backward, shapes)
+        category = category_of[id(k)] = classifier.category(k.name, k.kind, names, backward, shapes)
         entry = categories[category]
         entry["ms"] += (k.end - k.ts) / 1000
         entry["count"] += 1
@@ -429,10 +430,15 @@ def profile_step(
     span = (last - first) / 1000
     wall = (window[1] - window[0]) / 1000 if window else span
     gaps, reach = [], first
+    waited_for = dict.fromkeys(CATEGORIES, 0.0)  # idle before each kernel, by the category of the kernel
+    waited_in: dict[str, float] = defaultdict(float)  # ... and by the innermost range that launched it
     for before, after in zip(ordered, ordered[1:], strict=False):
         reach = max(reach, before.end)
         if after.ts > reach:
             gaps.append((after.ts - reach, before, after))
+            waited_for[category_of[id(after)]] += (after.ts - reach) / 1000
+            launcher = trace.ranges[after.chain[-1]].name if after.chain else "(no range)"
+            waited_in[launcher] += (after.ts - reach) / 1000
     gaps.sort(key=lambda g: -g[0])
     syncs = [
         (name, start, end)
@@ -455,6 +461,7 @@ def profile_step(
             name: {
                 "ms": entry["ms"],
                 "count": entry["count"],
+                "idle_before_ms": waited_for[name],  # the GPU waiting for the host to launch these
                 "top": [
                     {"name": _short(kname, 300), "ms": ms, "count": count}
                     for kname, (ms, count) in sorted(entry["kernels"].items(), key=lambda kv: -kv[1][0])[:top]
@@ -462,6 +469,10 @@ def profile_step(
             }
             for name, entry in categories.items()
         },
+        "idle_by_launching_range": [
+            {"range": _short(name, 120), "ms": ms}
+            for name, ms in sorted(waited_in.items(), key=lambda kv: -kv[1])[: top * 2]
+        ],
         "largest_gaps": [
             {
                 "ms": gap / 1000,
@@ -557,6 +568,23 @@ def side_by_side(profiles: list[dict], labels: list[str], top: int = 3) -> str:
             for s in steps
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Where the GPU waits for the host: idle between kernels before the kernels of each category (ms):",
+        "",
+        "| category | " + " | ".join(labels) + " |",
+        "| --- |" + " --- |" * len(labels),
+    ]
+    for name in CATEGORIES:
+        waits = [s["categories"][name].get("idle_before_ms", 0.0) for s in steps]
+        if any(waits):
+            lines.append(f"| {name} | " + " | ".join(map(_fmt, waits)) + " |")
+    lines += ["", "The same idle time by the innermost range that launched the kernel waited for (ms):", ""]
+    for label, s in zip(labels, steps, strict=True):
+        ranges = "; ".join(
+            f"{_fmt(r['ms'])} `{r['range']}`" for r in s.get("idle_by_launching_range", [])[:6]
+        )
+        lines.append(f"- {label}: {ranges or 'none'}")
     lines += ["", "Largest GPU gaps inside the step (the host late: a sync, launches, Python):", ""]
     for label, s in zip(labels, steps, strict=True):
         gaps = "; ".join(
