@@ -43,6 +43,14 @@ def test_a_recipe_and_its_override_dry_run_through_nemo_run(tmp_path):
             "pretrain: run.executor.time: '4h' is not a Slurm time limit; use one of MM, MM:SS, ",
         ),
         (
+            ["--factory", "proxy_1gpu", *SLURM, "run.executor.max_restarts=abc"],
+            "pretrain: run.executor.max_restarts: 'abc' is not int",
+        ),
+        (
+            ["--factory", "proxy_1gpu", *SLURM, "run.executor.nodes=2"],  # sized from the recipe
+            "pretrain: run.executor.nodes: no such option; allowed: account, partition, time, ",
+        ),
+        (
             ["--factory", "proxy_1gpu", "run.executor=os.getcwd"],
             "pretrain: run.executor: 'os.getcwd' is not an executor; allowed: slurm",
         ),

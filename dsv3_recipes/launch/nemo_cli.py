@@ -26,13 +26,14 @@ import dataclasses
 import sys
 
 import nemo_run as run
+from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
 from dsv3_recipes import recipes
 from dsv3_recipes.launch import submit
 from dsv3_recipes.launch.options import JobFailed, LaunchOptions, SlurmOptions, SubmitRefused
 from dsv3_recipes.plan.preflight import check_launch
 from dsv3_recipes.plan.validate import built
-from dsv3_recipes.recipe.schema import Recipe, RecipeError
+from dsv3_recipes.recipe.schema import Recipe, RecipeError, describe_type
 from dsv3_recipes.recipes.task import checked
 from dsv3_recipes.train import entry
 
@@ -53,7 +54,19 @@ class CheckedRunContext(run.cli.RunContext):
         # A registered name only: NeMo-Run would import and call any dotted path given as an executor.
         if name not in EXECUTORS:
             raise RecipeError("run.executor", f"{name!r} is not an executor; allowed: {', '.join(EXECUTORS)}")
-        return super().parse_executor(name, *args)
+        options = super().parse_executor(name)
+        types = {f.name: f.type for f in dataclasses.fields(ExecutorOptions)}
+        for arg in args:  # one at a time, so that a refusal names its field, in one line
+            field, _, value = arg.partition("=")
+            if field not in types:
+                raise RecipeError(f"run.executor.{field}", f"no such option; allowed: {', '.join(types)}")
+            try:
+                parse_cli_args(options, [arg])
+            except CLIException:
+                raise RecipeError(
+                    f"run.executor.{field}", f"{value!r} is not {describe_type(types[field])}"
+                ) from None
+        return options
 
     def parse_plugin(self, name, *args):
         # As for an executor: NeMo-Run would call a dotted path; and no launch here takes plugins.
