@@ -68,16 +68,15 @@ def test_a_refusal_is_one_line_and_nothing_runs(tmp_path, args, line):
 
 
 def test_slurm_renders_the_script_dsv3_pretrain_renders(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("NEMORUN_HOME", str(tmp_path / "nemo"))
     monkeypatch.setenv("SBATCH_PARTITION", "batch")  # the same environment, read by both
-    out = nemo(
-        "--factory", "proxy_1gpu", "recipe.train.train_iters=7", *SLURM, "run.executor.qos=low", cwd=tmp_path
-    )
+    home = f"{tmp_path}/nemo"  # NeMo-Run's home for the launch, where the script's logs go
+    nemo_args = [*SLURM, "run.executor.qos=low", f"run.executor.job_dir={home}"]
+    out = nemo("--factory", "proxy_1gpu", "recipe.train.train_iters=7", *nemo_args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     argv = ["pretrain", "-f", "proxy_1gpu", "train.train_iters=7", "-e", "slurm", "--account", "acct"]
-    assert main([*argv, "--container-image", IMAGE, "--qos", "low", "--dryrun"]) == 0
+    assert main([*argv, "--container-image", IMAGE, "--qos", "low", "--job-dir", home, "--dryrun"]) == 0
     ids = re.compile(r"(?<=proxy_1gpu[_-])\d+")  # each dry run is its own experiment
     script = ids.sub("ID", out.stdout[out.stdout.index("#!/bin/bash") :])
     assert "#SBATCH --job-name=proxy_1gpu-ID" in script and "#SBATCH --qos=low" in script
-    assert "#SBATCH --partition=batch" in script
+    assert "#SBATCH --partition=batch" in script and f"#SBATCH --output={home}/experiments/" in script
     assert script == ids.sub("ID", capsys.readouterr().out)
