@@ -140,9 +140,9 @@ class SlurmOptions:
     def executor_kwargs(self, default_image: str | None = None) -> dict[str, object]:
         """``executors.slurm``'s keyword arguments; refuses a job without an account or an image the
         nodes can pull (``default_image``: the image when none is given, e.g. the recipe GPU's)."""
-        account, image_flag = self.flag("account"), self.flag("container_image")
+        account_flag, image_flag = self.flag("account"), self.flag("container_image")
         if not self.account:
-            raise RecipeError(account, f"Slurm needs an account: {account} or $SBATCH_ACCOUNT")
+            raise RecipeError(account_flag, f"Slurm needs an account: {account_flag} or $SBATCH_ACCOUNT")
         image = self.container_image or default_image
         if not image:
             raise RecipeError(
