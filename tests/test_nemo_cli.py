@@ -1,12 +1,18 @@
-"""``nemo dsv3 pretrain --factory NAME recipe.k=v``: NeMo-Run's own CLI, with dsv3 pretrain's checks."""
+"""``nemo dsv3 pretrain --factory NAME recipe.k=v``: NeMo-Run's own CLI, with dsv3 pretrain's checks;
+``run.executor=slurm`` renders what ``dsv3 pretrain -e slurm`` renders (its cluster run: test_slurm_day)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dsv3_recipes.cli import main
+
 NEMO = str(Path(sys.executable).parent / "nemo")
+IMAGE = "registry.example.com/dsv3/dsv3-recipes:test"
+SLURM = ["run.executor=slurm", "run.executor.account=acct", f"run.executor.container_image={IMAGE}"]
 
 
 def nemo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -32,6 +38,26 @@ def test_a_recipe_and_its_override_dry_run_through_nemo_run(tmp_path):
             ["--factory", "os.system"],
             "pretrain: --factory: 'os.system' is not a recipe; allowed: b200_bf16_256gpu, ",
         ),
+        (
+            ["--factory", "proxy_1gpu", *SLURM, "run.executor.time=4h"],
+            "pretrain: run.executor.time: '4h' is not a Slurm time limit; use one of MM, MM:SS, ",
+        ),
+        (
+            ["--factory", "proxy_1gpu", *SLURM, "run.executor.max_restarts=abc"],
+            "pretrain: run.executor.max_restarts: 'abc' is not int",
+        ),
+        (
+            ["--factory", "proxy_1gpu", *SLURM, "run.executor.nodes=2"],  # sized from the recipe
+            "pretrain: run.executor.nodes: no such option; allowed: account, partition, time, ",
+        ),
+        (
+            ["--factory", "proxy_1gpu", "run.executor=os.getcwd"],
+            "pretrain: run.executor: 'os.getcwd' is not an executor; allowed: slurm",
+        ),
+        (
+            ["--factory", "proxy_1gpu", "run.plugins=os.getcwd"],
+            "pretrain: run.plugins: 'os.getcwd': nemo dsv3 pretrain takes no NeMo-Run plugins",
+        ),
     ],
 )
 def test_a_refusal_is_one_line_and_nothing_runs(tmp_path, args, line):
@@ -39,3 +65,18 @@ def test_a_refusal_is_one_line_and_nothing_runs(tmp_path, args, line):
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith(line)
     assert "Dry run" not in out.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_slurm_renders_the_script_dsv3_pretrain_renders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SBATCH_PARTITION", "batch")  # the same environment, read by both
+    home = f"{tmp_path}/nemo"  # NeMo-Run's home for the launch, where the script's logs go
+    nemo_args = [*SLURM, "run.executor.qos=low", f"run.executor.job_dir={home}"]
+    out = nemo("--factory", "proxy_1gpu", "recipe.train.train_iters=7", *nemo_args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    argv = ["pretrain", "-f", "proxy_1gpu", "train.train_iters=7", "-e", "slurm", "--account", "acct"]
+    assert main([*argv, "--container-image", IMAGE, "--qos", "low", "--job-dir", home, "--dryrun"]) == 0
+    ids = re.compile(r"(?<=proxy_1gpu[_-])\d+")  # each dry run is its own experiment
+    script = ids.sub("ID", out.stdout[out.stdout.index("#!/bin/bash") :])
+    assert "#SBATCH --job-name=proxy_1gpu-ID" in script and "#SBATCH --qos=low" in script
+    assert "#SBATCH --partition=batch" in script and f"#SBATCH --output={home}/experiments/" in script
+    assert script == ids.sub("ID", capsys.readouterr().out)

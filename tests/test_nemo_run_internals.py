@@ -2,6 +2,7 @@
 and each checked against that release."""
 
 import importlib.metadata
+import inspect
 import typing
 
 import nemo_run as run
@@ -54,3 +55,11 @@ def test_adding_a_task_clones_it_while_its_executor_is_at_hand(tmp_path, monkeyp
     (seen,) = Probe.seen
     assert isinstance(seen, run.LocalExecutor) and seen.ntasks_per_node == 3
     assert nemo_run_internals.adding_executor() is None
+
+
+def test_the_cli_runs_a_parsed_task_in_execute_task():
+    """``nemo_cli.CheckedRunContext`` overrides ``_execute_task``: NeMo-Run's ``cli_execute`` calls it
+    with the task's arguments once it has parsed the executor (``parse_args``)."""
+    source = inspect.getsource(run.cli.RunContext.cli_execute)
+    assert source.index("self.parse_args(") < source.index("self._execute_task(fn, filtered_args)")
+    assert list(inspect.signature(run.cli.RunContext._execute_task).parameters) == ["self", "fn", "task_args"]

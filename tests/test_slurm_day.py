@@ -1,6 +1,7 @@
 """A cluster user's day on the Slurm 22.05 cluster of tests/slurm/cluster.sh (issue 28): a refused
 submission is one line, Ctrl-C cancels an attached job, a dependency chain and an array run, a rendered
-script runs with plain ``sbatch``, and a requeued or restarted job resumes from its latest checkpoint.
+script runs with plain ``sbatch``, a requeued or restarted job resumes from its latest checkpoint, and
+``nemo dsv3 pretrain ... run.executor=slurm`` (NeMo-Run's CLI) submits the job ``dsv3 pretrain`` does.
 The resume jobs run tests/resume_standin.py, a CPU stand-in for the train entry that saves and resumes
 as Megatron does; ``launch`` gives it ``checkpoint.load`` as it gives ``pretrain``.
 """
@@ -250,3 +251,48 @@ def test_a_job_that_keeps_failing_stops_after_max_restarts_and_says_why(tmp_path
     assert "at iteration 2" in logs[1] and "crashed before step 6" in logs[1]  # resumed, then crashed
     assert "after 1 restart(s) (--max-restarts 1: it keeps failing)" in log.read_text().splitlines()[-1]
     assert sacct_state(job_id) == "FAILED" and tracker(tmp_path) == 4
+
+
+def nemo_pretrain(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``nemo dsv3 pretrain --factory proxy_1gpu`` on this cluster, with slurm_args' options in NeMo-Run's
+    syntax; the job inherits this environment (sbatch), as for ``dsv3``."""
+    executor = [
+        "run.executor=slurm",
+        f"run.executor.account={ACCOUNT}",
+        f"run.executor.container_image={IMAGE}",
+        f"run.executor.job_dir={tmp_path / 'nemo'}",
+    ]
+    return subprocess.run(
+        [f"{VENV_BIN}/nemo", "dsv3", "pretrain", "--factory", "proxy_1gpu", *executor, *args, "-y"],
+        env=os.environ | {"PATH": f"{VENV_BIN}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@needs_train_side
+def test_nemo_run_cli_submits_the_job_dsv3_pretrain_does(tmp_path):
+    """As test_pretrain_that_fails_in_the_job_is_a_failed_command: the job reaches the train entry on a
+    fake-GPU node and fails there; exit 1, one line, the log tail; named ``<recipe>-<id6>``."""
+    result = nemo_pretrain(tmp_path, "run.executor.gres_gpus_per_node=8")
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("pretrain: proxy_1gpu: job ") and " FAILED " in error
+    assert "dsv3: error: launch.gpus_per_node: recipe proxy_1gpu needs 1 GPU(s) per node" in result.stderr
+    exp_id = re.search(r"nemo experiment logs (proxy_1gpu_\d+) 0\)$", error).group(1)
+    job_id = job_id_of(error)
+    wait_for(f"job {job_id} in sacct", lambda: ended(job_id), 60)
+    assert sacct(job_id, "JobName%60,State") == [[f"proxy_1gpu-{exp_id[-6:]}", "FAILED"]]
+
+
+def test_nemo_run_cli_refuses_a_bad_executor_value_in_one_line(tmp_path):
+    result = nemo_pretrain(tmp_path, "run.executor.time=abc")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "pretrain: run.executor.time: 'abc' is not a Slurm time limit; use one of MM, MM:SS, HH:MM:SS, "
+        "D-HH, D-HH:MM, D-HH:MM:SS"
+    )
+    assert not (tmp_path / "nemo").exists()  # no experiment, so nothing was submitted

@@ -8,6 +8,8 @@ them); tests/test_nemo_run_internals.py pins the version they were read from and
 - An experiment's id (``Experiment._id``), which ``nemo experiment status/logs`` take, and its
   directory (``Experiment._exp_dir``), which a kept dry run leaves for ``sbatch FILE``.
 - A dry run's rendered request (``Job._dryrun_info``): the sbatch script or the local app.
+- ``RunContext._execute_task(fn, task_args)``, the step of NeMo-Run's CLI that runs a task once the
+  executor is parsed: ``nemo_cli`` submits a Slurm task there as ``dsv3 pretrain -e slurm`` does.
 """
 
 from __future__ import annotations

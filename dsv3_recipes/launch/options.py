@@ -7,12 +7,11 @@ Slurm options come from flags first, then [titan-dsv3]'s environment (``SBATCH_A
 parsers without importing NeMo-Run.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Optional
 
 from dsv3_recipes.launch import safe
 from dsv3_recipes.recipe.schema import RecipeError
@@ -30,24 +29,25 @@ class SubmitRefused(ValueError):
 
 @dataclass
 class SlurmOptions:
-    """Slurm job options: flags first, then [titan-dsv3]'s environment (SBATCH_*, RUN_CONF_*)."""
+    """Slurm job options: flags first, then [titan-dsv3]'s environment (SBATCH_*, RUN_CONF_*). NeMo-Run's
+    CLI sets them too (``nemo_cli``): its parser reads ``Optional[X]``, not ``X | None``."""
 
-    account: str | None = None
-    partition: str | None = None
+    account: Optional[str] = None
+    partition: Optional[str] = None
     time: str = "04:00:00"
-    container_image: str | None = None
+    container_image: Optional[str] = None
     container_mounts: list[str] = field(default_factory=list)
     job_dir: str = ""
-    ssh_host: str | None = None
-    ssh_user: str | None = None
-    bindpcie: str | None = None
-    mpi: str | None = None
-    gres_gpus_per_node: int | None = None
+    ssh_host: Optional[str] = None
+    ssh_user: Optional[str] = None
+    bindpcie: Optional[str] = None
+    mpi: Optional[str] = None
+    gres_gpus_per_node: Optional[int] = None
     additional_parameters: dict[str, object] = field(default_factory=dict)
-    dependency: str | None = None
-    qos: str | None = None
+    dependency: Optional[str] = None
+    qos: Optional[str] = None
     requeue: bool = False
-    array: str | None = None
+    array: Optional[str] = None
     max_restarts: int = 0
 
     @staticmethod
@@ -100,9 +100,16 @@ class SlurmOptions:
         )
 
     @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SlurmOptions":
+        """The options no flag set: the defaults and [titan-dsv3]'s environment (NeMo-Run's CLI)."""
+        p = argparse.ArgumentParser()
+        cls.add_arguments(p)
+        return cls.from_args_and_env(p.parse_args([]), env)
+
+    @classmethod
     def from_args_and_env(
         cls, args: argparse.Namespace, env: Mapping[str, str] | None = None
-    ) -> SlurmOptions:
+    ) -> "SlurmOptions":
         env = os.environ if env is None else env
         mounts = args.container_mounts or env.get("RUN_CONF_MOUNTS", "")
         gres = args.gres_gpus_per_node
@@ -133,19 +140,19 @@ class SlurmOptions:
     def executor_kwargs(self, default_image: str | None = None) -> dict[str, object]:
         """``executors.slurm``'s keyword arguments; refuses a job without an account or an image the
         nodes can pull (``default_image``: the image when none is given, e.g. the recipe GPU's)."""
+        account_flag, image_flag = self.flag("account"), self.flag("container_image")
         if not self.account:
-            raise RecipeError("--account", "Slurm needs an account: --account or $SBATCH_ACCOUNT")
+            raise RecipeError(account_flag, f"Slurm needs an account: {account_flag} or $SBATCH_ACCOUNT")
         image = self.container_image or default_image
         if not image:
             raise RecipeError(
-                "--container-image",
-                "the job runs in the training image: --container-image or $RUN_CONF_IMAGE",
+                image_flag, f"the job runs in the training image: {image_flag} or $RUN_CONF_IMAGE"
             )
         if "/" not in image.split(":")[0]:
             raise RecipeError(
-                "--container-image",
+                image_flag,
                 f"{image} is a local tag the nodes cannot pull: push it (docker/README.md) and set "
-                "$DSV3_IMAGE_REGISTRY, or pass --container-image",
+                f"$DSV3_IMAGE_REGISTRY, or pass {image_flag}",
             )
         kwargs = dict(
             account=self.account,
@@ -166,18 +173,22 @@ class SlurmOptions:
             array=self.array,
             max_restarts=self.max_restarts,
         )
-        safe.slurm_options(_flag, kwargs)
+        safe.slurm_options(self.flag, kwargs)
         return kwargs
+
+    @staticmethod
+    def flag(option: str) -> str:
+        """The command line's name of a Slurm option, for messages."""
+        return (
+            "ADDITIONAL_SLURM_PARAMS"
+            if option == "additional_parameters"
+            else "--" + option.replace("_", "-")
+        )
 
     @property
     def resumes(self) -> bool:
         """Whether the job may start again (requeued or restarted), so it must resume, not start over."""
         return self.requeue or self.max_restarts > 0
-
-
-def _flag(option: str) -> str:
-    """The command line's name of a Slurm option, for messages."""
-    return "ADDITIONAL_SLURM_PARAMS" if option == "additional_parameters" else "--" + option.replace("_", "-")
 
 
 def parse_additional_slurm_params(text: str) -> dict[str, object]:
@@ -224,7 +235,7 @@ class LaunchOptions:
         SlurmOptions.add_arguments(p)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> LaunchOptions:
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> "LaunchOptions":
         if args.executor not in EXECUTORS:
             raise RecipeError(
                 "--executor", f"unknown executor {args.executor!r}; allowed: {', '.join(EXECUTORS)}"
