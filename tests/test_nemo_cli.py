@@ -58,6 +58,18 @@ def test_a_recipe_and_its_override_dry_run_through_nemo_run(tmp_path):
             ["--factory", "proxy_1gpu", "run.plugins=os.getcwd"],
             "pretrain: run.plugins: 'os.getcwd': nemo dsv3 pretrain takes no NeMo-Run plugins",
         ),
+        (  # NeMo-Run's parser imports and calls a dotted name given as a value: the name became the cwd
+            ["--factory", "proxy_1gpu", "recipe.name=os.getcwd"],
+            "pretrain: recipe.name: 'os.getcwd' is not a literal value: NeMo-Run's parser would run it",
+        ),
+        (  # ... and evaluates a conditional expression with every builtin: this one would write a file
+            ["--factory", "proxy_1gpu", "recipe.name='x' if open('written', 'w') else 'y'"],
+            "pretrain: recipe.name: \"'x' if open('written', 'w') else 'y'\" is not a literal value",
+        ),
+        (
+            ["--factory", "proxy_1gpu", *SLURM, "run.executor.account=os.getcwd"],
+            "pretrain: run.executor.account: 'os.getcwd' is not a literal value",
+        ),
     ],
 )
 def test_a_refusal_is_one_line_and_nothing_runs(tmp_path, args, line):
@@ -80,3 +92,31 @@ def test_slurm_renders_the_script_dsv3_pretrain_renders(tmp_path, monkeypatch, c
     assert "#SBATCH --job-name=proxy_1gpu-ID" in script and "#SBATCH --qos=low" in script
     assert "#SBATCH --partition=batch" in script and f"#SBATCH --output={home}/experiments/" in script
     assert script == ids.sub("ID", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("value", "literal"),
+    [
+        ("5", True),
+        ("h200", True),
+        ("'os.getcwd'", True),  # a quoted string is the string
+        ('["/data/a_text_document"]', True),
+        ("{'NCCL_DEBUG': 'INFO'}", True),
+        ("1e-4", True),
+        ("/abs/path/tokenizer", True),
+        ("os.getcwd", False),
+        ("os.path.join('a')", False),
+        ("Config[os.getcwd]", False),
+        ("lambda: 1", False),
+        ("__import__('os')", False),
+    ],
+)
+def test_only_literals_reach_nemo_runs_parser(value, literal):
+    from dsv3_recipes.launch import safe
+    from dsv3_recipes.recipe.schema import RecipeError
+
+    if literal:
+        assert safe.cli_value("recipe.x", value) == value
+    else:
+        with pytest.raises(RecipeError, match=r"^recipe\.x: .* is not a literal value"):
+            safe.cli_value("recipe.x", value)

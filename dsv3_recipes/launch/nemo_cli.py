@@ -29,7 +29,7 @@ import nemo_run as run
 from nemo_run.cli.cli_parser import CLIException, parse_cli_args
 
 from dsv3_recipes import recipes
-from dsv3_recipes.launch import submit
+from dsv3_recipes.launch import safe, submit
 from dsv3_recipes.launch.options import JobFailed, LaunchOptions, SlurmOptions, SubmitRefused
 from dsv3_recipes.plan.preflight import check_launch
 from dsv3_recipes.plan.validate import built
@@ -60,6 +60,7 @@ class CheckedRunContext(run.cli.RunContext):
             field, _, value = arg.partition("=")
             if field not in types:
                 raise RecipeError(f"run.executor.{field}", f"no such option; allowed: {', '.join(types)}")
+            safe.cli_value(f"run.executor.{field}", value)
             try:
                 parse_cli_args(options, [arg])
             except CLIException:
@@ -83,6 +84,9 @@ class CheckedRunContext(run.cli.RunContext):
             raise RecipeError(
                 "--factory", f"{self.factory!r} is not a recipe; allowed: {', '.join(recipes.names())}"
             )
+        for arg in args:  # NeMo-Run's parser would run a value that is code: only literals reach it
+            field, _, value = arg.partition("=")
+            safe.cli_value(field.strip(), value)
         return super().parse_fn(fn, args, **default_kwargs)
 
     def _execute_task(self, fn, task_args):

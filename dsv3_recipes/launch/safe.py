@@ -9,6 +9,7 @@ is a ``RecipeError`` naming the field. Standard library only.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -98,6 +99,31 @@ def sbatch_key(field: str, value: str) -> str:
     """An ``#SBATCH --key``: NeMo-Run renders the key unquoted."""
     if not _SBATCH_KEY.fullmatch(value.replace("_", "-")):
         raise RecipeError(field, f"{value!r} is not an sbatch option name (letters, digits, -)")
+    return value
+
+
+# What NeMo-Run's CLI parser would import (and call): a dotted name, optionally with a call's arguments.
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+\s*(\(.*\))?", re.S)
+# A bare word NeMo-Run reads as the string (or number) it is: no call, index, expression or space.
+_WORD = re.compile(r"[A-Za-z0-9_+\-./:@%~,]*")
+
+
+def cli_value(field: str, value: str) -> str:
+    """A ``KEY=VALUE`` value for NeMo-Run's CLI parser, which imports a dotted name and calls it, and
+    evaluates expressions (``a if b else c``): a Python literal (number, quoted string, list, dict,
+    ``True``/``None``) or a bare word that is no dotted name; nothing else reaches the parser."""
+    one_line(field, value)
+    try:
+        ast.literal_eval(value)
+        return value
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if _DOTTED.fullmatch(value.strip()) or not _WORD.fullmatch(value):
+        raise RecipeError(
+            field,
+            f"{value!r} is not a literal value: NeMo-Run's parser would run it as code (a dotted name, a "
+            "call or an expression); quote a string that must hold such characters",
+        )
     return value
 
 
