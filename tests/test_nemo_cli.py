@@ -66,6 +66,10 @@ def test_a_recipe_and_its_override_dry_run_through_nemo_run(tmp_path):
             ["--factory", "proxy_1gpu", "recipe.name='x' if open('written', 'w') else 'y'"],
             "pretrain: recipe.name: \"'x' if open('written', 'w') else 'y'\" is not a literal value",
         ),
+        (  # a YAML file's _target_ is imported by NeMo-Run's loader: none is read
+            ["--factory", "proxy_1gpu", "--yaml", "task.yaml"],
+            "pretrain: --yaml: nemo dsv3 pretrain reads no YAML; give recipe.FIELD=VALUE overrides",
+        ),
         (
             ["--factory", "proxy_1gpu", *SLURM, "run.executor.account=os.getcwd"],
             "pretrain: run.executor.account: 'os.getcwd' is not a literal value",

@@ -80,6 +80,8 @@ class CheckedRunContext(run.cli.RunContext):
 
     def _recipe_task(self, fn, args, **default_kwargs):
         # A recipe's name only: NeMo-Run would import and call any dotted path given as a factory.
+        if self.yaml:  # NeMo-Run's loader imports every _target_ the file names, before any check here
+            raise RecipeError("--yaml", "nemo dsv3 pretrain reads no YAML; give recipe.FIELD=VALUE overrides")
         if self.factory not in recipes.names():
             raise RecipeError(
                 "--factory", f"{self.factory!r} is not a recipe; allowed: {', '.join(recipes.names())}"
