@@ -86,9 +86,19 @@ class CheckedRunContext(run.cli.RunContext):
             raise RecipeError(
                 "--factory", f"{self.factory!r} is not a recipe; allowed: {', '.join(recipes.names())}"
             )
+        overrides = []
         for arg in args:  # NeMo-Run's parser would run a value that is code: only literals reach it
             field, _, value = arg.partition("=")
             safe.cli_value(field.strip(), value)
+            if field.startswith("recipe."):
+                overrides.append(arg.removeprefix("recipe."))
+            elif not field.startswith("run."):
+                raise RecipeError(
+                    field, "an override here is recipe.FIELD=VALUE (e.g. recipe.train.train_iters=20)"
+                )
+        # Each value read as `dsv3 pretrain` reads it (its field's type, a refusal naming the field in one
+        # line), before NeMo-Run's parser, whose errors are many lines.
+        recipes.configured(self.factory, overrides)
         return super().parse_fn(fn, args, **default_kwargs)
 
     def _execute_task(self, fn, task_args):
