@@ -73,6 +73,10 @@ REFUSALS = [
         ["--factory", "proxy_1gpu", "train.train_iters=5"],
         "pretrain: train.train_iters: an override here is recipe.FIELD=VALUE",
     ),
+    (
+        ["--factory", "proxy_1gpu", "executor=slurm"],
+        "pretrain: executor: NeMo-Run's syntax is run.executor (run.executor=slurm)",
+    ),
     (  # a YAML file's _target_ is imported by NeMo-Run's loader: none is read
         ["--factory", "proxy_1gpu", "--yaml", "task.yaml"],
         "pretrain: --yaml: nemo dsv3 pretrain reads no YAML; give recipe.FIELD=VALUE overrides",

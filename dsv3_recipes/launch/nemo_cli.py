@@ -92,6 +92,8 @@ class CheckedRunContext(run.cli.RunContext):
             safe.cli_value(field.strip(), value)
             if field.startswith("recipe."):
                 overrides.append(arg.removeprefix("recipe."))
+            elif field.split(".")[0] in ("executor", "plugins"):
+                raise RecipeError(field, f"NeMo-Run's syntax is run.{field} (run.executor=slurm)")
             elif not field.startswith("run."):
                 raise RecipeError(
                     field, "an override here is recipe.FIELD=VALUE (e.g. recipe.train.train_iters=20)"
