@@ -102,8 +102,9 @@ def sbatch_key(field: str, value: str) -> str:
     return value
 
 
-# What NeMo-Run's CLI parser would import (and call): a dotted name, optionally with a call's arguments.
-_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+\s*(\(.*\))?", re.S)
+# What NeMo-Run's CLI parser would import (and call): a dotted name (a call's parentheses, spaces and
+# any other expression are no bare word).
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 # A bare word NeMo-Run reads as the string (or number) it is: no call, index, expression or space.
 _WORD = re.compile(r"[A-Za-z0-9_+\-./:@%~,]*")
 
@@ -118,7 +119,7 @@ def cli_value(field: str, value: str) -> str:
         return value
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         pass
-    if _DOTTED.fullmatch(value.strip()) or not _WORD.fullmatch(value):
+    if _DOTTED.fullmatch(value) or not _WORD.fullmatch(value):
         raise RecipeError(
             field,
             f"{value!r} is not a literal value: NeMo-Run's parser would run it as code (a dotted name, a "

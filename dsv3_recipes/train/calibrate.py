@@ -135,6 +135,14 @@ def _part(forward: Callable[[], torch.Tensor], grad_of: Callable[[torch.Tensor],
     )
 
 
+def _token_batch(stand: StandIn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids and their positions for one micro-batch of the stand-in."""
+    m = stand.recipe.model
+    device = torch.cuda.current_device()
+    tokens = torch.randint(0, m.vocab_size, (stand.moe_micro_batch, m.seq_length), device=device)
+    return tokens, torch.arange(m.seq_length, device=device).unsqueeze(0).expand_as(tokens)
+
+
 def measure_case(stand: StandIn) -> dict:
     """Every part of one stand-in, timed; the dict ``plan.calibration.from_dict`` reads per case."""
     wrapped = build(stand)
@@ -143,8 +151,7 @@ def measure_case(stand: StandIn) -> dict:
     m = stand.recipe.model
     seq, batch = m.seq_length, stand.moe_micro_batch
     device = torch.cuda.current_device()
-    tokens = torch.randint(0, m.vocab_size, (batch, seq), device=device)
-    positions = torch.arange(seq, device=device).unsqueeze(0).expand(batch, seq)
+    tokens, positions = _token_batch(stand)
     hidden = torch.randn(seq, batch, m.hidden_size, device=device, dtype=torch.bfloat16, requires_grad=True)
     ones = torch.ones_like
 
@@ -218,10 +225,7 @@ def measure_step(stand: StandIn) -> dict:
     cfg = container(stepped)
     (model,) = cfg.model.provide_distributed_model(ddp_config=cfg.ddp, wrap_with_ddp=True)
     optimizer = get_megatron_optimizer(cfg.optimizer, [model], use_gloo_process_groups=False)
-    m = stepped.recipe.model
-    device = torch.cuda.current_device()
-    tokens = torch.randint(0, m.vocab_size, (stepped.moe_micro_batch, m.seq_length), device=device)
-    positions = torch.arange(m.seq_length, device=device).unsqueeze(0).expand_as(tokens)
+    tokens, positions = _token_batch(stepped)
 
     def forward_backward() -> None:
         loss = model(input_ids=tokens, position_ids=positions, attention_mask=None, labels=tokens)
