@@ -16,8 +16,8 @@ from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import RecipeError
 from dsv3_recipes.recipes.shrinking import shrink
 
-BARE = Capabilities(deep_ep=False, hybrid_ep=False, apex=False, wandb=False)
-FULL = Capabilities(deep_ep=True, hybrid_ep=True, apex=True, wandb=True)
+BARE = Capabilities(deep_ep=False, hybrid_ep=False, wgrad_fusion=False, wandb=False)
+FULL = Capabilities(deep_ep=True, hybrid_ep=True, wgrad_fusion=True, wandb=True)
 PRODUCT = [n for n in recipes.RECIPES if "proxy" not in n]  # the 671B recipes: issue 13's nine
 
 

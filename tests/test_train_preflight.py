@@ -30,11 +30,14 @@ def test_hybridep_is_checked_on_its_own(fp8_runs_here, monkeypatch):
     preflight.check_container(recipe_of(recipes.get("h100_fp8_blockwise")))  # deepep is present here
 
 
-def test_gradient_accumulation_fusion_without_apex(fp8_runs_here, monkeypatch):
-    monkeypatch.setattr(rules, "importable", lambda module: module != "fused_weight_gradient_mlp_cuda")
+def test_gradient_accumulation_fusion_needs_apex_or_te(fp8_runs_here, monkeypatch):
     task = recipes.get("proxy_1gpu")
     task.recipe.model.gradient_accumulation_fusion = True
-    with pytest.raises(RecipeError, match=r"^model.gradient_accumulation_fusion: needs apex"):
+    absent = {"fused_weight_gradient_mlp_cuda"}
+    monkeypatch.setattr(rules, "importable", lambda module: module not in absent)
+    preflight.check_container(recipe_of(task))  # TE's GEMM stands in for apex's kernels
+    absent.add("transformer_engine")
+    with pytest.raises(RecipeError, match=r"^model.gradient_accumulation_fusion: needs apex's \S+ or Trans"):
         preflight.check_container(recipe_of(task))
 
 

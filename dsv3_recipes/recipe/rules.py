@@ -24,6 +24,7 @@ from dsv3_recipes.recipe.schema import Recipe, RecipeError
 SHRINK_HINT = "or launch with --shrink N, which substitutes what this machine lacks"
 FLEX_EXTENSIONS = {"deepep": "deep_ep_cpp", "hybridep": "hybrid_ep_cpp"}  # the DeepEP build's modules
 APEX_WGRAD = "fused_weight_gradient_mlp_cuda"  # apex's fused wgrad kernels (gradient_accumulation_fusion)
+TE = "transformer_engine"  # its GEMM stands in for APEX_WGRAD (train.wgrad_fusion)
 
 
 def importable(module: str) -> bool:
@@ -41,7 +42,8 @@ class Capabilities:
 
     deep_ep: bool  # DeepEP's extension: the flex dispatcher with backend "deepep"
     hybrid_ep: bool  # HybridEP's extension: the flex dispatcher with backend "hybridep"
-    apex: bool  # apex's fused wgrad kernels: model.gradient_accumulation_fusion
+    # apex's fused wgrad kernels, or TE's GEMM in their place: model.gradient_accumulation_fusion
+    wgrad_fusion: bool
     wandb: bool  # WANDB_API_KEY in the environment: logger.wandb_project
     # Transformer Engine's verdict on this GPU for an FP8 recipe, (supported, reason if not); None where
     # no GPU answers (the launch side judges FP8 by the GPU type instead).
@@ -53,7 +55,7 @@ class Capabilities:
         return cls(
             deep_ep=importable(FLEX_EXTENSIONS["deepep"]),
             hybrid_ep=importable(FLEX_EXTENSIONS["hybridep"]),
-            apex=importable(APEX_WGRAD),
+            wgrad_fusion=importable(APEX_WGRAD) or importable(TE),
             wandb="WANDB_API_KEY" in os.environ,
             fp8_support=fp8_support,
         )
@@ -65,7 +67,7 @@ class Capabilities:
         return cls(
             deep_ep="deepep" in backends,
             hybrid_ep="hybridep" in backends,
-            apex=False,  # docker/Dockerfile builds no apex
+            wgrad_fusion=True,  # docker/Dockerfile builds no apex, but TE's GEMM stands in for it
             wandb="WANDB_API_KEY" in os.environ,  # forwarded by name from the submitting shell
         )
 
@@ -316,17 +318,17 @@ FLEX_BACKEND_BUILT = Rule(
         )
     ],
 )
-APEX_FOR_WGRAD_FUSION = Rule(
-    "gradient-accumulation fusion needs apex",
+WGRAD_FUSION_KERNELS = Rule(
+    "gradient-accumulation fusion needs apex or TE",
     "model.gradient_accumulation_fusion",
     lambda r, caps: (
-        f"needs apex's {APEX_WGRAD}, which this container lacks: install apex with --cuda_ext, or set it "
-        "to False"
-        if r.model.gradient_accumulation_fusion and not caps.apex
+        f"needs apex's {APEX_WGRAD} or Transformer Engine's GEMM in its place, and this container has "
+        "neither: install either, or set it to False"
+        if r.model.gradient_accumulation_fusion and not caps.wgrad_fusion
         else None
     ),
     fix=lambda r, caps: [
-        Fix("model.gradient_accumulation_fusion", False, "apex's fused wgrad kernels are absent")
+        Fix("model.gradient_accumulation_fusion", False, "neither apex's fused wgrad kernels nor TE is here")
     ],
 )
 
@@ -342,7 +344,7 @@ def _fp8_runs(r: Recipe, caps: Capabilities) -> Optional[str]:
 FP8_RUNS_ON_THIS_GPU = Rule("the GPU runs the FP8 recipe", "mixed_precision.fp8_recipe", _fp8_runs)
 
 # What the train entry refuses before any model is built, on the container's own Capabilities.
-CONTAINER: tuple[Rule, ...] = (FLEX_BACKEND_BUILT, APEX_FOR_WGRAD_FUSION, FP8_RUNS_ON_THIS_GPU)
+CONTAINER: tuple[Rule, ...] = (FLEX_BACKEND_BUILT, WGRAD_FUSION_KERNELS, FP8_RUNS_ON_THIS_GPU)
 
 # --- what a launch needs --------------------------------------------------------------------------------
 
@@ -379,7 +381,7 @@ SHRINK_FIXES: tuple[Rule, ...] = (
     NO_GRAPHED_HOST_SYNC,
     EP_OVERLAP_NEEDS_EP,
     DELAY_WGRAD_NEEDS_EP_OVERLAP,
-    APEX_FOR_WGRAD_FUSION,
+    WGRAD_FUSION_KERNELS,
     WANDB_KEY,
     DATA_OR_MOCK,
 )

@@ -175,7 +175,7 @@ class ModelConfig(Section):
     cross_entropy_loss_fusion: bool = True
     cross_entropy_fusion_impl: Literal["te", "native"] = "te"
     apply_rope_fusion: bool = False
-    gradient_accumulation_fusion: bool = False  # needs apex's fused wgrad kernels
+    gradient_accumulation_fusion: bool = False  # apex's wgrad kernels or TE's GEMM (train.wgrad_fusion)
     attention_backend: Literal["auto", "fused", "flash", "unfused", "local"] = "auto"
 
     # Memory: recompute and CUDA graphs.

@@ -24,7 +24,9 @@ def _proxy(name: str, model: fdl.Config, gpu_type: str, gpus: int) -> fdl.Partia
     )
     r.model.moe_token_dispatcher_type = "alltoall"  # [bridge-dsv3], before its HybridEP switch
     r.model.moe_shared_expert_overlap = True  # [bridge-dsv3]
-    r.model.gradient_accumulation_fusion = False  # needs apex, absent from the lent GPU image
+    # Bridge's stock recipe turns it on; off until TE's GEMM in apex's place (train.wgrad_fusion; no apex
+    # on the lent GPU image) wins side by side (benchmarks/README.md, "Side by side").
+    r.model.gradient_accumulation_fusion = False
     r.train.micro_batch_size = 1  # [bridge-dsv3]
     r.train.global_batch_size = 8 * gpus  # 8 micro-batches per GPU: pipeline bubbles stay small
     r.train.train_iters = 50  # long enough for a steady tokens/s after the first steps

@@ -20,9 +20,12 @@ def pretrain(recipe: Recipe) -> None:
     node, or a recipe edited after its launch was checked, fails here before any GPU work; so does a
     flag set this container cannot run (``train.preflight``).
     """
+    from dsv3_recipes.train import wgrad_fusion
     from dsv3_recipes.train.preflight import check_container
 
     code_check.check()  # first: the image must hold the code that planned the job
+    if recipe.model.gradient_accumulation_fusion:
+        wgrad_fusion.install()  # before Megatron-Core is imported: it looks for apex's kernels once
     try:
         resolved = validate(recipe)
         check_resume(recipe)

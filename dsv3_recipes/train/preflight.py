@@ -1,7 +1,7 @@
 """Train-side preflight: before any model is built, refuse a flag set this container cannot run.
 
 The launch side checks a recipe against its GPU type and Megatron's rules; only the node itself knows
-whether DeepEP, HybridEP or apex were built into the image and which FP8 recipes its GPU runs. A missing
+whether DeepEP, HybridEP, apex or TE were built into the image and which FP8 recipes its GPU runs. A missing
 piece would otherwise surface minutes later as an ImportError deep inside Megatron (or, for FP8, as a
 kernel error at the first step): here it is one line naming the field and what to install or set. The
 rules are ``recipe.rules.CONTAINER``, the same whose fixes ``--shrink`` substitutes.
