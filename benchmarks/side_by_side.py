@@ -1,14 +1,17 @@
 """The pieces of benchmarks/side_by_side.sh that are not shell: TorchTitan's result, the tables.
 
     python benchmarks/side_by_side.py torchtitan LOG --out RESULT.json --command CMD [--left-out 17-20]
+        [--label torchtitan_balanced]
     python benchmarks/side_by_side.py report LABEL=RESULT.json[,PROFILE.json] ... [--md OUT.md]
 
 ``torchtitan`` turns the log of TorchTitan's run (../shared/torchtitan/run.sh, copied into .tt/harness)
 into a result under the protocol of run_recipe.py: command, machine, date, data, routing, the expert load
 of every step (``TT_EXPERT_LOAD`` lines of benchmarks/torchtitan/tt_expert_load.py), tokens/s over the
 steady steps that the profiler left alone (from their total time, as the project's; TorchTitan's median
-beside it), peak memory, losses. ``report`` puts the runs of one call side by side: throughput, ratios
-against the first run, the issue's targets, the expert load, and each run's kernel profile by category.
+beside it), peak memory, losses; its routing is ``force_balanced`` where the command has TorchTitan's
+``--training.debug_moe_force_load_balance`` (round-robin experts). ``report`` puts the runs of one call
+side by side: throughput, ratios against the first run, the issue's targets (each proxy run against the
+TorchTitan run of its own routing), the expert load, and each run's kernel profile by category.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ _STEP = re.compile(
 _ACTIVE = re.compile(r"step:\s*(\d+)\s+mem_peak_active:\s*([\d.]+)GiB")
 _GPU = re.compile(r"^(NVIDIA [^,]+), (\d+) MiB")
 _LOAD_TAG = "TT_EXPERT_LOAD"
+TT_FORCE_BALANCE = "--training.debug_moe_force_load_balance"  # TorchTitan f1a96b34 (config/job_config.py)
 
 
 def steps_range(text: str) -> frozenset[int]:
@@ -43,7 +47,9 @@ def steps_range(text: str) -> frozenset[int]:
     return frozenset(steps)
 
 
-def torchtitan_result(log: str, command: str, left_out: frozenset[int], tokens_per_step: int) -> dict:
+def torchtitan_result(
+    log: str, command: str, left_out: frozenset[int], tokens_per_step: int, label: str = "torchtitan"
+) -> dict:
     """TorchTitan's run as a result; fails if the log holds no training step."""
     steps: dict[int, dict[str, float]] = {}
     active: dict[int, float] = {}
@@ -73,7 +79,7 @@ def torchtitan_result(log: str, command: str, left_out: frozenset[int], tokens_p
     last = max(load) if load else None
     return {
         "recipe": "torchtitan",
-        "label": "torchtitan",
+        "label": label,
         "framework": "TorchTitan f1a96b34, deepseek_v3 flavor proxy_3b (proxy_1gpu's model without MTP)",
         "date": datetime.date.today().isoformat(),
         "machine": f"1 x {gpu}" if gpu else None,
@@ -86,7 +92,7 @@ def torchtitan_result(log: str, command: str, left_out: frozenset[int], tokens_p
             "tokens": None,  # TorchTitan tokenizes ../shared/bench-text/text.json.gz itself (c4_test loader)
             "tokenizer": ".tt/tokenizer (../shared/bench-text/tokenizer)",
         },
-        "routing": "natural",
+        "routing": "force_balanced" if TT_FORCE_BALANCE in command else "natural",
         "expert_load_last_step": load.get(last) if last is not None else None,
         "expert_load_per_step": [{"step": s, **load[s]} for s in sorted(load)],
         "steps": len(steps),
@@ -152,20 +158,29 @@ def throughput_table(runs: list[tuple[str, dict]]) -> str:
 
 
 def targets(runs: dict[str, dict]) -> list[str]:
-    """The issue's targets, each met or not, where this call has the runs they compare."""
-    tt = runs.get("torchtitan")
-    out = []
-    if tt is None:
+    """The issue's targets, each met or not, for each proxy run against the TorchTitan run of the same
+    routing in this call (the first such run)."""
+    titan: dict[str, dict] = {}
+    for r in runs.values():
+        if r.get("recipe") == "torchtitan":
+            titan.setdefault(r.get("routing", "natural"), r)
+    if not titan:
         return ["targets: no TorchTitan run in this call, so no ratio to it"]
-    tt_tps = tt["tokens_per_s_per_gpu"]
+    out = []
     for label, r in runs.items():
-        if label == "torchtitan":
+        if r.get("recipe") == "torchtitan":
             continue
-        ratio = r["tokens_per_s_per_gpu"] / tt_tps
+        routing = r.get("routing", "natural")
+        if routing not in titan:
+            out.append(f"{label}: no TorchTitan run with {routing} routing in this call, so no ratio to it")
+            continue
+        ratio = r["tokens_per_s_per_gpu"] / titan[routing]["tokens_per_s_per_gpu"]
         mfu = (r.get("megatron_tflops_per_gpu") or 0) / H200_BF16_PEAK_TFLOPS
         if "fp8_recipe=" in r.get("command", ""):
             # TorchTitan's FP8 needs torchao's float8 converter, which .tt does not carry.
             label = f"{label} (FP8, against TorchTitan's BF16 run: no TorchTitan FP8 run)"
+        if routing != "natural":
+            label = f"{label} ({routing} routing, both)"
         if "mtp_num_layers=None" in r.get("command", ""):
             met = ratio >= 1.3 and mfu >= 0.40
             out.append(
@@ -208,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     tt.add_argument("--command", required=True, help="the command that ran it, for the result")
     tt.add_argument("--left-out", default="", help="profiled steps, e.g. 17-20")
     tt.add_argument("--tokens-per-step", type=int, default=8 * 4096)
+    tt.add_argument("--label", default="torchtitan", help="the run's label in the tables")
     rep = sub.add_parser("report", help="results (and kernel profiles) of one call -> markdown")
     rep.add_argument("entries", nargs="+", help="LABEL=RESULT.json[,PROFILE.json]")
     rep.add_argument("--md")
@@ -219,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.command,
                 steps_range(args.left_out),
                 args.tokens_per_step,
+                args.label,
             )
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
             keys = ("tokens_per_s_per_gpu", "tokens_per_s_median", "steps")

@@ -5,8 +5,9 @@
 # .tt: bash benchmarks/torchtitan/make_assets.sh GIT_DIR on the CPU machine (TorchTitan f1a96b34, its wheels,
 # the bench text and tokenizer, and .tt/harness: ../shared/torchtitan, which the GPU machine lacks).
 #
-# RUNS: "label|overrides" separated by ';'. The label "torchtitan" runs TorchTitan (overrides: more of its
-# own arguments); any other runs `benchmarks/run_recipe.py proxy_1gpu launch.gpu_type=h200` on the bench
+# RUNS: "label|overrides" separated by ';'. A label that starts with "torchtitan" runs TorchTitan (overrides:
+# more of its own arguments, e.g. "torchtitan_balanced|--training.debug_moe_force_load_balance", its
+# round-robin routing, beside a proxy run with model.moe_router_force_load_balancing=True); any other runs `benchmarks/run_recipe.py proxy_1gpu launch.gpu_type=h200` on the bench
 # text with those overrides. The default: TorchTitan, the proxy without MTP (TorchTitan's model), the proxy
 # as shipped (MTP). Candidate changes go in the same list, so each is measured beside the default, e.g.
 #   RUNS="nomtp|model.mtp_num_layers=None;nomtp_graphs|model.mtp_num_layers=None $GRAPHS"
@@ -78,29 +79,29 @@ profile() {  # $1 label, $2 trace, rest: kernel_profile options
   keep_trace "$label" "$trace"
 }
 
-torchtitan() {  # $1 extra TorchTitan arguments
-  local t=$(( $(left) - 40 )); [ "$t" -gt 240 ] && t=240
-  if [ ! -f .tt/harness/run.sh ]; then say "torchtitan: .tt/harness missing (benchmarks/torchtitan/make_assets.sh)"; return 1; fi
-  if [ "$t" -lt 120 ]; then say "torchtitan: ${t}s left, not started"; return 1; fi
-  local traces=$RUN/tt_traces extra="--experimental.custom_import tt_expert_load $1"
+torchtitan() {  # $1 label, $2 extra TorchTitan arguments
+  local label=$1 t=$(( $(left) - 40 )); [ "$t" -gt 240 ] && t=240
+  if [ ! -f .tt/harness/run.sh ]; then say "$label: .tt/harness missing (benchmarks/torchtitan/make_assets.sh)"; return 1; fi
+  if [ "$t" -lt 120 ]; then say "$label: ${t}s left, not started"; return 1; fi
+  local traces=$RUN/tt_traces_$label extra="--experimental.custom_import tt_expert_load $2" dir=$RUN/$label
   [ "$PROFILE" = 1 ] && extra="$extra --profiling.enable_profiling --profiling.save_traces_folder $traces --profiling.profile_freq $STEPS"
-  local cmd="STEPS=$STEPS BUDGET=$t TT_EXTRA='$extra' bash .tt/harness/run.sh $RUN/torchtitan"
-  say "torchtitan: $cmd"
+  local cmd="STEPS=$STEPS BUDGET=$t TT_EXTRA='$extra' bash .tt/harness/run.sh $dir"
+  say "$label: $cmd"
   # Its own PYTHONPATH (run.sh puts its wheels and TorchTitan first), plus the expert-load plug-in.
   timeout -k 10 $((t + 15)) env PYTHONPATH="$PWD/benchmarks/torchtitan" STEPS="$STEPS" BUDGET="$t" TT_EXTRA="$extra" \
-    bash .tt/harness/run.sh "$RUN/torchtitan" >"$RUN/logs/torchtitan.console" 2>&1
-  say "torchtitan: exit $? ($(tail -1 "$RUN/torchtitan/torchtitan_summary.txt" 2>/dev/null | cut -c1-160))"
-  cp "$RUN/torchtitan/torchtitan.log" "$RUN/logs/" 2>/dev/null
+    bash .tt/harness/run.sh "$dir" >"$RUN/logs/$label.console" 2>&1
+  say "$label: exit $? ($(tail -1 "$dir/torchtitan_summary.txt" 2>/dev/null | cut -c1-160))"
+  cp "$dir/torchtitan.log" "$RUN/logs/$label.log" 2>/dev/null
   # Profiler warm-up (3 steps) and the traced step: STEPS-3..STEPS; the trace is written after the last step.
-  local out=$RUN/results/torchtitan.json left_out=""
+  local out=$RUN/results/$label.json left_out=""
   [ "$PROFILE" = 1 ] && left_out="$((STEPS - 3))-$STEPS"
-  python3 benchmarks/side_by_side.py torchtitan "$RUN/torchtitan/torchtitan.log" --out "$out" \
+  python3 benchmarks/side_by_side.py torchtitan "$dir/torchtitan.log" --out "$out" --label "$label" \
     --command "$cmd" --left-out "$left_out" 2>&1 | tee -a "$LOG" | tail -1 || return 1
   [ -f "$out" ] || return 1
-  local entry="torchtitan=$out"
-  if [ "$PROFILE" = 1 ] && profile torchtitan "$traces/iteration_$STEPS/rank0_trace.json" \
+  local entry="$label=$out"
+  if [ "$PROFILE" = 1 ] && profile "$label" "$traces/iteration_$STEPS/rank0_trace.json" \
       --step-offset 1 --experts 64 --eager-gemms-are-output; then
-    entry="$entry,$RUN/profiles/torchtitan.json"
+    entry="$entry,$RUN/profiles/$label.json"
   fi
   ENTRIES+=("$entry")
 }
@@ -132,9 +133,9 @@ proxy() {  # $1 label, $2 overrides
 say "runs: ${LIST[*]} | steps $STEPS, profiled step (proxy) $PROFILE_STEP, budget ${BUDGET}s | commit ${COMMIT:-unknown}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
 for v in "${LIST[@]}"; do
-  label=$(echo "${v%%|*}" | tr -d ' '); extra=${v#*|}
+  label=$(echo "${v%%|*}" | tr -d '[:space:]'); extra=${v#*|}
   [ -n "$label" ] || continue
-  if [ "$label" = torchtitan ]; then torchtitan "$extra"; else proxy "$label" "$extra"; fi
+  case $label in torchtitan*) torchtitan "$label" "$extra" ;; *) proxy "$label" "$extra" ;; esac
   reap "$label"
   if [ "${#ENTRIES[@]}" -gt 0 ]; then
     python3 benchmarks/side_by_side.py report "${ENTRIES[@]}" --md "$RUN/side_by_side.md" >/dev/null 2>>"$LOG"

@@ -53,6 +53,10 @@ def test_torchtitans_result_leaves_out_the_first_steps_and_the_profiled_ones():
     assert r["peak_mem_active_gib"] == 62.0 and r["peak_mem_reserved_gib"] == 84.1
     assert (r["first_lm_loss"], r["last_lm_loss"]) == (11.75, 7.0)
     assert sbs.steps_range("17-20,3") == {3, 17, 18, 19, 20}
+    balanced = sbs.torchtitan_result(
+        tt_log(tps), f"TT_EXTRA='{sbs.TT_FORCE_BALANCE}' run.sh", frozenset(), 32768, "torchtitan_balanced"
+    )
+    assert (balanced["label"], balanced["routing"]) == ("torchtitan_balanced", "force_balanced")
 
 
 def test_a_log_without_steps_is_an_error():
@@ -113,6 +117,19 @@ def test_the_report_compares_with_torchtitan_and_says_which_target_is_met(tmp_pa
     assert sbs.targets({"torchtitan": tt, "fp8": fp8})[0].startswith(
         "fp8 (FP8, against TorchTitan's BF16 run: no TorchTitan FP8 run) (no MTP): 1.50x TorchTitan"
     )
+
+
+def test_each_proxy_run_is_held_against_the_torchtitan_run_of_its_own_routing():
+    natural = sbs.torchtitan_result(tt_log({s: 80_000 for s in range(1, 21)}), "tt", frozenset(), 32768)
+    balanced = {**natural, "label": "tt_b", "routing": "force_balanced", "tokens_per_s_per_gpu": 100_000.0}
+    nomtp = proxy_result("nomtp", 120_000, 420.0, "x model.mtp_num_layers=None", 10.67)
+    nomtp_b = {**nomtp, "routing": "force_balanced"}
+    lines = sbs.targets({"tt": natural, "tt_b": balanced, "nomtp": nomtp, "nomtp_b": nomtp_b})
+    assert lines[0].startswith("nomtp (no MTP): 1.50x TorchTitan")
+    assert lines[1].startswith("nomtp_b (force_balanced routing, both) (no MTP): 1.20x TorchTitan")
+    assert sbs.targets({"tt": natural, "nomtp_b": nomtp_b}) == [
+        "nomtp_b: no TorchTitan run with force_balanced routing in this call, so no ratio to it"
+    ]
 
 
 def test_the_report_adds_the_kernel_tables_of_the_runs_that_were_profiled(tmp_path):
@@ -203,7 +220,9 @@ events = [ev("user_annotation", "ProfilerStep#18", 1, 1, 0, 500),
 with gzip.open(trace, "wt") as f:
     json.dump({"traceEvents": events}, f)
 tps = 120000.0 if "model.mtp_num_layers=None" in a.overrides else 70000.0
+balanced = "model.moe_router_force_load_balancing=True" in a.overrides
 result = {"recipe": a.recipe, "label": a.label, "command": shlex.join(["dsv3", *a.overrides]),
+          "routing": "force_balanced" if balanced else "natural",
           "tokens_per_s_per_gpu": tps, "megatron_tokens_per_s_per_gpu": tps,
           "megatron_tflops_per_gpu": tps / 300,
           "steps": int(a.steps), "profiled_steps_left_out": [17, 18, 19], "profile_trace": str(trace)}
@@ -218,15 +237,15 @@ case ":$PYTHONPATH:" in *"/benchmarks/torchtitan:"*) ;; *) echo "plug-in not on 
 set -- $TT_EXTRA
 while [ $# -gt 0 ]; do
   case $1 in --experimental.custom_import) PLUGIN=$2 ;; --profiling.save_traces_folder) TRACES=$2 ;;
-    --profiling.profile_freq) FREQ=$2 ;; esac; shift
+    --profiling.profile_freq) FREQ=$2 ;; --training.debug_moe_force_load_balance) TPS=100,000 ;; esac; shift
 done
 [ "$PLUGIN" = tt_expert_load ] || exit 8
-python3 - "$OUT/torchtitan.log" "$TRACES/iteration_$FREQ" "$STEPS" <<'PY'
+python3 - "$OUT/torchtitan.log" "$TRACES/iteration_$FREQ" "$STEPS" "${TPS:-80,000}" <<'PY'
 import json, pathlib, sys
-log, traces, steps = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
+log, traces, steps, tps = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 lines = ["NVIDIA H200, 143771 MiB, 570.124.06"]
 for s in range(1, steps + 1):
-    lines.append(f"step: {s:2}  loss:  7.0000  grad_norm:  1.0000  memory: 84.10GiB(59.04%)  tps: 80,000  "
+    lines.append(f"step: {s:2}  loss:  7.0000  grad_norm:  1.0000  memory: 84.10GiB(59.04%)  tps: {tps}  "
                  "tflops: 330.12  mfu: 33.38%")
 pathlib.Path(log).write_text("\n".join(lines) + "\n")
 traces.mkdir(parents=True)
@@ -241,9 +260,9 @@ echo "steps 6..20 (n=15): tps median 80,000" > "$OUT/torchtitan_summary.txt"
 """
 
 
-def test_the_scripts_plumbing_with_stand_in_runs(tmp_path):
-    """The script with stand-ins for run_recipe.py and TorchTitan's run.sh (same arguments, same files
-    out): every run's result, kernel profile and trace reach OUT_DIR and the table has them all."""
+def _run_with_stand_ins(tmp_path, runs: str | None) -> tuple[subprocess.CompletedProcess, Path]:
+    """benchmarks/side_by_side.sh with stand-ins for run_recipe.py and TorchTitan's run.sh (same
+    arguments, same files out), from a copy of the benchmarks it needs."""
     import sys
 
     (tmp_path / "benchmarks" / "torchtitan").mkdir(parents=True)
@@ -262,6 +281,8 @@ def test_the_scripts_plumbing_with_stand_in_runs(tmp_path):
         "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
     }
     env.pop("RUNS", None)
+    if runs is not None:
+        env["RUNS"] = runs
     done = subprocess.run(
         ["bash", "benchmarks/side_by_side.sh", str(out)],
         cwd=tmp_path,
@@ -271,6 +292,12 @@ def test_the_scripts_plumbing_with_stand_in_runs(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done, out
+
+
+def test_the_scripts_plumbing_with_stand_in_runs(tmp_path):
+    """Every run's result, kernel profile and trace reach OUT_DIR and the table has them all."""
+    done, out = _run_with_stand_ins(tmp_path, None)
     assert sorted(p.name for p in out.iterdir()) == [
         "progress.log",
         "results.tgz",
@@ -288,3 +315,18 @@ def test_the_scripts_plumbing_with_stand_in_runs(tmp_path):
     progress = (out / "progress.log").read_text()
     assert "nomtp: 120,000 tokens/s, Megatron 400.0 TFLOPS" in progress
     assert "torchtitan: exit 0 (steps 6..20" in progress
+
+
+def test_a_balanced_torchtitan_run_sits_beside_the_natural_one(tmp_path):
+    """Two TorchTitan runs in one call, each under its own label, each the reference of its routing."""
+    runs = (
+        "torchtitan|;torchtitan_balanced|--training.debug_moe_force_load_balance;"
+        "nomtp_balanced|model.mtp_num_layers=None model.moe_router_force_load_balancing=True"
+    )
+    done, out = _run_with_stand_ins(tmp_path, runs)
+    traces = {"trace-torchtitan.json.gz", "trace-torchtitan_balanced.json.gz"}
+    assert traces <= {p.name for p in out.iterdir()}
+    table = (out / "side_by_side.md").read_text()
+    assert "| torchtitan_balanced | 100,000 | 1.25 |" in table
+    assert "nomtp_balanced (force_balanced routing, both) (no MTP): 1.20x TorchTitan" in table
+    assert "done: 3 of 3 runs with results" in done.stdout
