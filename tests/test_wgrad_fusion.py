@@ -87,3 +87,23 @@ def test_te_gemm_accumulates_into_fp32_main_grad_on_the_gpu(before_megatron):
     expected = main_grad + dy.float().t() @ x.float()
     sys.modules[APEX_WGRAD].wgrad_gemm_accum_fp32(x, dy, main_grad)
     torch.testing.assert_close(main_grad, expected, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_the_train_entry_installs_it_only_when_the_recipe_asks(fusion, monkeypatch, capsys):
+    """Before the container check and so before any model: the check stops this run with the flag on
+    (nothing is importable), the rank's GPU count with it off (this machine has none)."""
+    from dsv3_recipes import recipes
+    from dsv3_recipes.launch.submit import recipe_of
+    from dsv3_recipes.recipe import rules
+    from dsv3_recipes.train.entry import pretrain
+
+    installs = []
+    monkeypatch.setattr(wgrad_fusion, "install", lambda: installs.append(True))
+    monkeypatch.setattr(rules, "importable", lambda module: False)
+    task = recipes.get("proxy_1gpu")
+    task.recipe.model.gradient_accumulation_fusion = fusion
+    with pytest.raises(SystemExit):
+        pretrain(recipe_of(task))
+    assert installs == ([True] if fusion else [])
+    assert capsys.readouterr().err.startswith("dsv3: error:")
