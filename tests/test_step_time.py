@@ -23,7 +23,8 @@ from dsv3_recipes.recipe.schema import RecipeError
 
 ROOT = Path(__file__).parent.parent
 FIT = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-04-h200.json").read_text())
-ROWS = json.loads((ROOT / "benchmarks" / "published_runs.json").read_text())["rows"]
+PUBLISHED = json.loads((ROOT / "benchmarks" / "published_runs.json").read_text())
+ROWS = PUBLISHED["rows"]
 
 
 def resolved(name, *overrides, shrink=None):
@@ -76,6 +77,15 @@ def test_a_miss_is_recorded_on_its_own_role_and_each_correction_is_in_the_overri
             assert fix["wrong"] and fix["source"] and fix["quote"], row["id"]
             for key, change in fix["changed"].items():
                 assert f"{key}={change['now']}" in row["overrides"], (row["id"], key)
+
+
+def test_every_row_carries_the_run_conditions_all_published_runs_share():
+    """Gradient-accumulation fusion was on in every published run (apex in every source's container), so
+    a row planned without it would pay the DDP hooks' accumulation its run did not."""
+    shared = PUBLISHED["every_row"]["overrides"]
+    assert "model.gradient_accumulation_fusion=True" in shared
+    for row in ROWS:
+        assert set(shared) <= set(row["overrides"]), row["id"]
 
 
 def test_three_rows_are_fitted_and_the_rest_held_out():
