@@ -7,7 +7,7 @@ overrides, and the 1-GPU checks) it derives the one-GPU stand-in of its ranks
 (``plan.calibration.stand_in``), measures each distinct stand-in once (``train.calibrate``: its parts, then
 the step around them, wrapped in Megatron's DDP and stepped by its optimizer), and writes
 the calibration file after every case, so that a call cut short keeps what it measured. Cases run in
-the order given (``--priority`` first), within ``--budget`` seconds. Copy the result to
+the order given (``PRIORITY`` first, or ``--keys``'s order), within ``--budget`` seconds. Copy the result to
 ``dsv3_recipes/plan/calibration_h200.json`` to make the planner read it.
 """
 
@@ -73,6 +73,7 @@ def main() -> int:
     p.add_argument("--commit", default="unknown", help="the checkout's commit (the GPU copy has no .git)")
     p.add_argument("--only-priority", action="store_true", help="only the fitted rows and the 1-GPU checks")
     p.add_argument("--skip", nargs="*", default=[], help="case keys not to measure (measured before)")
+    p.add_argument("--keys", nargs="*", help="only these case keys, in this order")
     args = p.parse_args()
 
     import torch
@@ -83,6 +84,11 @@ def main() -> int:
     specs = PRIORITY + ([] if args.only_priority else published() + every_recipe())
     cases = stand_ins(specs)
     print(f"{len(cases)} distinct stand-ins", flush=True)
+    if args.keys is not None:
+        unknown = [k for k in args.keys if k not in cases]
+        if unknown:
+            p.error(f"--keys: no stand-in has key {', '.join(unknown)}")
+        cases = {k: cases[k] for k in args.keys}
     result = {
         "gpu": MEASURED_GPU,
         "command": shlex.join(["python3", "benchmarks/calibrate.py", *sys.argv[1:]]),

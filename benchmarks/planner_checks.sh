@@ -6,6 +6,9 @@
 #   source benchmarks/gpu_env.sh && bash benchmarks/planner_checks.sh OUT_DIR [LABEL ...]
 # LABELs pick runs (proxy_mtp proxy_nomtp h100_fp8_blockwise_shrunk1 bridge_default_1024gpu_shrunk1; all
 # by default), so that the four can be split over device calls of one held machine.
+# PROFILE=1 records step 9 of the 10 with Bridge's PyTorch profiler (steps 8-10 are left out of the median)
+# and writes the step's kernel profile (dsv3_recipes.report.kernel_profile: GPU busy and idle time, kernels
+# by category) to results/LABEL.profile.json, so that the time the planner misses is placed in the same run.
 # Writes OUT_DIR/planner_checks.tgz (results/*.json and log excerpts) after every run.
 set -uo pipefail
 OUT=${1:?usage: planner_checks.sh OUT_DIR [LABEL ...]}
@@ -19,11 +22,21 @@ TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"
 RUN=$WORK/run-$(date +%s)
 mkdir -p "$RUN/results" "$OUT"
 BALANCED=model.moe_router_force_load_balancing=True
+PROFILING=()
+[ "${PROFILE:-0}" = 1 ] && PROFILING=(profiling.use_pytorch_profiler=True profiling.profile_step_start=9
+  profiling.profile_step_end=10)
 run() {  # label, then run_recipe.py arguments
   local label=$1; shift
   [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $label "* ]] || return 0
-  timeout 200 python3 benchmarks/run_recipe.py "$@" --label "$label" --results-dir "$RUN/results" --timeout 185 2>&1 \
-    | tail -c 300 || echo "run $label failed"
+  timeout 200 python3 benchmarks/run_recipe.py "$@" "${PROFILING[@]}" --label "$label" --results-dir "$RUN/results" \
+    --timeout 185 2>&1 | tail -c 300 || echo "run $label failed"
+  local result trace
+  result=$(ls "$RUN"/results/*-"$label".json 2>/dev/null | head -1)
+  trace=$([ -n "$result" ] && python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("profile_trace") or "")' "$result")
+  if [ "${PROFILE:-0}" = 1 ] && [ -n "$trace" ] && [ -f "$trace" ]; then
+    timeout 120 python3 -m dsv3_recipes.report.kernel_profile "$trace" --json "$RUN/results/$label.profile.json" \
+      >"$RUN/results/$label.profile.txt" 2>&1 || echo "kernel profile of $label failed: $(tail -1 "$RUN/results/$label.profile.txt")"
+  fi
   tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
 }
 run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 $BALANCED "${TEXT[@]}"
