@@ -30,14 +30,16 @@ run() {  # label, then run_recipe.py arguments
   [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $label "* ]] || return 0
   timeout 200 python3 benchmarks/run_recipe.py "$@" "${PROFILING[@]}" --label "$label" --results-dir "$RUN/results" \
     --timeout 185 2>&1 | tail -c 300 || echo "run $label failed"
-  local result trace
+  [ "${#PROFILING[@]}" -gt 0 ] && profile "$label"
+  tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
+}
+profile() {  # label: the kernel profile of the step its run traced, beside its result
+  local label=$1 result trace
   result=$(ls "$RUN"/results/*-"$label".json 2>/dev/null | head -1)
   trace=$([ -n "$result" ] && python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("profile_trace") or "")' "$result")
-  if [ "${PROFILE:-0}" = 1 ] && [ -n "$trace" ] && [ -f "$trace" ]; then
-    timeout 120 python3 -m dsv3_recipes.report.kernel_profile "$trace" --json "$RUN/results/$label.profile.json" \
-      >"$RUN/results/$label.profile.txt" 2>&1 || echo "kernel profile of $label failed: $(tail -1 "$RUN/results/$label.profile.txt")"
-  fi
-  tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
+  if [ -z "$trace" ] || [ ! -f "$trace" ]; then echo "$label: no profiler trace"; return 1; fi
+  timeout 120 python3 -m dsv3_recipes.report.kernel_profile "$trace" --json "$RUN/results/$label.profile.json" \
+    >"$RUN/results/$label.profile.txt" 2>&1 || echo "kernel profile of $label failed: $(tail -1 "$RUN/results/$label.profile.txt")"
 }
 run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 $BALANCED "${TEXT[@]}"
 run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None $BALANCED \
