@@ -41,7 +41,18 @@ SETUP = {  # what the call's benchmark did before timing, by the commit it ran
         "built as the train entry builds it, on the machine of the 1-GPU checks beside it; with the step "
         "around the passes (DDP wrapper, FP8 parameters, distributed optimizer)"
     ),
+    "f9ee834e3f6984c42ea77a5ebf85774dbc411698": (
+        "built as the train entry builds it, on the machine of the 1-GPU checks beside it; with the step "
+        "around the passes; automatic garbage collection on (the train loop has it off); call a in one "
+        "process, calls b and c one process per case"
+    ),
 }
+
+
+def setup_of(commit: str) -> str:
+    """A call names its commit in full or by a prefix (``--commit`` as typed on the GPU machine)."""
+    (setup,) = [text for full, text in SETUP.items() if full.startswith(commit)]
+    return setup
 
 
 def spec_stand_in(spec: str):
@@ -79,7 +90,7 @@ def main() -> int:
                 "label": stand.label,
                 "fp8_recipe": stand.fp8_recipe,
                 "flops": part_flops(stand),
-                "provenance": {"file": rel, "key_then": old_key, "setup": SETUP[data["commit"]]},
+                "provenance": {"file": rel, "key_then": old_key, "setup": setup_of(data["commit"])},
             }
     clean_twin = {c["label"].replace(c["fp8_recipe"] or "bf16", "bf16"): c for c in merged.values()}
     for case in merged.values():

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dsv3_recipes.launch import local_gpus
 from dsv3_recipes.launch.submit import build_task, recipe_of
 from dsv3_recipes.mlperf.rules import idx_token_count
 from dsv3_recipes.recipe import hardware
@@ -131,6 +132,7 @@ def main() -> int:
         "label": label,
         "date": datetime.date.today().isoformat(),
         "machine": f"{run.summary['num_gpus']} x {run.summary['gpu']}",
+        "cpu": local_gpus.host_cpu(),  # a host-bound step follows it
         "gpu": run.summary["gpu"],
         "num_gpus": run.summary["num_gpus"],
         "command": in_repo(shlex.join(["dsv3", *dsv3_args])),

@@ -112,3 +112,22 @@ def test_a_stand_in_sets_up_as_the_train_entry_would(name, overrides, shrink):
     assert provider.moe_router_topk == m.moe_router_topk and provider.tensor_model_parallel_size == 1
     assert provider.fp8_recipe == (stand.fp8_recipe or provider.fp8_recipe)
     assert (provider.fp8 is not None) == (stand.fp8_recipe is not None)
+
+
+def test_a_stand_in_is_timed_with_the_collector_as_its_recipe_trains():
+    """Megatron's loop under train.manual_gc collects between steps only; a full collection inside a
+    part's timed passes (~0.5 s) made host-bound parts cost more alone than in the whole model."""
+    pytest.importorskip("megatron.bridge", reason="needs the train extra")
+    import gc
+    import os
+
+    from dsv3_recipes.train import calibrate
+
+    stand = standin("proxy_1gpu", "launch.gpu_type=h200")
+    assert stand.parent.train.manual_gc and gc.isenabled()
+    with calibrate.as_trained(stand):
+        assert not gc.isenabled()
+        assert all(os.environ[name] == value for name, value in stand.env.items())
+    assert gc.isenabled()
+    with calibrate.as_trained(standin("proxy_1gpu", "launch.gpu_type=h200", "train.manual_gc=False")):
+        assert gc.isenabled()  # the loop leaves automatic collection on: so does the timing

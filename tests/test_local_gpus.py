@@ -25,3 +25,10 @@ def test_a_failing_or_missing_nvidia_smi_means_no_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert local_gpus.count() == 0
     assert local_gpus.describe() == "unknown (nvidia-smi listed no GPU)"
+
+
+def test_the_host_cpu_is_named_by_its_model_and_count():
+    cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n\nprocessor\t: 1\n"
+    cpuinfo += "model name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+    assert local_gpus.host_cpu(cpuinfo) == "2 x Intel(R) Xeon(R) Platinum 8480+"
+    assert local_gpus.host_cpu("flags: fpu\n") == f"{os.cpu_count()} x unknown"  # no model line (ARM)

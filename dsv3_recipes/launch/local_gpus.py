@@ -1,10 +1,13 @@
 """The GPUs of this machine, asked of nvidia-smi once per call: the launch side has no torch.
 
-The local launch check counts them, and the benchmarks' records name them."""
+The local launch check counts them, and the benchmarks' records name them and the CPU that feeds them
+(a host-bound step's time follows the CPU: the same H200 ran the shrunk checks 1.6x apart on two lent
+machines)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 
@@ -37,3 +40,15 @@ def describe(gpus: list[Gpu] | None = None) -> str:
     if not gpus:
         return "unknown (nvidia-smi listed no GPU)"
     return f"{len(gpus)} x {gpus[0].name} (driver {gpus[0].driver})"
+
+
+def host_cpu(cpuinfo: str | None = None) -> str:
+    """``N x <model name>`` of this machine's logical CPUs, from /proc/cpuinfo (``cpuinfo`` in tests)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return f"{os.cpu_count()} x unknown"
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    return f"{len(models) or os.cpu_count()} x {models[0] if models else 'unknown'}"

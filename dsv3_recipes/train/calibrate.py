@@ -299,14 +299,24 @@ def measure_optimizer(params: int = 2**28, chunk: int = 2**24) -> OptimizerTimin
 
 
 @contextlib.contextmanager
-def recipe_env(env: dict[str, str]):
-    """The recipe's environment while its stand-in is built and timed (TE reads its NVTE_* switches when
-    a module is built or called), then the previous one again."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+def as_trained(stand: StandIn):
+    """The stand-in built and timed as its recipe trains: the recipe's environment (TE reads its NVTE_*
+    switches when a module is built or called), and Python's collector as Megatron's train loop runs it.
+    With ``train.manual_gc`` (every recipe's default) the loop turns automatic collection off and
+    collects between steps; left on here, a full collection of the million objects Megatron and TE hold
+    (~0.5 s) lands inside some part's eight timed passes and adds tens of ms to each, which a host-bound
+    part cannot hide. The previous environment and collector state come back after."""
+    saved = {name: os.environ.get(name) for name in stand.env}
+    collecting = gc.isenabled()
+    os.environ.update(stand.env)
+    if stand.parent.train.manual_gc:
+        gc.collect()
+        gc.disable()
     try:
         yield
     finally:
+        if collecting:
+            gc.enable()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

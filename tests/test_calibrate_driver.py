@@ -1,0 +1,79 @@
+"""benchmarks/calibrate.py measures in worker processes: a case that leaves GPU memory behind (a failed
+case's tensors stay referenced; on 2026-12-06 every case after the first out-of-memory failed) hands
+the keys left to a fresh worker, and a worker that dies costs only the case it died in."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("calibrate_script", ROOT / "benchmarks" / "calibrate.py")
+calibrate_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(calibrate_script)
+
+# Stands in for `calibrate.py --worker`: "oom" runs out of memory (behind an earlier case: measured
+# again in a fresh worker; first in its worker: a real failure), "leak" is measured but leaves memory
+# behind, "die" kills its worker before it is recorded; every other key is measured.
+FAKE_WORKER = """
+import argparse, json, os
+p = argparse.ArgumentParser()
+p.add_argument("--out"); p.add_argument("--keys", nargs="*"); p.add_argument("--budget")
+args, _ = p.parse_known_args()
+result = {"cases": {}, "skipped": {}, "failed": {}, "left": [], "optimizer": {"pid": os.getpid()}}
+def save():
+    open(args.out, "w").write(json.dumps(result))
+for index, key in enumerate(args.keys):
+    if key == "die":
+        os._exit(3)
+    if key == "oom" and index > 0:
+        result["left"] = args.keys[index:]
+        break
+    if key == "oom":
+        result["failed"][key] = {"error": "OutOfMemoryError"}
+    else:
+        result["cases"][key] = {"measured_by": os.getpid()}
+    if key == "leak":
+        result["left"] = args.keys[index + 1:]
+        break
+    save()
+save()
+"""
+
+
+def test_a_case_that_holds_memory_hands_the_rest_to_a_fresh_worker_and_a_dead_worker_costs_one_case(
+    tmp_path,
+):
+    worker = tmp_path / "worker.py"
+    worker.write_text(FAKE_WORKER)
+    keys = ["a", "oom", "b", "die", "c", "leak", "d"]
+    cases = {k: (SimpleNamespace(label=f"label {k}"), [f"recipe {k}"]) for k in keys}
+    out = tmp_path / "cal.json"
+    args = SimpleNamespace(out=str(out), budget=100.0, skip=[], commit="abc")
+
+    result = calibrate_script.drive(args, cases, [sys.executable, str(worker)])
+
+    assert sorted(result["cases"]) == ["a", "b", "c", "d", "leak"]
+    assert result["failed"]["oom"]["error"] == "OutOfMemoryError"  # first in its worker: a real failure
+    assert result["failed"]["die"]["error"] == "its worker died"
+    assert result["processes"] == 4
+    by = {k: result["cases"][k]["measured_by"] for k in result["cases"]}
+    assert by["a"] != by["b"] != by["c"] != by["d"] and by["c"] == by["leak"]
+    assert json.loads(out.read_text())["cases"].keys() == result["cases"].keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.json", "worker.py"]  # no worker files left
+
+
+def test_skipped_keys_reach_no_worker(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(FAKE_WORKER)
+    cases = {k: (SimpleNamespace(label=k), [k]) for k in ("a", "b")}
+    args = SimpleNamespace(out=str(tmp_path / "cal.json"), budget=100.0, skip=["a"], commit="abc")
+    assert list(calibrate_script.drive(args, cases, [sys.executable, str(worker)])["cases"]) == ["b"]
+
+
+def test_the_keys_left_retry_a_case_only_when_memory_held_before_it_made_it_fail():
+    order = ["a", "b", "c"]
+    assert calibrate_script.keys_left(order, 1, out_of_memory=True) == ["b", "c"]
+    assert calibrate_script.keys_left(order, 0, out_of_memory=True) == ["b", "c"]  # its own failure
+    assert calibrate_script.keys_left(order, 1, out_of_memory=False) == ["c"]  # measured, then leaked
