@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from dsv3_recipes import recipes  # noqa: E402
 from dsv3_recipes.launch import local_gpus  # noqa: E402
 from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
-from dsv3_recipes.plan.calibration import MEASURED_GPU, StandIn, part_flops, stand_in  # noqa: E402
+from dsv3_recipes.plan.calibration import StandIn, part_flops, stand_in  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 
 # The rows the planner must get right first: the fitted published runs' recipes and the 1-GPU checks.
@@ -179,7 +179,7 @@ def summary(case: dict) -> str:
 def header(commit: str) -> dict:
     """How a calibration file was made (a worker's file is one too, kept when its call is cut short)."""
     return {
-        "gpu": MEASURED_GPU,
+        "gpu": local_gpus.gpu_type() or "unknown",  # merge_calibration.py takes only the planner's
         "command": shlex.join(["python3", "benchmarks/calibrate.py", *sys.argv[1:]]),
         "machine": local_gpus.describe(),
         "cpu": local_gpus.host_cpu(),

@@ -8,7 +8,8 @@ from the recipes it stood in for (``used_by``), so a call made before a change o
 serves, and says how it was set up (``provenance``). A part profiled before its kernels were compiled
 (the profile came before the timing's warm-up: thousands of launches, no GEMM share) takes its kernel
 shares and launch count from the same part of a case of the same shapes in BF16, if one was measured,
-and says so (``repaired``); its timing, taken after warm-up, is kept.
+and says so (``repaired``); its timing, taken after warm-up, is kept. A call made on another GPU than
+the planner's measured one (an H100 when no H200 was lent) is refused: it is a diagnostic, not data.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
-from dsv3_recipes.plan.calibration import CALIBRATION_FILE, PARTS, part_flops, stand_in  # noqa: E402
+from dsv3_recipes.plan.calibration import CALIBRATION_FILE, MEASURED_GPU, PARTS, part_flops, stand_in  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 
 POLLUTED_LAUNCHES = 3000  # no warmed-up part launches more than a few hundred kernels per pass
@@ -80,6 +81,9 @@ def main() -> int:
     calls = []
     for path in args.calls:
         data = json.loads(Path(path).read_text())
+        if data["gpu"] != MEASURED_GPU:  # the planner scales other GPUs from the one it measured
+            print(f"{path}: measured on {data['gpu']}, not {MEASURED_GPU}: not merged", file=sys.stderr)
+            return 2
         rel = str(Path(path).resolve().relative_to(ROOT))
         calls.append({k: data[k] for k in ("command", "machine", "date", "commit")} | {"file": rel})
         for old_key, case in data["cases"].items():

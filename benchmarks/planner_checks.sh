@@ -9,6 +9,8 @@
 # PROFILE=1 records step 9 of the 10 with Bridge's PyTorch profiler (steps 8-10 are left out of the median)
 # and writes the step's kernel profile (dsv3_recipes.report.kernel_profile: GPU busy and idle time, kernels
 # by category) to results/LABEL.profile.json, so that the time the planner misses is placed in the same run.
+# GPU_TYPE (h200 by default, the calibrated GPU) is the launch.gpu_type the runs and their plans name: an
+# H100 run checks the planner's scaling from H200 measurements instead.
 # Writes OUT_DIR/planner_checks.tgz (results/*.json and log excerpts) after every run.
 set -uo pipefail
 OUT=${1:?usage: planner_checks.sh OUT_DIR [LABEL ...]}
@@ -22,6 +24,7 @@ TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"
 RUN=$WORK/run-$(date +%s)
 mkdir -p "$RUN/results" "$OUT"
 BALANCED=model.moe_router_force_load_balancing=True
+GPU="launch.gpu_type=${GPU_TYPE:-h200}"
 PROFILING=()
 [ "${PROFILE:-0}" = 1 ] && PROFILING=(profiling.use_pytorch_profiler=True profiling.profile_step_start=9
   profiling.profile_step_end=10)
@@ -41,8 +44,8 @@ profile() {  # label: the kernel profile of the step its run traced, beside its 
   timeout 120 python3 -m dsv3_recipes.report.kernel_profile "$trace" --json "$RUN/results/$label.profile.json" \
     >"$RUN/results/$label.profile.txt" 2>&1 || echo "kernel profile of $label failed: $(tail -1 "$RUN/results/$label.profile.txt")"
 }
-run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 $BALANCED "${TEXT[@]}"
-run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text launch.gpu_type=h200 model.mtp_num_layers=None $BALANCED \
+run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text "$GPU" $BALANCED "${TEXT[@]}"
+run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text "$GPU" model.mtp_num_layers=None $BALANCED \
   "${TEXT[@]}"
-run h100_fp8_blockwise_shrunk1 h100_fp8_blockwise --shrink 1 launch.gpu_type=h200
-run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 launch.gpu_type=h200 $BALANCED
+run h100_fp8_blockwise_shrunk1 h100_fp8_blockwise --shrink 1 "$GPU"
+run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 "$GPU" $BALANCED

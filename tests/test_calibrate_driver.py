@@ -77,3 +77,22 @@ def test_the_keys_left_retry_a_case_only_when_memory_held_before_it_made_it_fail
     assert calibrate_script.keys_left(order, 1, out_of_memory=True) == ["b", "c"]
     assert calibrate_script.keys_left(order, 0, out_of_memory=True) == ["b", "c"]  # its own failure
     assert calibrate_script.keys_left(order, 1, out_of_memory=False) == ["c"]  # measured, then leaked
+
+
+def test_a_call_made_on_another_gpu_is_not_merged(tmp_path):
+    """An H100 calibration (made when no H200 was lent) is a diagnostic: the planner scales every GPU
+    from H200 measurements, so merging it would mislabel its times."""
+    import subprocess
+
+    call = tmp_path / "h100-call.json"
+    call.write_text(json.dumps({"gpu": "h100", "cases": {}}))
+    out = tmp_path / "merged.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "merge_calibration.py"), str(call), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("measured on h100, not h200: not merged")
+    assert not out.exists()

@@ -32,3 +32,14 @@ def test_the_host_cpu_is_named_by_its_model_and_count():
     cpuinfo += "model name\t: Intel(R) Xeon(R) Platinum 8480+\n"
     assert local_gpus.host_cpu(cpuinfo) == "2 x Intel(R) Xeon(R) Platinum 8480+"
     assert local_gpus.host_cpu("flags: fpu\n") == f"{os.cpu_count()} x unknown"  # no model line (ARM)
+
+
+def test_the_gpu_type_is_the_longest_hardware_name_the_gpu_name_holds():
+    def of(name: str) -> str | None:
+        return local_gpus.gpu_type([local_gpus.Gpu(name, "580.65.06")])
+
+    assert of("NVIDIA H200") == "h200"
+    assert of("NVIDIA H100 80GB HBM3") == "h100"
+    assert of("NVIDIA GB200") == "gb200"  # not b200, which its name also holds
+    assert of("NVIDIA A100-SXM4-80GB") is None
+    assert local_gpus.gpu_type([]) is None

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 
+from dsv3_recipes.recipe import hardware
+
 
 @dataclasses.dataclass(frozen=True)
 class Gpu:
@@ -40,6 +42,14 @@ def describe(gpus: list[Gpu] | None = None) -> str:
     if not gpus:
         return "unknown (nvidia-smi listed no GPU)"
     return f"{len(gpus)} x {gpus[0].name} (driver {gpus[0].driver})"
+
+
+def gpu_type(gpus: list[Gpu] | None = None) -> str | None:
+    """The hardware table's name of this machine's first GPU (``NVIDIA H200`` -> ``h200``, the longest
+    that its name holds: ``NVIDIA GB200`` is ``gb200``, not ``b200``); None for none or another GPU."""
+    gpus = query() if gpus is None else gpus
+    name = gpus[0].name.lower() if gpus else ""
+    return max((t for t in hardware.GPUS if t in name), key=len, default=None)
 
 
 def host_cpu(cpuinfo: str | None = None) -> str:
