@@ -6,9 +6,9 @@
 #   source benchmarks/gpu_env.sh && bash benchmarks/planner_checks.sh OUT_DIR [LABEL ...]
 # LABELs pick runs (proxy_mtp proxy_nomtp h100_fp8_blockwise_shrunk1 bridge_default_1024gpu_shrunk1; all
 # by default), so that the four can be split over device calls of one held machine.
-# PROFILE=1 records step 9 of the 10 with Bridge's PyTorch profiler (steps 8-10 are left out of the median)
-# and writes the step's kernel profile (dsv3_recipes.report.kernel_profile: GPU busy and idle time, kernels
-# by category) to results/LABEL.profile.json, so that the time the planner misses is placed in the same run.
+# PROFILE=1 records step 9 of the 10 with Bridge's PyTorch profiler (steps 8-10 are left out of the median);
+# run_recipe.py writes the step's kernel profile beside the result (results/DATE-GPU-LABEL.profile.json), so
+# that the time the planner misses is placed in the same run.
 # GPU_TYPE (h200 by default, the calibrated GPU) is the launch.gpu_type the runs and their plans name: an
 # H100 run checks the planner's scaling from H200 measurements instead.
 # Writes OUT_DIR/planner_checks.tgz (results/*.json and log excerpts) after every run.
@@ -31,18 +31,10 @@ PROFILING=()
 run() {  # label, then run_recipe.py arguments
   local label=$1; shift
   [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $label "* ]] || return 0
-  timeout 200 python3 benchmarks/run_recipe.py "$@" "${PROFILING[@]}" --label "$label" --results-dir "$RUN/results" \
+  local limit=200; [ "${#PROFILING[@]}" -gt 0 ] && limit=320  # and then the trace's kernel profile
+  timeout "$limit" python3 benchmarks/run_recipe.py "$@" "${PROFILING[@]}" --label "$label" --results-dir "$RUN/results" \
     --timeout 185 2>&1 | tail -c 300 || echo "run $label failed"
-  [ "${#PROFILING[@]}" -gt 0 ] && profile "$label"
   tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
-}
-profile() {  # label: the kernel profile of the step its run traced, beside its result
-  local label=$1 result trace
-  result=$(ls "$RUN"/results/*-"$label".json 2>/dev/null | head -1)
-  trace=$([ -n "$result" ] && python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("profile_trace") or "")' "$result")
-  if [ -z "$trace" ] || [ ! -f "$trace" ]; then echo "$label: no profiler trace"; return 1; fi
-  timeout 120 python3 -m dsv3_recipes.report.kernel_profile "$trace" --json "$RUN/results/$label.profile.json" \
-    >"$RUN/results/$label.profile.txt" 2>&1 || echo "kernel profile of $label failed: $(tail -1 "$RUN/results/$label.profile.txt")"
 }
 run proxy_mtp proxy_1gpu --steps 10 --corpus bench-text "$GPU" $BALANCED "${TEXT[@]}"
 run proxy_nomtp proxy_1gpu --steps 10 --corpus bench-text "$GPU" model.mtp_num_layers=None $BALANCED \

@@ -6,8 +6,11 @@ Writes <results-dir>/<date>-<gpu>-<label>.json and <...>.log (the command, then 
 lines of the training output). Every result says what the throughput depends on (benchmarks/README.md,
 "Protocol"): its data (mock, or the text corpus with its token count), its routing (natural or
 force-balanced), the per-expert load of the last step, and, for a shrunk recipe, what the shrink changed
-and substituted. Also: tokens/s, TFLOPS (ours and Megatron's), MFU, peak memory, the memory census, the
-planner's memory estimate, losses, and speedup_vs_stock against --compare-to.
+and substituted. A profiled run (``profiling.use_pytorch_profiler=True``) also gets <...>.profile.json, its
+traced step's kernel profile (``dsv3_recipes.report.kernel_profile``: GPU busy and idle time, kernels by
+category), named by the result's ``kernel_profile``. Also: tokens/s, TFLOPS (ours and Megatron's), MFU,
+peak memory, the memory census, the planner's memory estimate, losses, and speedup_vs_stock against
+--compare-to.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dsv3_recipes.mlperf.rules import idx_token_count
 from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import Recipe, blend_prefixes
+from dsv3_recipes.report import kernel_profile
 from dsv3_recipes.report.cpu_result import in_repo
 from dsv3_recipes.report.logs import megatron_throughput, parse_log
 from dsv3_recipes.report.metrics import profiled_steps, warmup_steps
@@ -68,6 +72,18 @@ def profile_trace(recipe: Recipe, since: float) -> str | None:
     rank = recipe.profiling.profile_ranks[0] if recipe.profiling.profile_ranks else 0
     trace = Path(tensorboard).parent / "torch_profile" / f"rank-{rank}.json.gz"
     return str(trace) if trace.is_file() and trace.stat().st_mtime >= since else None
+
+
+def write_kernel_profile(trace: str | None, path: Path) -> dict[str, str | None]:
+    """The result's ``kernel_profile`` (the file's name, beside the result), or why it has none: the run
+    stands without it, so a trace the profile cannot read is reported, not fatal."""
+    if trace is None:
+        return {"kernel_profile": None}
+    try:
+        path.write_text(json.dumps(kernel_profile.profile(trace), indent=1) + "\n")
+    except (OSError, ValueError) as e:
+        return {"kernel_profile": None, "kernel_profile_error": f"{type(e).__name__}: {e}"}
+    return {"kernel_profile": path.name}
 
 
 def planner_memory_gib(recipe: Recipe) -> dict[str, float]:
@@ -180,6 +196,7 @@ def main() -> int:
         result["speedup_vs_stock"] = result["tokens_per_s_per_gpu"] / stock["tokens_per_s_per_gpu"]
         result["stock_result"] = Path(args.compare_to).name
     stem = f"{result['date']}-{gpu}-{label}"
+    result |= write_kernel_profile(result["profile_trace"], out_dir / f"{stem}.profile.json")
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [line for line in log.splitlines() if "iteration" in line or "DSV3_" in line or "Error" in line]
     excerpt = lines[: EXCERPT_LINES // 2] + ["..."] + lines[-EXCERPT_LINES // 2 :]

@@ -69,7 +69,7 @@ keep_trace() {  # $1 label, $2 trace: compressed into OUT_DIR if it fits, else o
   fi
 }
 
-profile() {  # $1 label, $2 trace, rest: kernel_profile options
+profile() {  # $1 label, $2 trace, rest: kernel_profile options (TorchTitan's; run_recipe.py profiles the proxy)
   local label=$1 trace=$2; shift 2
   local t=$(( $(left) - 20 )); [ "$t" -gt 120 ] && t=120
   if [ -z "$trace" ] || [ ! -f "$trace" ]; then say "$label: no profiler trace"; return 1; fi
@@ -107,11 +107,12 @@ torchtitan() {  # $1 label, $2 extra TorchTitan arguments
 }
 
 proxy() {  # $1 label, $2 overrides
-  local label=$1 extra=$2 t=$(( $(left) - 40 )); [ "$t" -gt 240 ] && t=240
+  local grace=15; [ "$PROFILE" = 1 ] && grace=135  # after training, run_recipe.py reads the trace (<= 120 s)
+  local label=$1 extra=$2 t=$(( $(left) - 25 - grace )); [ "$t" -gt 240 ] && t=240
   if [ "$t" -lt 120 ]; then say "$label: ${t}s left, not started"; return 1; fi
   say "$label: run_recipe.py proxy_1gpu $extra (timeout ${t}s)"
   # shellcheck disable=SC2086  # extra holds several overrides
-  timeout -k 10 $((t + 15)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$STEPS" --label "$label" \
+  timeout -k 10 $((t + grace)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$STEPS" --label "$label" \
     --corpus bench-text --results-dir "$RUN/results" --timeout "$t" --full-log "$RUN/logs/$label.full.log" \
     "${TEXT[@]}" "${PROFILING[@]}" "output_dir=$RUN/out/$label" $extra >"$RUN/logs/$label.console" 2>&1
   local rc=$?
@@ -124,9 +125,12 @@ proxy() {  # $1 label, $2 overrides
   fi
   say "$label: $(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("{:,.0f} tokens/s, Megatron {:.1f} TFLOPS".format(r["tokens_per_s_per_gpu"], r.get("megatron_tflops_per_gpu") or 0))' "$result")"
   rm -f "$RUN/logs/$label.full.log"  # the result's .log excerpt and the console keep what matters
-  local entry="$label=$result" trace
-  trace=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("profile_trace") or "")' "$result")
-  if [ "$PROFILE" = 1 ] && profile "$label" "$trace"; then entry="$entry,$RUN/profiles/$label.json"; fi
+  local entry="$label=$result" kernels=${result%.json}.profile.json trace
+  if [ "$PROFILE" = 1 ]; then  # run_recipe.py wrote the traced step's kernel profile beside the result
+    trace=$(python3 -c 'import json,sys; r = json.load(open(sys.argv[1])); print(r.get("profile_trace") or "", r.get("kernel_profile_error") or "no trace", sep="\t")' "$result")
+    if [ -f "$kernels" ]; then entry="$entry,$kernels"; keep_trace "$label" "${trace%%$'\t'*}"
+    else say "$label: no kernel profile (${trace#*$'\t'})"; fi
+  fi
   ENTRIES+=("$entry")
 }
 

@@ -173,3 +173,62 @@ def test_run_recipe_finds_the_trace_this_run_wrote(tmp_path):
     assert (
         run_recipe.profile_trace(recipe_of(build_task("proxy_1gpu", [f"output_dir={tmp_path}"])), 0) is None
     )
+
+
+def test_run_recipe_writes_the_traced_steps_kernel_profile_beside_the_result(tmp_path):
+    """One place turns a run's trace into its kernel profile (planner_checks.sh and side_by_side.sh read
+    it); a trace it cannot read leaves the result without one and says why."""
+    import gzip
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("run_recipe", "benchmarks/run_recipe.py")
+    run_recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_recipe)
+    events = [
+        {
+            "ph": "X",
+            "cat": "user_annotation",
+            "name": "ProfilerStep#9",
+            "pid": 1,
+            "tid": 1,
+            "ts": 0,
+            "dur": 500,
+        },
+        {
+            "ph": "X",
+            "cat": "cuda_runtime",
+            "name": "cudaLaunchKernel",
+            "pid": 1,
+            "tid": 1,
+            "ts": 5,
+            "dur": 1,
+            "args": {"correlation": 1},
+        },
+        {
+            "ph": "X",
+            "cat": "kernel",
+            "name": "nvjet_tst_gemm",
+            "pid": 0,
+            "tid": 7,
+            "ts": 10,
+            "dur": 300,
+            "args": {"correlation": 1},
+        },
+    ]
+    trace = tmp_path / "rank-0.json.gz"
+    with gzip.open(trace, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    out = tmp_path / "2026-12-06-h200-proxy.profile.json"
+    assert run_recipe.write_kernel_profile(str(trace), out) == {"kernel_profile": out.name}
+    (step,) = json.loads(out.read_text())["steps"]
+    assert step["profiler_step"] == 9
+    assert run_recipe.write_kernel_profile(None, out) == {"kernel_profile": None}
+    trace.write_bytes(b"truncated")
+    broken = run_recipe.write_kernel_profile(str(trace), tmp_path / "broken.profile.json")
+    assert broken["kernel_profile"] is None
+    assert (
+        broken["kernel_profile_error"].startswith("ValueError: ")
+        and "not a readable Chrome trace" in broken["kernel_profile_error"]
+    )
+    assert not (tmp_path / "broken.profile.json").exists()

@@ -202,8 +202,10 @@ def test_the_script_is_valid_bash_and_fails_in_a_line_when_a_run_cannot_start(tm
 
 
 STUB_RUN_RECIPE = r'''
-"""Stand-in for benchmarks/run_recipe.py: a result and a profiler trace, where the real one writes them."""
+"""Stand-in for benchmarks/run_recipe.py: a result, a profiler trace and its kernel profile, where the real
+one writes them (the profile by the same call)."""
 import argparse, datetime, gzip, json, pathlib, shlex, sys
+from dsv3_recipes.report import kernel_profile
 p = argparse.ArgumentParser()
 p.add_argument("recipe"); p.add_argument("--steps"); p.add_argument("--label"); p.add_argument("--corpus")
 p.add_argument("--results-dir"); p.add_argument("--timeout"); p.add_argument("--full-log")
@@ -226,7 +228,10 @@ result = {"recipe": a.recipe, "label": a.label, "command": shlex.join(["dsv3", *
           "tokens_per_s_per_gpu": tps, "megatron_tokens_per_s_per_gpu": tps,
           "megatron_tflops_per_gpu": tps / 300,
           "steps": int(a.steps), "profiled_steps_left_out": [17, 18, 19], "profile_trace": str(trace)}
-pathlib.Path(a.results_dir, f"{datetime.date.today()}-h200-{a.label}.json").write_text(json.dumps(result))
+stem = f"{datetime.date.today()}-h200-{a.label}"
+pathlib.Path(a.results_dir, f"{stem}.profile.json").write_text(json.dumps(kernel_profile.profile(trace)))
+result["kernel_profile"] = f"{stem}.profile.json"
+pathlib.Path(a.results_dir, f"{stem}.json").write_text(json.dumps(result))
 pathlib.Path(a.full_log).write_text("log\n")
 '''
 
