@@ -6,7 +6,9 @@ Each row of benchmarks/published_runs.json is rebuilt from its recipe and overri
 committed calibration. The constants (EP efficiency over NVLink and over the scale-out network, host
 time per kernel launch) minimise the squared log-ratios of the fitted rows, each within its physical
 bounds; the held-out rows are only predicted. The 1-GPU checks (benchmarks/results/planner_checks/)
-are predicted beside them. Copy the constants into ``plan/step_time.py``'s ``FITTED``.
+are predicted beside them; ``--checks DIR`` predicts only the runs of DIR (another GPU's checks) with the
+committed constants, ``--calibration`` from another GPU's merged calibration. Copy the constants into
+``plan/step_time.py``'s ``FITTED``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
 from dsv3_recipes.plan import calibration  # noqa: E402
+from dsv3_recipes.plan import step_time as step_time_module  # noqa: E402
 from dsv3_recipes.plan.step_time import Constants, step_time  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 
@@ -77,17 +80,12 @@ def fit(rows: list[tuple[dict, object]], cal) -> Constants:
     return best[1]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    cal = calibration.load()
-    rows = [
-        (row, resolve(recipe_of(build_task(row["recipe"], row["overrides"])))) for row in published_rows()
-    ]
-    constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
+def one_gpu_checks(directory: Path, cal: calibration.Calibration, constants: Constants) -> list[dict]:
+    """Each run_recipe.py result in ``directory``, measured beside its plan."""
     checks = []
-    for path in sorted((ROOT / "benchmarks" / "results" / "planner_checks").glob("*.json")):
+    for path in sorted(directory.glob("*.json")):
+        if path.name.endswith(".profile.json"):
+            continue
         result = json.loads(path.read_text())
         words = shlex.split(result["command"])[1:]  # dsv3 pretrain --factory NAME [--shrink N] k=v ...
         name = words[words.index("--factory") + 1]
@@ -100,6 +98,7 @@ def main() -> int:
             {
                 "result": str(path.relative_to(ROOT)),
                 "label": result["label"],
+                "gpu": result["gpu"],
                 "data": result["data"]["kind"],
                 "routing": result["routing"],
                 "measured_step_time_s": round(measured, 4),
@@ -109,6 +108,46 @@ def main() -> int:
                 "case": t.case,
             }
         )
+    return checks
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--checks",
+        help="only predict the runs of this results directory with the committed constants (no fit)",
+    )
+    p.add_argument(
+        "--calibration",
+        help="with --checks: a merged calibration of another GPU (merge_calibration.py --gpu), whose GPU "
+        "then counts as the measured one: the model's check on the GPU it was calibrated on",
+    )
+    args = p.parse_args()
+    if args.calibration and not args.checks:
+        p.error("--calibration: only with --checks")
+    cal = calibration.load()
+    if args.calibration:
+        cal = calibration.from_dict(json.loads(Path(args.calibration).read_text()))
+        calibration.MEASURED_GPU = cal.gpu  # the scaling's reference, read by the planner at each call
+    if args.checks:
+        checks = one_gpu_checks(Path(args.checks).resolve(), cal, step_time_module.FITTED)
+        out = {
+            "command": shlex.join(["python", "benchmarks/fit_step_time.py", *sys.argv[1:]]),
+            "date": datetime.date.today().isoformat(),
+            "calibration": {k: cal.__dict__[k] for k in ("gpu", "machine", "date", "commit")},
+            "constants": dataclasses.asdict(step_time_module.FITTED),
+            "one_gpu_checks": checks,
+        }
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        for check in checks:
+            print(f"{check['label']:40s} ratio {check['ratio']}")
+        return 0
+    rows = [
+        (row, resolve(recipe_of(build_task(row["recipe"], row["overrides"])))) for row in published_rows()
+    ]
+    constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
+    checks = one_gpu_checks(ROOT / "benchmarks" / "results" / "planner_checks", cal, constants)
     out = {
         "command": shlex.join(["python", "benchmarks/fit_step_time.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),

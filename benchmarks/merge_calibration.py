@@ -9,7 +9,8 @@ serves, and says how it was set up (``provenance``). A part profiled before its 
 (the profile came before the timing's warm-up: thousands of launches, no GEMM share) takes its kernel
 shares and launch count from the same part of a case of the same shapes in BF16, if one was measured,
 and says so (``repaired``); its timing, taken after warm-up, is kept. A call made on another GPU than
-the planner's measured one (an H100 when no H200 was lent) is refused: it is a diagnostic, not data.
+the planner's measured one (an H100 when no H200 was lent) is refused unless ``--gpu`` names it and
+``--out`` is another file: a diagnostic, not the planner's data.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ SETUP = {  # what the call's benchmark did before timing, by the commit it ran
         "around the passes; automatic garbage collection on (the train loop has it off); call a in one "
         "process, calls b and c one process per case"
     ),
+    "97477af9d843a34d290a50345b459ffd9bdaa20e": (
+        "built as the train entry builds it, with the step around the passes; the collector as the recipe "
+        "trains (automatic collection off); worker processes"
+    ),
 }
 
 
@@ -75,14 +80,23 @@ def polluted(part: dict, twin: dict | None) -> bool:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("calls", nargs="+", help="calibration JSON files of benchmarks/calibrate.py, best first")
-    p.add_argument("--out", default=str(ROOT / "dsv3_recipes" / "plan" / CALIBRATION_FILE))
+    package_file = ROOT / "dsv3_recipes" / "plan" / CALIBRATION_FILE
+    p.add_argument("--out", default=str(package_file))
+    p.add_argument(
+        "--gpu",
+        default=MEASURED_GPU,
+        help="the GPU the calls were measured on; another than the planner's only into another --out "
+        "(a diagnostic for fit_step_time.py --checks --calibration)",
+    )
     args = p.parse_args()
+    if args.gpu != MEASURED_GPU and Path(args.out).resolve() == package_file:
+        p.error(f"--gpu {args.gpu}: the planner's file holds {MEASURED_GPU} measurements only")
     merged: dict[str, dict] = {}
     calls = []
     for path in args.calls:
         data = json.loads(Path(path).read_text())
-        if data["gpu"] != MEASURED_GPU:  # the planner scales other GPUs from the one it measured
-            print(f"{path}: measured on {data['gpu']}, not {MEASURED_GPU}: not merged", file=sys.stderr)
+        if data["gpu"] != args.gpu:  # the planner scales other GPUs from the one it measured
+            print(f"{path}: measured on {data['gpu']}, not {args.gpu}: not merged", file=sys.stderr)
             return 2
         rel = str(Path(path).resolve().relative_to(ROOT))
         calls.append({k: data[k] for k in ("command", "machine", "date", "commit")} | {"file": rel})

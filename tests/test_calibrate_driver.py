@@ -96,3 +96,25 @@ def test_a_call_made_on_another_gpu_is_not_merged(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().endswith("measured on h100, not h200: not merged")
     assert not out.exists()
+
+
+def test_another_gpus_merge_goes_only_into_another_file(tmp_path):
+    import subprocess
+
+    script = str(ROOT / "benchmarks" / "merge_calibration.py")
+    call = ROOT / "benchmarks" / "results" / "calibration" / "2026-12-06-h100-diagnostic.json"
+    refused = subprocess.run(
+        [sys.executable, script, str(call), "--gpu", "h100"], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 2
+    assert "the planner's file holds h200 measurements only" in refused.stderr
+    out = tmp_path / "h100.json"
+    merged = subprocess.run(
+        [sys.executable, script, str(call), "--gpu", "h100", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert merged.returncode == 0, merged.stderr
+    data = json.loads(out.read_text())
+    assert data["gpu"] == "h100" and len(data["cases"]) == 3

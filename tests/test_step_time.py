@@ -341,3 +341,32 @@ def test_a_borrowed_case_reads_the_wanted_ranks_expert_weights():
         "expert weights' traffic from 176,160,768 to 352,321,536"
         in step_time.step_time(resolved(row["recipe"], *row["overrides"])).case
     )
+
+
+@pytest.mark.parametrize(
+    ("checks", "calibration_file"),
+    [
+        ("2026-12-06-h100-checks.json", None),
+        ("2026-12-06-h100-checks-h100-calibrated.json", "2026-12-06-h100-diagnostic-merged.json"),
+    ],
+)
+def test_the_h100_checks_are_what_the_planner_predicts_now(checks, calibration_file, monkeypatch):
+    """The H100 checks (no H200 was lent): the planner scaled from H200, and calibrated on the H100."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fit_step_time", ROOT / "benchmarks" / "fit_step_time.py")
+    fit_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_script)
+    cal = calibration.load()
+    if calibration_file:
+        path = ROOT / "benchmarks" / "results" / "calibration" / calibration_file
+        cal = calibration.from_dict(json.loads(path.read_text()))
+        monkeypatch.setattr(calibration, "MEASURED_GPU", cal.gpu)
+    committed = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / checks).read_text())
+    now = fit_script.one_gpu_checks(
+        ROOT / "benchmarks" / "results" / "planner_checks" / "2026-12-06-h100", cal, step_time.FITTED
+    )
+    assert [(c["label"], c["gpu"], c["ratio"]) for c in now] == [
+        (c["label"], c["gpu"], c["ratio"]) for c in committed["one_gpu_checks"]
+    ]
+    assert {c["gpu"] for c in now} == {"NVIDIA H100 80GB HBM3"}
