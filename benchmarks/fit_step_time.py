@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
 from dsv3_recipes.plan import calibration  # noqa: E402
-from dsv3_recipes.plan import step_time as step_time_module  # noqa: E402
-from dsv3_recipes.plan.step_time import Constants, step_time  # noqa: E402
+from dsv3_recipes.plan.step_time import FITTED, Constants, step_time  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 
 BOUNDS = {  # each constant's physical range
@@ -120,46 +119,38 @@ def main() -> int:
     )
     p.add_argument(
         "--calibration",
-        help="with --checks: a merged calibration of another GPU (merge_calibration.py --gpu), whose GPU "
-        "then counts as the measured one: the model's check on the GPU it was calibrated on",
+        help="with --checks: a merged calibration of another GPU (merge_calibration.py --gpu), the "
+        "reference the planner scales from: the model's check on the GPU it was calibrated on",
     )
     args = p.parse_args()
     if args.calibration and not args.checks:
         p.error("--calibration: only with --checks")
-    cal = calibration.load()
-    if args.calibration:
-        cal = calibration.from_dict(json.loads(Path(args.calibration).read_text()))
-        calibration.MEASURED_GPU = cal.gpu  # the scaling's reference, read by the planner at each call
+    cal = (
+        calibration.from_dict(json.loads(Path(args.calibration).read_text()))
+        if args.calibration
+        else calibration.load()
+    )
+    rows = []
     if args.checks:
-        checks = one_gpu_checks(Path(args.checks).resolve(), cal, step_time_module.FITTED)
-        out = {
-            "command": shlex.join(["python", "benchmarks/fit_step_time.py", *sys.argv[1:]]),
-            "date": datetime.date.today().isoformat(),
-            "calibration": {k: cal.__dict__[k] for k in ("gpu", "machine", "date", "commit")},
-            "constants": dataclasses.asdict(step_time_module.FITTED),
-            "one_gpu_checks": checks,
-        }
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-        for check in checks:
-            print(f"{check['label']:40s} ratio {check['ratio']}")
-        return 0
-    rows = [
-        (row, resolve(recipe_of(build_task(row["recipe"], row["overrides"])))) for row in published_rows()
-    ]
-    constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
-    checks = one_gpu_checks(ROOT / "benchmarks" / "results" / "planner_checks", cal, constants)
+        constants, directory = FITTED, Path(args.checks).resolve()
+    else:
+        rows = [
+            (row, resolve(recipe_of(build_task(row["recipe"], row["overrides"])))) for row in published_rows()
+        ]
+        constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
+        directory = ROOT / "benchmarks" / "results" / "planner_checks"
     out = {
         "command": shlex.join(["python", "benchmarks/fit_step_time.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),
-        "calibration": {k: cal.__dict__[k] for k in ("machine", "date", "commit")},
+        "calibration": {k: cal.__dict__[k] for k in ("gpu", "machine", "date", "commit")},
         "constants": dataclasses.asdict(constants),
-        "bounds": BOUNDS,
-        "rows": [predict(row, r, cal, constants) for row, r in rows],
-        "one_gpu_checks": checks,
     }
+    if rows:
+        out |= {"bounds": BOUNDS, "rows": [predict(row, r, cal, constants) for row, r in rows]}
+    out["one_gpu_checks"] = checks = one_gpu_checks(directory, cal, constants)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    for row in out["rows"] + checks:
+    for row in out.get("rows", []) + checks:
         print(f"{row.get('role', '1gpu'):8s} {row.get('id', row.get('label')):40s} ratio {row['ratio']}")
     print("constants", out["constants"])
     return 0

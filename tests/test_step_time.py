@@ -327,8 +327,8 @@ def test_a_borrowed_case_reads_the_wanted_ranks_expert_weights():
     cal = calibration.load()
     case = cal.cases["64f2a28f075c414d"]  # 8 local experts of 2048, blockwise FP8
     assert case.local_expert_params == 8 * 3 * 7168 * 2048
-    twice = calibration.scaled(case, case.flops, 2 * case.local_expert_params)
-    extra = calibration.expert_weight_s(case, case.local_expert_params)
+    twice = calibration.scaled(case, case.flops, 2 * case.local_expert_params, cal.gpu)
+    extra = calibration.expert_weight_s(case, case.local_expert_params, cal.gpu)
     for name in ("moe_layer", "moe_block", "mtp"):
         assert getattr(twice, name).forward_backward_s == pytest.approx(
             getattr(case, name).forward_backward_s + extra[0]
@@ -350,7 +350,7 @@ def test_a_borrowed_case_reads_the_wanted_ranks_expert_weights():
         ("2026-12-06-h100-checks-h100-calibrated.json", "2026-12-06-h100-diagnostic-merged.json"),
     ],
 )
-def test_the_h100_checks_are_what_the_planner_predicts_now(checks, calibration_file, monkeypatch):
+def test_the_h100_checks_are_what_the_planner_predicts_now(checks, calibration_file):
     """The H100 checks (no H200 was lent): the planner scaled from H200, and calibrated on the H100."""
     import importlib.util
 
@@ -360,8 +360,7 @@ def test_the_h100_checks_are_what_the_planner_predicts_now(checks, calibration_f
     cal = calibration.load()
     if calibration_file:
         path = ROOT / "benchmarks" / "results" / "calibration" / calibration_file
-        cal = calibration.from_dict(json.loads(path.read_text()))
-        monkeypatch.setattr(calibration, "MEASURED_GPU", cal.gpu)
+        cal = calibration.from_dict(json.loads(path.read_text()))  # its GPU is the scaling's reference
     committed = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / checks).read_text())
     now = fit_script.one_gpu_checks(
         ROOT / "benchmarks" / "results" / "planner_checks" / "2026-12-06-h100", cal, step_time.FITTED

@@ -335,24 +335,26 @@ class Calibration:
                 f" and its expert weights' traffic from {nearest.local_expert_params:,} to "
                 f"{stand.local_expert_params:,} parameters"
             )
-        return scaled(nearest, wanted, stand.local_expert_params), (
+        return scaled(nearest, wanted, stand.local_expert_params, self.gpu), (
             f"stand-in {stand.key} ({stand.label}) not measured: case {nearest.key} ({nearest.label}) {how}"
         )
 
 
-def expert_weight_s(case: CaseTiming, params: int) -> tuple[float, float]:
+def expert_weight_s(case: CaseTiming, params: int, gpu: str) -> tuple[float, float]:
     """(forward+backward, forward) seconds of the measured GPU's memory that ``params`` local expert
     parameters cost in one pass of an MoE layer of ``case``'s precision, whatever its tokens."""
     per_param = EXPERT_WEIGHT_BYTES["fp8" if case.fp8_recipe else "bf16"]
-    bandwidth = hardware.gpu(MEASURED_GPU).hbm_tb_s * 1e12
+    bandwidth = hardware.gpu(gpu).hbm_tb_s * 1e12
     return per_param[0] * params / bandwidth, per_param[1] * params / bandwidth
 
 
-def scaled(case: CaseTiming, wanted: dict[str, float], local_expert_params: int) -> CaseTiming:
+def scaled(case: CaseTiming, wanted: dict[str, float], local_expert_params: int, gpu: str) -> CaseTiming:
     """``case`` with each part's time scaled by the ratio of FLOPs (shares and launches kept), except the
     local experts' weight traffic in the parts that hold an MoE layer: that follows the wanted rank's
-    expert count (fewer local experts at the same routed load read fewer weights)."""
-    have, want = expert_weight_s(case, case.local_expert_params), expert_weight_s(case, local_expert_params)
+    expert count (fewer local experts at the same routed load read fewer weights) on ``gpu``, the
+    measured one."""
+    have = expert_weight_s(case, case.local_expert_params, gpu)
+    want = expert_weight_s(case, local_expert_params, gpu)
 
     def part(name: str, timing: Optional[PartTiming]) -> Optional[PartTiming]:
         if timing is None:

@@ -98,9 +98,8 @@ class _Layer:
 class _Costs:
     """Per-micro-batch costs of the recipe's layer kinds on its GPU, from its measured stand-in."""
 
-    def __init__(self, r: Resolved, stand: StandIn, case: CaseTiming):
-        self.r, self.stand = r, stand
-        self.measured = hardware.gpu(calibration.MEASURED_GPU)
+    def __init__(self, r: Resolved, stand: StandIn, case: CaseTiming, measured: hardware.Gpu):
+        self.r, self.stand, self.measured = r, stand, measured
         scope = set(r.cuda_graph_scope)
         self.on_host = 0.0 if "full_iteration" in scope else 1.0
         s = stand.token_scale
@@ -309,21 +308,23 @@ def _optimizer_s(
         )
         seconds = sharded * cal.optimizer.adam_s_per_param[states]
         seconds += (weights.dense + weights.expert) * cal.optimizer.grad_norm_s_per_param
-    return seconds * _bandwidth_ratio(r)
+    return seconds * _bandwidth_ratio(r, cal)
 
 
-def _ddp_wrapper_s(r: Resolved, case: CaseTiming, weights: memory.RankWeights) -> float:
+def _ddp_wrapper_s(
+    r: Resolved, cal: calibration.Calibration, case: CaseTiming, weights: memory.RankWeights
+) -> float:
     """Per micro-batch, what Megatron's DDP wrapper and the recipe's FP8 parameters add to the passes,
     as the case's stand-in measured it per parameter: the gradient hooks accumulate into the fp32 buffers
     (a kernel per parameter; apex's gradient-accumulation fusion does it in the weight-gradient GEMM
     instead) and FP8 parameters skip the weights' cast."""
     if case.step is None or r.recipe.model.gradient_accumulation_fusion:
         return 0.0
-    return (weights.dense + weights.expert) * case.step.wrapper_s_per_param * _bandwidth_ratio(r)
+    return (weights.dense + weights.expert) * case.step.wrapper_s_per_param * _bandwidth_ratio(r, cal)
 
 
-def _bandwidth_ratio(r: Resolved) -> float:
-    return hardware.gpu(calibration.MEASURED_GPU).hbm_tb_s / r.gpu.hbm_tb_s
+def _bandwidth_ratio(r: Resolved, cal: calibration.Calibration) -> float:
+    return hardware.gpu(cal.gpu).hbm_tb_s / r.gpu.hbm_tb_s
 
 
 def step_time(
@@ -333,7 +334,7 @@ def step_time(
     cal = cal or calibration.load()
     stand = calibration.stand_in(r)
     case, how = cal.case_for(stand)
-    costs = _Costs(r, stand, case)
+    costs = _Costs(r, stand, case, hardware.gpu(cal.gpu))
     s, recipe = r.sizes, r.recipe
     ranks = [_rank(r, costs, r.chunks_of(p), constants) for p in range(s.pp)]
     slowest = max(range(s.pp), key=lambda p: ranks[p].total_s)
@@ -354,7 +355,7 @@ def step_time(
         "pp_p2p": micro * p2p,
         "pp_bubble": (s.pp - 1) / s.vpp * (worst.total_s + p2p),
         "dp_grad_param_sync": _data_parallel_s(r, weights, worst),
-        "ddp_wrapper": micro * _ddp_wrapper_s(r, case, weights),
+        "ddp_wrapper": micro * _ddp_wrapper_s(r, cal, case, weights),
         "optimizer": _optimizer_s(r, cal, case, weights),
         "host": micro * worst.host_s,
     }
