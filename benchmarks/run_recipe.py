@@ -74,13 +74,14 @@ def profile_trace(recipe: Recipe, since: float) -> str | None:
     return str(trace) if trace.is_file() and trace.stat().st_mtime >= since else None
 
 
-def write_kernel_profile(trace: str | None, path: Path) -> dict[str, str | None]:
-    """The result's ``kernel_profile`` (the file's name, beside the result), or why it has none: the run
-    stands without it, so a trace the profile cannot read is reported, not fatal."""
+def write_kernel_profile(trace: str | None, path: Path, condition: dict) -> dict[str, str | None]:
+    """The result's ``kernel_profile`` (the file's name, beside the result; it carries the run's
+    ``condition``: data, routing, expert load), or why it has none: the run stands without it, so a trace
+    the profile cannot read is reported, not fatal."""
     if trace is None:
         return {"kernel_profile": None}
     try:
-        path.write_text(json.dumps(kernel_profile.profile(trace), indent=1) + "\n")
+        path.write_text(json.dumps(condition | kernel_profile.profile(trace), indent=1) + "\n")
     except (OSError, ValueError) as e:
         return {"kernel_profile": None, "kernel_profile_error": f"{type(e).__name__}: {e}"}
     return {"kernel_profile": path.name}
@@ -196,7 +197,8 @@ def main() -> int:
         result["speedup_vs_stock"] = result["tokens_per_s_per_gpu"] / stock["tokens_per_s_per_gpu"]
         result["stock_result"] = Path(args.compare_to).name
     stem = f"{result['date']}-{gpu}-{label}"
-    result |= write_kernel_profile(result["profile_trace"], out_dir / f"{stem}.profile.json")
+    condition = {k: result[k] for k in ("data", "routing", "expert_load_last_step")}
+    result |= write_kernel_profile(result["profile_trace"], out_dir / f"{stem}.profile.json", condition)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [line for line in log.splitlines() if "iteration" in line or "DSV3_" in line or "Error" in line]
     excerpt = lines[: EXCERPT_LINES // 2] + ["..."] + lines[-EXCERPT_LINES // 2 :]

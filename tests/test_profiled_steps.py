@@ -178,54 +178,28 @@ def test_run_recipe_finds_the_trace_this_run_wrote(tmp_path):
 def test_run_recipe_writes_the_traced_steps_kernel_profile_beside_the_result(tmp_path):
     """One place turns a run's trace into its kernel profile (planner_checks.sh and side_by_side.sh read
     it); a trace it cannot read leaves the result without one and says why."""
-    import gzip
     import importlib.util
     import json
+
+    from test_kernel_profile import TraceBuilder
 
     spec = importlib.util.spec_from_file_location("run_recipe", "benchmarks/run_recipe.py")
     run_recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_recipe)
-    events = [
-        {
-            "ph": "X",
-            "cat": "user_annotation",
-            "name": "ProfilerStep#9",
-            "pid": 1,
-            "tid": 1,
-            "ts": 0,
-            "dur": 500,
-        },
-        {
-            "ph": "X",
-            "cat": "cuda_runtime",
-            "name": "cudaLaunchKernel",
-            "pid": 1,
-            "tid": 1,
-            "ts": 5,
-            "dur": 1,
-            "args": {"correlation": 1},
-        },
-        {
-            "ph": "X",
-            "cat": "kernel",
-            "name": "nvjet_tst_gemm",
-            "pid": 0,
-            "tid": 7,
-            "ts": 10,
-            "dur": 300,
-            "args": {"correlation": 1},
-        },
-    ]
-    trace = tmp_path / "rank-0.json.gz"
-    with gzip.open(trace, "wt") as f:
-        json.dump({"traceEvents": events}, f)
+    trace = TraceBuilder()
+    trace.step(9, 0, 500)
+    trace.kernel("nvjet_tst_gemm", launch_ts=5, ts=10, dur=300)
+    trace = trace.write(tmp_path / "rank-0.json.gz")
+    condition = {"data": {"kind": "mock"}, "routing": "force_balanced", "expert_load_last_step": None}
     out = tmp_path / "2026-12-06-h200-proxy.profile.json"
-    assert run_recipe.write_kernel_profile(str(trace), out) == {"kernel_profile": out.name}
-    (step,) = json.loads(out.read_text())["steps"]
+    assert run_recipe.write_kernel_profile(str(trace), out, condition) == {"kernel_profile": out.name}
+    written = json.loads(out.read_text())
+    (step,) = written["steps"]
     assert step["profiler_step"] == 9
-    assert run_recipe.write_kernel_profile(None, out) == {"kernel_profile": None}
+    assert {k: written[k] for k in condition} == condition  # the run's data and routing, as its result
+    assert run_recipe.write_kernel_profile(None, out, condition) == {"kernel_profile": None}
     trace.write_bytes(b"truncated")
-    broken = run_recipe.write_kernel_profile(str(trace), tmp_path / "broken.profile.json")
+    broken = run_recipe.write_kernel_profile(str(trace), tmp_path / "broken.profile.json", condition)
     assert broken["kernel_profile"] is None
     assert (
         broken["kernel_profile_error"].startswith("ValueError: ")
