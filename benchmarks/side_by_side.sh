@@ -106,6 +106,10 @@ torchtitan() {  # $1 label, $2 extra TorchTitan arguments
   ENTRIES+=("$entry")
 }
 
+field() {  # $1 result JSON, $2 key: its value, empty for none
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2]) or "")' "$1" "$2"
+}
+
 proxy() {  # $1 label, $2 overrides
   local grace=15; [ "$PROFILE" = 1 ] && grace=135  # after training, run_recipe.py reads the trace (<= 120 s)
   local label=$1 extra=$2 t=$(( $(left) - 25 - grace )); [ "$t" -gt 240 ] && t=240
@@ -125,11 +129,16 @@ proxy() {  # $1 label, $2 overrides
   fi
   say "$label: $(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("{:,.0f} tokens/s, Megatron {:.1f} TFLOPS".format(r["tokens_per_s_per_gpu"], r.get("megatron_tflops_per_gpu") or 0))' "$result")"
   rm -f "$RUN/logs/$label.full.log"  # the result's .log excerpt and the console keep what matters
-  local entry="$label=$result" kernels=${result%.json}.profile.json trace
+  local entry="$label=$result" kernels why
   if [ "$PROFILE" = 1 ]; then  # run_recipe.py wrote the traced step's kernel profile beside the result
-    trace=$(python3 -c 'import json,sys; r = json.load(open(sys.argv[1])); print(r.get("profile_trace") or "", r.get("kernel_profile_error") or "no trace", sep="\t")' "$result")
-    if [ -f "$kernels" ]; then entry="$entry,$kernels"; keep_trace "$label" "${trace%%$'\t'*}"
-    else say "$label: no kernel profile (${trace#*$'\t'})"; fi
+    kernels=$(field "$result" kernel_profile)
+    if [ -n "$kernels" ]; then
+      entry="$entry,$(dirname "$result")/$kernels"
+      keep_trace "$label" "$(field "$result" profile_trace)"
+    else
+      why=$(field "$result" kernel_profile_error)
+      say "$label: no kernel profile (${why:-no trace})"
+    fi
   fi
   ENTRIES+=("$entry")
 }
