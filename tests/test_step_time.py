@@ -194,6 +194,60 @@ def test_memory_bound_work_is_slower_on_h100_than_on_h200():
     assert h100.parts["optimizer"] == pytest.approx(h200.parts["optimizer"] * 4.8 / 3.35)
 
 
+def _with_host_wait(r, wait_share: float):
+    """The calibration with every part of ``r``'s case measured as waiting ``wait_share`` of its
+    forward+backward for the host (kernel_s the rest)."""
+    cal = calibration.load()
+    case, _ = cal.case_for(calibration.stand_in(r))
+
+    def waiting(part):
+        return dataclasses.replace(part, kernel_s=part.forward_backward_s * (1 - wait_share))
+
+    names = (*calibration.PARTS, "mtp")
+    changed = dataclasses.replace(case, **{n: waiting(getattr(case, n)) for n in names})
+    return dataclasses.replace(cal, cases=cal.cases | {case.key: changed})
+
+
+def test_time_the_gpu_waited_for_the_host_does_not_scale_with_the_gpu():
+    r200 = resolved("bridge_default_1024gpu", "launch.gpu_type=h200")
+    r100 = resolved("bridge_default_1024gpu")  # H100: the same stand-in
+    for share in (0.0, 0.5):
+        cal = _with_host_wait(r200, share)
+        h200, h100 = (step_time.step_time(r, cal).parts["compute"] for r in (r200, r100))
+        unmeasured = step_time.step_time(r100, _with_host_wait(r200, 0.0)).parts["compute"]
+        if share == 0.0:  # every pass in kernels: the whole pass scales, as for a case without kernel_s
+            assert h100 == pytest.approx(unmeasured)
+            assert step_time.step_time(r100).parts["compute"] == pytest.approx(unmeasured)
+        else:  # half of it waited for the host: the H100 adds its rates' slowdown to the other half only
+            assert h200 == pytest.approx(step_time.step_time(r200).parts["compute"])
+            assert h100 - h200 == pytest.approx((unmeasured - h200) / 2)
+
+
+def test_a_part_whose_kernels_overlap_waits_for_nothing():
+    part = calibration.PartTiming(1.0, 0.4, 0.5, 0.2, 100, kernel_s=1.2)  # side-stream kernels overlap
+    assert part.host_wait_s == 0.0 and part.on_gpu_s == 1.0
+    assert calibration.PartTiming(1.0, 0.4, 0.5, 0.2, 100).host_wait_s == 0.0  # not measured
+    assert calibration.PartTiming(1.0, 0.4, 0.5, 0.2, 100, kernel_s=0.7).host_wait_s == pytest.approx(0.3)
+
+
+def test_scaling_a_case_by_flops_keeps_the_time_it_waited_for_launches():
+    cal = calibration.load()
+    case = cal.cases["64f2a28f075c414d"]
+    waited = dataclasses.replace(
+        case,
+        dense_layer=dataclasses.replace(
+            case.dense_layer, kernel_s=case.dense_layer.forward_backward_s - 0.003
+        ),
+    )
+    double = {k: 2 * v for k, v in case.flops.items()}
+    dense = calibration.scaled(waited, double, case.local_expert_params, cal.gpu).dense_layer
+    assert dense.kernel_s == pytest.approx(2 * (case.dense_layer.forward_backward_s - 0.003))
+    assert dense.forward_backward_s == pytest.approx(dense.kernel_s + 0.003)
+    plain = calibration.scaled(case, double, case.local_expert_params, cal.gpu).dense_layer
+    assert plain.forward_backward_s == pytest.approx(2 * case.dense_layer.forward_backward_s)
+    assert plain.kernel_s is None
+
+
 def test_an_unmeasured_shape_is_scaled_from_a_measured_one_and_says_so():
     t = step_time.step_time(resolved("bridge_default_1024gpu", "model.moe_ffn_hidden_size=1024"))
     assert "scaled by FLOPs" in t.case and t.step_time_s > 0

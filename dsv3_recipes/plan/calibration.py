@@ -219,13 +219,28 @@ def stand_in(resolved: Resolved) -> StandIn:
 class PartTiming:
     """Seconds for one pass of a part over the stand-in's micro-batch, and the share of its GPU time in
     tensor-core kernels (GEMMs, attention): that share scales with a GPU's peak rate, the rest with its
-    memory bandwidth."""
+    memory bandwidth. ``kernel_s`` (measured from 2026-12-07 on) is the kernels' time in a
+    forward+backward pass; the rest of the pass the GPU waited for the host, which another GPU's rates
+    do not change (an H100 ran host-bound checks 1.18-1.24x slower than the H200, not its 1.43x
+    bandwidth ratio). Without it the whole pass scales."""
 
     forward_backward_s: float
     forward_s: float  # without autograd: what full recompute runs again
     gemm_share: float
     attention_share: float
     kernels: float  # kernel launches per pass: what CUDA graphs take off the host
+    kernel_s: Optional[float] = None
+
+    @property
+    def host_wait_s(self) -> float:
+        """The forward+backward's time outside kernels (0 where not measured; kernels on side streams
+        overlap, so their sum may exceed the wall time)."""
+        return 0.0 if self.kernel_s is None else max(0.0, self.forward_backward_s - self.kernel_s)
+
+    @property
+    def on_gpu_s(self) -> float:
+        """The forward+backward's time in kernels: the part another GPU's rates change."""
+        return self.forward_backward_s - self.host_wait_s
 
 
 PARTS = ("dense_layer", "moe_layer", "moe_block", "embedding", "head")
@@ -349,10 +364,10 @@ def expert_weight_s(case: CaseTiming, params: int, gpu: str) -> tuple[float, flo
 
 
 def scaled(case: CaseTiming, wanted: dict[str, float], local_expert_params: int, gpu: str) -> CaseTiming:
-    """``case`` with each part's time scaled by the ratio of FLOPs (shares and launches kept), except the
-    local experts' weight traffic in the parts that hold an MoE layer: that follows the wanted rank's
-    expert count (fewer local experts at the same routed load read fewer weights) on ``gpu``, the
-    measured one."""
+    """``case`` with each part's kernel time scaled by the ratio of FLOPs (shares, launches and the time
+    the GPU waited for their launches kept), except the local experts' weight traffic in the parts that
+    hold an MoE layer: that follows the wanted rank's expert count (fewer local experts at the same
+    routed load read fewer weights) on ``gpu``, the measured one."""
     have = expert_weight_s(case, case.local_expert_params, gpu)
     want = expert_weight_s(case, local_expert_params, gpu)
 
@@ -361,15 +376,23 @@ def scaled(case: CaseTiming, wanted: dict[str, float], local_expert_params: int,
             return None
         ratio = wanted[name] / case.flops[name]
         moe = name in ("moe_layer", "moe_block", "mtp")
-        fb, fw = (
-            (
-                (timing.forward_backward_s - have[0]) * ratio + want[0],
-                (timing.forward_s - have[1]) * ratio + want[1],
+
+        def on_gpu(seconds: float, pass_index: int) -> float:
+            return (seconds - have[pass_index]) * ratio + want[pass_index] if moe else seconds * ratio
+
+        if timing.kernel_s is None:
+            return dataclasses.replace(
+                timing,
+                forward_backward_s=on_gpu(timing.forward_backward_s, 0),
+                forward_s=on_gpu(timing.forward_s, 1),
             )
-            if moe
-            else (timing.forward_backward_s * ratio, timing.forward_s * ratio)
+        kernel_s = on_gpu(timing.on_gpu_s, 0)
+        return dataclasses.replace(
+            timing,
+            forward_backward_s=kernel_s + timing.host_wait_s,
+            forward_s=on_gpu(timing.forward_s, 1),
+            kernel_s=kernel_s,
         )
-        return dataclasses.replace(timing, forward_backward_s=fb, forward_s=fw)
 
     return dataclasses.replace(
         case,

@@ -1,9 +1,10 @@
 """The step time of a recipe, part by part, from measured per-layer costs.
 
 Per pipeline rank and micro-batch, each layer costs what its one-GPU stand-in measured
-(``plan.calibration``), scaled to the recipe's GPU: its tensor-core share by the ratio of peak rates
-(FP8 or BF16 for the GEMMs, BF16 for attention), the rest by the ratio of memory bandwidths. Full
-recompute runs each layer's forward again. Around the compute:
+(``plan.calibration``), scaled to the recipe's GPU: its kernels' tensor-core share by the ratio of peak
+rates (FP8 or BF16 for the GEMMs, BF16 for attention), the rest by the ratio of memory bandwidths; the
+time its GPU waited for the host stays as measured. Full recompute runs each layer's forward again.
+Around the compute:
 
 - **expert-parallel dispatch and combine**: the rank's tokens (``seq x MBS / TP`` of ``hidden x ETP`` BF16
   values) cross the network four times per MoE layer (dispatch and combine, forward and backward), six
@@ -126,7 +127,8 @@ class _Costs:
         )
 
     def _seconds(self, part: PartTiming) -> tuple[float, float]:
-        """(forward+backward, forward) of ``part`` on the recipe's GPU."""
+        """(forward+backward, forward) of ``part`` on the recipe's GPU: its kernel time by the GPUs'
+        rates, the time it waited for the host as measured (the forward alone in the same proportion)."""
         fp8 = self.r.fp8_recipe is not None
         peak = (lambda g: g.peak_fp8_tflops) if fp8 else (lambda g: g.peak_bf16_tflops)
         gpu, measured = self.r.gpu, self.measured
@@ -135,7 +137,9 @@ class _Costs:
             + part.attention_share * measured.peak_bf16_tflops / gpu.peak_bf16_tflops
             + (1 - part.gemm_share - part.attention_share) * measured.hbm_tb_s / gpu.hbm_tb_s
         )
-        return part.forward_backward_s * factor, part.forward_s * factor
+        forward_backward = part.on_gpu_s * factor + part.host_wait_s
+        ratio = forward_backward / part.forward_backward_s if part.forward_backward_s else factor
+        return forward_backward, part.forward_s * ratio
 
     def _scaled(self, part: PartTiming) -> tuple[float, float]:
         """A token-linear part measured on the stand-in's micro-batch, for the recipe's."""

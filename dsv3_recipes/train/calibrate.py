@@ -6,7 +6,8 @@ real modules: the dense and the MoE decoder layer, the MoE layer's MLP alone, th
 (final norm, output layer, cross-entropy) and the whole model, whose excess over the parts is the MTP
 depth. Each part is timed forward+backward (and forward alone without autograd, for full recompute)
 over several passes after warm-up, and profiled once to split its GPU time into tensor-core kernels
-(GEMMs, attention) and the memory-bound rest. The optimizer is timed per parameter with TE's FusedAdam,
+(GEMMs, attention) and the memory-bound rest, and its wall time into kernel time and the GPU waiting
+for the host. The optimizer is timed per parameter with TE's FusedAdam,
 as Megatron's precision-aware optimizer runs it. GPU only.
 """
 
@@ -94,8 +95,9 @@ def _seconds(fn: Callable[[], None], passes: int = PASSES) -> float:
     return (time.perf_counter() - start) / passes
 
 
-def _shares(fn: Callable[[], None]) -> tuple[float, float, float]:
-    """GPU-time shares of GEMM and attention kernels, and kernels launched per pass (two passes)."""
+def _shares(fn: Callable[[], None]) -> tuple[float, float, float, float]:
+    """GPU-time shares of GEMM and attention kernels, kernels launched and seconds of kernel time per
+    pass (two passes, after the timed ones: warm)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -113,7 +115,7 @@ def _shares(fn: Callable[[], None]) -> tuple[float, float, float]:
             attention += t
         elif GEMM_KERNEL.search(event.key):
             gemm += t
-    return (gemm / total, attention / total, launches / 2) if total else (0.0, 0.0, 0.0)
+    return (gemm / total, attention / total, launches / 2, total / 2 / 1e6) if total else (0.0, 0.0, 0.0, 0.0)
 
 
 def _part(forward: Callable[[], torch.Tensor], grad_of: Callable[[torch.Tensor], torch.Tensor]) -> PartTiming:
@@ -125,13 +127,15 @@ def _part(forward: Callable[[], torch.Tensor], grad_of: Callable[[torch.Tensor],
         with torch.no_grad():
             forward()
 
-    gemm, attention, kernels = _shares(forward_backward)
+    forward_backward_s, forward_s = _seconds(forward_backward), _seconds(forward_only)
+    gemm, attention, kernels, kernel_s = _shares(forward_backward)
     return PartTiming(
-        forward_backward_s=_seconds(forward_backward),
-        forward_s=_seconds(forward_only),
+        forward_backward_s=forward_backward_s,
+        forward_s=forward_s,
         gemm_share=gemm,
         attention_share=attention,
         kernels=kernels,
+        kernel_s=kernel_s,
     )
 
 
@@ -189,19 +193,21 @@ def measure_case(stand: StandIn) -> dict:
     whole_part = _part(whole, ones)
     result = {"label": stand.label, **{k: dataclasses.asdict(v) for k, v in parts.items()}}
     result["whole_model_s"] = whole_part.forward_backward_s
-    mtp_s = whole_part.forward_backward_s - sum(
-        parts[k].forward_backward_s for k in ("dense_layer", "moe_layer", "embedding", "head")
-    )
+
+    def beyond_parts(field: str) -> float:  # the whole model's excess over its parts: the MTP depth
+        return getattr(whole_part, field) - sum(
+            getattr(parts[k], field) for k in ("dense_layer", "moe_layer", "embedding", "head")
+        )
+
     result["mtp"] = (
         dataclasses.asdict(
             PartTiming(
-                forward_backward_s=mtp_s,
-                forward_s=whole_part.forward_s
-                - sum(parts[k].forward_s for k in ("dense_layer", "moe_layer", "embedding", "head")),
+                forward_backward_s=beyond_parts("forward_backward_s"),
+                forward_s=beyond_parts("forward_s"),
                 gemm_share=whole_part.gemm_share,
                 attention_share=whole_part.attention_share,
-                kernels=whole_part.kernels
-                - sum(parts[k].kernels for k in ("dense_layer", "moe_layer", "embedding", "head")),
+                kernels=beyond_parts("kernels"),
+                kernel_s=beyond_parts("kernel_s"),
             )
         )
         if m.mtp_num_layers
