@@ -52,6 +52,10 @@ SETUP = {  # what the call's benchmark did before timing, by the commit it ran
         "built as the train entry builds it, with the step around the passes; the collector as the recipe "
         "trains (automatic collection off); worker processes"
     ),
+    "211572b10051218a9690117f71ffd1200d00d53b": (
+        "built as the train entry builds it, with the step around the passes; the collector as the recipe "
+        "trains; worker processes; each part's kernel time (kernel_s), profiled after its timed passes"
+    ),
 }
 
 

@@ -6,9 +6,10 @@
 #   source benchmarks/gpu_env.sh && bash benchmarks/planner_checks.sh OUT_DIR [LABEL ...]
 # LABELs pick runs (proxy_mtp proxy_nomtp h100_fp8_blockwise_shrunk1 bridge_default_1024gpu_shrunk1; all
 # by default), so that the four can be split over device calls of one held machine.
-# STEPS (20 by default): ten-step checks left four steps for the median, and on one machine the same
-# host-bound check then measured 0.278 s and 0.377 s (2026-12-06, H100); the runs are mostly start-up.
-# PROFILE=1 records step STEPS-1 with Bridge's PyTorch profiler (the last three steps leave the median);
+# STEPS (20 by default) for the proxies: ten-step checks left four steps for the median, and on one
+# machine the same host-bound check then measured 0.278 s and 0.377 s (2026-12-06, H100); the runs are
+# mostly start-up. A shrunk run takes the shrink's 10 steps (run_recipe.py refuses --steps with --shrink).
+# PROFILE=1 records the second-last step with Bridge's PyTorch profiler (the last three leave the median);
 # run_recipe.py writes the step's kernel profile beside the result (results/DATE-GPU-LABEL.profile.json), so
 # that the time the planner misses is placed in the same run.
 # GPU_TYPE (h200 by default, the calibrated GPU) is the launch.gpu_type the runs and their plans name: an
@@ -28,19 +29,22 @@ mkdir -p "$RUN/results" "$OUT"
 BALANCED=model.moe_router_force_load_balancing=True
 GPU="launch.gpu_type=${GPU_TYPE:-h200}"
 STEPS=${STEPS:-20}
-PROFILING=()
-[ "${PROFILE:-0}" = 1 ] && PROFILING=(profiling.use_pytorch_profiler=True
-  "profiling.profile_step_start=$((STEPS - 1))" "profiling.profile_step_end=$STEPS")
-run() {  # label, then run_recipe.py arguments
-  local label=$1; shift
+SHRUNK_STEPS=10  # the shrink's
+run() {  # label, the run's steps, then run_recipe.py arguments
+  local label=$1 steps=$2; shift 2
   [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $label "* ]] || return 0
-  local limit=200; [ "${#PROFILING[@]}" -gt 0 ] && limit=320  # and then the trace's kernel profile
-  timeout "$limit" python3 benchmarks/run_recipe.py "$@" "${PROFILING[@]}" --label "$label" --results-dir "$RUN/results" \
+  local profiling=() limit=200
+  if [ "${PROFILE:-0}" = 1 ]; then  # and then the trace's kernel profile
+    profiling=(profiling.use_pytorch_profiler=True "profiling.profile_step_start=$((steps - 1))"
+      "profiling.profile_step_end=$steps")
+    limit=320
+  fi
+  timeout "$limit" python3 benchmarks/run_recipe.py "$@" "${profiling[@]}" --label "$label" --results-dir "$RUN/results" \
     --timeout 185 2>&1 | tail -c 300 || echo "run $label failed"
   tar czf "$OUT/planner_checks.tgz" -C "$RUN" results
 }
-run proxy_mtp proxy_1gpu --steps "$STEPS" --corpus bench-text "$GPU" $BALANCED "${TEXT[@]}"
-run proxy_nomtp proxy_1gpu --steps "$STEPS" --corpus bench-text "$GPU" model.mtp_num_layers=None $BALANCED \
-  "${TEXT[@]}"
-run h100_fp8_blockwise_shrunk1 h100_fp8_blockwise --shrink 1 --steps "$STEPS" "$GPU"
-run bridge_default_1024gpu_shrunk1 bridge_default_1024gpu --shrink 1 --steps "$STEPS" "$GPU" $BALANCED
+run proxy_mtp "$STEPS" proxy_1gpu --steps "$STEPS" --corpus bench-text "$GPU" $BALANCED "${TEXT[@]}"
+run proxy_nomtp "$STEPS" proxy_1gpu --steps "$STEPS" --corpus bench-text "$GPU" model.mtp_num_layers=None \
+  $BALANCED "${TEXT[@]}"
+run h100_fp8_blockwise_shrunk1 "$SHRUNK_STEPS" h100_fp8_blockwise --shrink 1 "$GPU"
+run bridge_default_1024gpu_shrunk1 "$SHRUNK_STEPS" bridge_default_1024gpu --shrink 1 "$GPU" $BALANCED

@@ -97,7 +97,9 @@ def planner_memory_gib(recipe: Recipe) -> dict[str, float]:
     return {"planner_mem_gib": rank.allocated_bytes / GIB, "planner_static_mem_gib": static / GIB}
 
 
-def main() -> int:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, refused in one line where it cannot run (planner_checks.sh's test parses its
+    calls with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe")
     p.add_argument("--steps", type=int, help="train.train_iters (default 30; a shrunk run takes 10)")
@@ -112,13 +114,17 @@ def main() -> int:
     p.add_argument("--timeout", type=int, default=900, help="seconds before the run is killed")
     p.add_argument("--full-log", help="also write the whole training log here")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_intermixed_args()
+    args = p.parse_intermixed_args(argv)
+    if args.shrink and args.steps is not None:
+        p.error("--steps: a shrunk run takes the shrink's 10 steps (some recipes count samples)")
+    return args
 
+
+def main() -> int:
+    args = arguments()
     label = args.label or args.recipe
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.shrink and args.steps is not None:
-        p.error("--steps: a shrunk run takes the shrink's 10 steps (some recipes count samples)")
     steps = [] if args.shrink else [f"train.train_iters={args.steps or 30}"]
     overrides = [*steps, f"output_dir=/tmp/dsv3-bench/{label}", *args.overrides]
     shrink = ["--shrink", str(args.shrink)] if args.shrink else []

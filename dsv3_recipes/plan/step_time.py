@@ -66,9 +66,9 @@ class Constants:
     host_s_per_launch: float  # host time the GPU waits for, per kernel launch outside CUDA graphs
 
 
-# benchmarks/results/step_time_fit/2026-12-06-h200.json (benchmarks/fit_step_time.py): both EP efficiencies
-# and the host time are fitted within their physical bounds; all three end on a bound (both links at 1.0,
-# host at 0), which says that the measured compute leaves the fitted runs no time for them.
+# benchmarks/results/step_time_fit/2026-12-06-h200-clamped.json (benchmarks/fit_step_time.py): both EP
+# efficiencies and the host time are fitted within their physical bounds; all three end on a bound (both
+# links at 1.0, host at 0), which says that the measured compute leaves the fitted runs no time for them.
 FITTED = Constants(ep_efficiency_nvlink=1.0, ep_efficiency_network=1.0, host_s_per_launch=0.0)
 
 
