@@ -225,6 +225,24 @@ def test_time_the_gpu_waited_for_the_host_does_not_scale_with_the_gpu():
             assert h100 - h200 == pytest.approx((unmeasured - h200) / 2)
 
 
+def test_a_stand_in_fed_more_tokens_than_the_rank_scales_their_kernels_but_not_their_launches():
+    """EP ranks with fewer local experts than copies per token: the stand-in runs twice the sequences
+    (token_scale 0.5) with the rank's launches, so only the kernel time halves."""
+    row = next(r for r in ROWS if r["id"] == "dgxc_v2508_h100")
+    r = resolved(row["recipe"], *row["overrides"], "launch.gpu_type=h200")  # the measured GPU: rates 1:1
+    stand = calibration.stand_in(r)
+    assert stand.token_scale == 0.5 and not stand.full_recompute
+    cal = _with_host_wait(r, 0.5)
+    case, _ = cal.case_for(stand)
+    costs = step_time._Costs(r, stand, case, hardware.gpu(cal.gpu))
+    head, block, layer = case.head, case.moe_block, case.moe_layer
+    assert costs.head.compute_s == pytest.approx(head.forward_backward_s * (0.5 * 0.5 + 0.5))
+    # The MoE layer: its attention's kernels at the rank's tokens, the block's at the stand-in's (the
+    # rank's copies), and the whole layer's wait once.
+    fb = (layer.on_gpu_s - block.on_gpu_s) * 0.5 + block.on_gpu_s + layer.host_wait_s
+    assert costs.moe.compute_s == pytest.approx(fb)
+
+
 def test_a_part_whose_kernels_overlap_waits_for_nothing():
     part = calibration.PartTiming(1.0, 0.4, 0.5, 0.2, 100, kernel_s=1.2)  # side-stream kernels overlap
     assert part.host_wait_s == 0.0 and part.on_gpu_s == 1.0

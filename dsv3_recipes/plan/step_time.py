@@ -103,10 +103,12 @@ class _Costs:
         self.r, self.stand, self.measured = r, stand, measured
         scope = set(r.cuda_graph_scope)
         self.on_host = 0.0 if "full_iteration" in scope else 1.0
-        s = stand.token_scale
-        block = self._seconds(case.moe_block)
-        layer = self._seconds(case.moe_layer)
-        attention = tuple((a - b) * s for a, b in zip(layer, block, strict=True))
+        block = self._seconds(case.moe_block, token_scale=1.0)  # its routed copies are the rank's
+
+        def beside_block(part: PartTiming) -> tuple[float, float]:  # the token-linear rest, and the block
+            rest = zip(self._seconds(part), self._seconds(case.moe_block), block, strict=True)
+            return tuple(x - b + whole for x, b, whole in rest)  # type: ignore[return-value]
+
         attention_launches = case.moe_layer.kernels - case.moe_block.kernels
         dense_launches = case.dense_layer.kernels
         dense_launches -= attention_launches if "attn" in scope else 0
@@ -117,18 +119,19 @@ class _Costs:
         moe_launches -= (
             case.moe_block.kernels * ROUTER_LAUNCH_SHARE * len(scope & {"moe_router", "moe_preprocess"})
         )
-        self.dense = self._layer(self._scaled(case.dense_layer), dense_launches)
-        self.moe = self._layer(tuple(a + b for a, b in zip(attention, block, strict=True)), moe_launches)
-        self.embedding = self._layer(self._scaled(case.embedding), case.embedding.kernels)
-        self.head = self._layer(self._scaled(case.head), case.head.kernels)
+        self.dense = self._layer(self._seconds(case.dense_layer), dense_launches)
+        self.moe = self._layer(beside_block(case.moe_layer), moe_launches)
+        self.embedding = self._layer(self._seconds(case.embedding), case.embedding.kernels)
+        self.head = self._layer(self._seconds(case.head), case.head.kernels)
         mtp = case.mtp or case.moe_layer  # a stand-in always measures MTP; the fallback uses a layer
-        self.mtp = self._layer(
-            tuple((x - b) * s + b for x, b in zip(self._seconds(mtp), block, strict=True)), mtp.kernels
-        )
+        self.mtp = self._layer(beside_block(mtp), mtp.kernels)
 
-    def _seconds(self, part: PartTiming) -> tuple[float, float]:
-        """(forward+backward, forward) of ``part`` on the recipe's GPU: its kernel time by the GPUs'
-        rates, the time it waited for the host as measured (the forward alone in the same proportion)."""
+    def _seconds(self, part: PartTiming, token_scale: float | None = None) -> tuple[float, float]:
+        """(forward+backward, forward) of ``part`` on the recipe's GPU and micro-batch: its kernel time
+        by the GPUs' rates and the tokens (``token_scale``: the stand-in's, for a token-linear part), the
+        time it waited for the host as measured (its launches are the rank's whatever the tokens); the
+        forward alone in the same proportion."""
+        scale = self.stand.token_scale if token_scale is None else token_scale
         fp8 = self.r.fp8_recipe is not None
         peak = (lambda g: g.peak_fp8_tflops) if fp8 else (lambda g: g.peak_bf16_tflops)
         gpu, measured = self.r.gpu, self.measured
@@ -137,13 +140,9 @@ class _Costs:
             + part.attention_share * measured.peak_bf16_tflops / gpu.peak_bf16_tflops
             + (1 - part.gemm_share - part.attention_share) * measured.hbm_tb_s / gpu.hbm_tb_s
         )
-        forward_backward = part.on_gpu_s * factor + part.host_wait_s
-        ratio = forward_backward / part.forward_backward_s if part.forward_backward_s else factor
+        forward_backward = part.on_gpu_s * factor * scale + part.host_wait_s
+        ratio = forward_backward / part.forward_backward_s if part.forward_backward_s else factor * scale
         return forward_backward, part.forward_s * ratio
-
-    def _scaled(self, part: PartTiming) -> tuple[float, float]:
-        """A token-linear part measured on the stand-in's micro-batch, for the recipe's."""
-        return tuple(x * self.stand.token_scale for x in self._seconds(part))  # type: ignore[return-value]
 
     def _layer(self, seconds: tuple[float, float], launches: float) -> _Layer:
         forward_backward, forward = seconds
