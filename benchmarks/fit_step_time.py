@@ -7,8 +7,9 @@ committed calibration. The constants (EP efficiency over NVLink and over the sca
 time per kernel launch) minimise the squared log-ratios of the fitted rows, each within its physical
 bounds; the held-out rows are only predicted. The 1-GPU checks (benchmarks/results/planner_checks/)
 are predicted beside them; ``--checks DIR`` predicts only the runs of DIR (another GPU's checks) with the
-committed constants, ``--calibration`` from another GPU's merged calibration. Copy the constants into
-``plan/step_time.py``'s ``FITTED``.
+committed constants, ``--calibration`` from another GPU's merged calibration (without ``--checks``: every
+row from it, with the committed constants, no fit). Copy the constants into ``plan/step_time.py``'s
+``FITTED``.
 """
 
 from __future__ import annotations
@@ -119,26 +120,26 @@ def main() -> int:
     )
     p.add_argument(
         "--calibration",
-        help="with --checks: a merged calibration of another GPU (merge_calibration.py --gpu), the "
-        "reference the planner scales from: the model's check on the GPU it was calibrated on",
+        help="a merged calibration of another GPU (merge_calibration.py --gpu), the reference the planner "
+        "scales from, with the committed constants (no fit): with --checks, the model's check on the GPU "
+        "it was calibrated on; without, every published row planned from it",
     )
     args = p.parse_args()
-    if args.calibration and not args.checks:
-        p.error("--calibration: only with --checks")
     cal = (
         calibration.from_dict(json.loads(Path(args.calibration).read_text()))
         if args.calibration
         else calibration.load()
     )
     rows = []
+    constants, directory = FITTED, ROOT / "benchmarks" / "results" / "planner_checks"
     if args.checks:
-        constants, directory = FITTED, Path(args.checks).resolve()
+        directory = Path(args.checks).resolve()
     else:
         rows = [
             (row, resolve(recipe_of(build_task(row["recipe"], row["overrides"])))) for row in published_rows()
         ]
-        constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
-        directory = ROOT / "benchmarks" / "results" / "planner_checks"
+        if not args.calibration:
+            constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
     out = {
         "command": shlex.join(["python", "benchmarks/fit_step_time.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),

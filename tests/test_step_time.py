@@ -467,3 +467,23 @@ def test_the_h100_checks_are_what_the_planner_predicts_now(runs, checks, calibra
         (c["label"], c["gpu"], c["ratio"]) for c in committed["one_gpu_checks"]
     ]
     assert {c["gpu"] for c in now} == {"NVIDIA H100 80GB HBM3"}
+
+
+def test_the_h100_rows_planned_from_the_h100s_own_stand_ins_are_the_committed_diagnostic():
+    """The published H100 rows from the H100's own measured stand-ins (fit_step_time.py --calibration,
+    committed constants): their compute without the H200 -> H100 scaling."""
+    path = ROOT / "benchmarks" / "results" / "calibration" / "2026-12-06-h100-kernel-time-merged.json"
+    cal = calibration.from_dict(json.loads(path.read_text()))
+    committed = json.loads(
+        (
+            ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-06-rows-from-h100-kernel-time.json"
+        ).read_text()
+    )
+    assert committed["constants"] == dataclasses.asdict(step_time.FITTED)
+    own = [r for r in committed["rows"] if r["case"].startswith("measured stand-in")]
+    assert {r["id"] for r in own} >= {"mbridge_2509_h100_fp8_blockwise_8192", "dgxc_v2505_h100_1024"}
+    by_id = {r["id"]: r for r in ROWS}
+    for row in own:
+        published = by_id[row["id"]]
+        t = step_time.step_time(resolved(published["recipe"], *published["overrides"]), cal)
+        assert round(t.step_time_s / published["published"]["step_time_s"], 3) == row["ratio"], row["id"]

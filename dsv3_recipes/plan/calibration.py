@@ -219,7 +219,7 @@ def stand_in(resolved: Resolved) -> StandIn:
 class PartTiming:
     """Seconds for one pass of a part over the stand-in's micro-batch, and the share of its GPU time in
     tensor-core kernels (GEMMs, attention): that share scales with a GPU's peak rate, the rest with its
-    memory bandwidth. ``kernel_s`` (measured from 2026-12-07 on) is the kernels' time in a
+    memory bandwidth. ``kernel_s`` (measured from 211572b, 2026-12-06, on) is the kernels' time in a
     forward+backward pass; the rest of the pass the GPU waited for the host, which another GPU's rates
     do not change (an H100 ran host-bound checks 1.18-1.24x slower than the H200, not its 1.43x
     bandwidth ratio). Without it the whole pass scales."""

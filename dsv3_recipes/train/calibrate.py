@@ -7,8 +7,8 @@ real modules: the dense and the MoE decoder layer, the MoE layer's MLP alone, th
 depth. Each part is timed forward+backward (and forward alone without autograd, for full recompute)
 over several passes after warm-up, and profiled once to split its GPU time into tensor-core kernels
 (GEMMs, attention) and the memory-bound rest, and its wall time into kernel time and the GPU waiting
-for the host. The optimizer is timed per parameter with TE's FusedAdam,
-as Megatron's precision-aware optimizer runs it. GPU only.
+for the host. The optimizer is timed per parameter with TE's FusedAdam, as Megatron's precision-aware
+optimizer runs it. GPU only.
 """
 
 from __future__ import annotations
