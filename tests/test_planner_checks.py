@@ -17,7 +17,7 @@ ROOT = Path(__file__).parent.parent
 
 STUB = r"""
 import json, pathlib, sys
-sys.path.insert(0, sys.argv.pop(1))
+sys.path.insert(0, {benchmarks!r})
 from run_recipe import arguments  # the real command line: it exits 2 on a call it refuses
 a = arguments(sys.argv[1:])
 pathlib.Path(a.results_dir, a.label + ".json").write_text(json.dumps(vars(a)))
@@ -29,11 +29,7 @@ def _checks(tmp_path, env: dict[str, str]) -> dict[str, dict]:
     (tmp_path / "benchmarks" / "planner_checks.sh").write_text(
         (ROOT / "benchmarks" / "planner_checks.sh").read_text()
     )
-    (tmp_path / "stub.py").write_text(STUB)
-    (tmp_path / "benchmarks" / "run_recipe.py").write_text(
-        f"import runpy, sys\nsys.argv.insert(1, {str(ROOT / 'benchmarks')!r})\n"
-        f"runpy.run_path({str(tmp_path / 'stub.py')!r}, run_name='__main__')\n"
-    )
+    (tmp_path / "benchmarks" / "run_recipe.py").write_text(STUB.format(benchmarks=str(ROOT / "benchmarks")))
     (tmp_path / "bin").mkdir()
     python3 = tmp_path / "bin" / "python3"  # this interpreter, its venv included (a symlink loses it)
     python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')

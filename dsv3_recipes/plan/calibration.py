@@ -383,18 +383,12 @@ def scaled(case: CaseTiming, wanted: dict[str, float], local_expert_params: int,
         def on_gpu(seconds: float, pass_index: int) -> float:
             return (seconds - have[pass_index]) * ratio + want[pass_index] if moe else seconds * ratio
 
-        if timing.kernel_s is None:
-            return dataclasses.replace(
-                timing,
-                forward_backward_s=on_gpu(timing.forward_backward_s, 0),
-                forward_s=on_gpu(timing.forward_s, 1),
-            )
-        kernel_s = on_gpu(timing.on_gpu_s, 0)
+        kernel_s = on_gpu(timing.on_gpu_s, 0)  # the whole pass where kernel time was not measured
         return dataclasses.replace(
             timing,
             forward_backward_s=kernel_s + timing.host_wait_s,
             forward_s=on_gpu(timing.forward_s, 1),
-            kernel_s=kernel_s,
+            kernel_s=None if timing.kernel_s is None else kernel_s,
         )
 
     return dataclasses.replace(

@@ -104,9 +104,10 @@ class _Costs:
         scope = set(r.cuda_graph_scope)
         self.on_host = 0.0 if "full_iteration" in scope else 1.0
         block = self._seconds(case.moe_block, token_scale=1.0)  # its routed copies are the rank's
+        block_as_token_linear = self._seconds(case.moe_block)
 
         def beside_block(part: PartTiming) -> tuple[float, float]:  # the token-linear rest, and the block
-            rest = zip(self._seconds(part), self._seconds(case.moe_block), block, strict=True)
+            rest = zip(self._seconds(part), block_as_token_linear, block, strict=True)
             return tuple(x - b + whole for x, b, whole in rest)  # type: ignore[return-value]
 
         attention_launches = case.moe_layer.kernels - case.moe_block.kernels
