@@ -249,6 +249,7 @@ def test_steps_are_the_profiler_step_ranges_and_kernels_go_by_their_launch(tmp_p
     b.kernel("outside_any_step", 5000, 5000, 10)
     path = b.write(tmp_path / "t.json.gz")
     profile = kp.profile(path, step_offset=1)
+    assert profile["trace"] == "t.json.gz"  # the machine's directory stays out of committed summaries
     assert [(s["profiler_step"], s["train_step"], s["kernels"]) for s in profile["steps"]] == [
         (16, 17, 1),
         (17, 18, 2),

@@ -493,7 +493,8 @@ def profile(
     top: int = 5,
 ) -> dict:
     """Every profiled step of a trace (or the chosen ProfilerStep numbers). ``step_offset`` turns the
-    profiler's step number into the training step's (TorchTitan's ProfilerStep#N is its step N+1)."""
+    profiler's step number into the training step's (TorchTitan's ProfilerStep#N is its step N+1). The
+    summary names the trace by its file name: its directory is the GPU machine's, not the repository's."""
     classifier = classifier or Classifier()
     trace = Trace(load_events(path))
     found = trace.steps()
@@ -516,7 +517,7 @@ def profile(
         window = (found[n].ts, found[n].end) if n is not None else None
         summary = profile_step(trace, by_step.get(n, []), window, classifier, top)
         results.append({"profiler_step": n, "train_step": None if n is None else n + step_offset, **summary})
-    return {"kind": KIND, "trace": str(path), "steps": results}
+    return {"kind": KIND, "trace": Path(path).name, "steps": results}
 
 
 def _fmt(ms: float) -> str:
