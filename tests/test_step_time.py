@@ -196,18 +196,23 @@ def test_memory_bound_work_is_slower_on_h100_than_on_h200():
     assert h100.parts["optimizer"] == pytest.approx(h200.parts["optimizer"] * 4.8 / 3.35)
 
 
-def _with_host_wait(r, wait_share: float):
-    """The calibration with every part of ``r``'s case measured as waiting ``wait_share`` of its
-    forward+backward for the host (kernel_s the rest)."""
+def _with_case(r, **changes):
+    """The committed calibration with the case of ``r``'s stand-in changed (``changes`` as
+    ``dataclasses.replace`` takes them)."""
     cal = calibration.load()
     case, _ = cal.case_for(calibration.stand_in(r))
+    return dataclasses.replace(cal, cases=cal.cases | {case.key: dataclasses.replace(case, **changes)})
+
+
+def _with_host_wait(r, wait_share: float):
+    """Every part of ``r``'s case measured as waiting ``wait_share`` of its forward+backward for the
+    host (kernel_s the rest)."""
+    case, _ = calibration.load().case_for(calibration.stand_in(r))
 
     def waiting(part):
         return dataclasses.replace(part, kernel_s=part.forward_backward_s * (1 - wait_share))
 
-    names = (*calibration.PARTS, "mtp")
-    changed = dataclasses.replace(case, **{n: waiting(getattr(case, n)) for n in names})
-    return dataclasses.replace(cal, cases=cal.cases | {case.key: changed})
+    return _with_case(r, **{n: waiting(getattr(case, n)) for n in (*calibration.PARTS, "mtp")})
 
 
 def test_time_the_gpu_waited_for_the_host_does_not_scale_with_the_gpu():
@@ -281,13 +286,6 @@ def test_a_plan_without_a_measurement_of_its_precision_still_plans():
     assert plan(recipe_of(build_task("h100_fp8_blockwise"))).step is not None
 
 
-def _with_step(r, step: calibration.StepTiming | None):
-    """The calibration with the case of ``r``'s stand-in given ``step`` around its passes (or none)."""
-    cal = calibration.load()
-    case, _ = cal.case_for(calibration.stand_in(r))
-    return dataclasses.replace(cal, cases=cal.cases | {case.key: dataclasses.replace(case, step=step)})
-
-
 def _step(r, wrapper_s: float, after_backward_s: float, params: int = 10**8) -> calibration.StepTiming:
     case, _ = calibration.load().case_for(calibration.stand_in(r))
     return calibration.StepTiming(
@@ -302,9 +300,9 @@ def _step(r, wrapper_s: float, after_backward_s: float, params: int = 10**8) -> 
 
 def test_a_measured_step_sets_the_optimizer_and_adds_the_wrapper_per_micro_batch():
     r = resolved("proxy_1gpu", "launch.gpu_type=h200")
-    without = step_time.step_time(r, _with_step(r, None))
+    without = step_time.step_time(r, _with_case(r, step=None))
     assert without.parts["ddp_wrapper"] == 0.0  # a case measured before the step was: no wrapper part
-    t = step_time.step_time(r, _with_step(r, _step(r, wrapper_s=0.01, after_backward_s=0.02)))
+    t = step_time.step_time(r, _with_case(r, step=_step(r, wrapper_s=0.01, after_backward_s=0.02)))
     weights = memory.rank_weights(r.recipe, r.sizes, r.chunks_of(0))
     params = weights.dense + weights.expert
     assert t.parts["optimizer"] == pytest.approx(0.02 * params / 10**8)  # 1 GPU: the shard is the rank
@@ -315,15 +313,15 @@ def test_a_measured_step_sets_the_optimizer_and_adds_the_wrapper_per_micro_batch
 def test_a_bf16_wrapper_measured_faster_than_the_bare_passes_costs_nothing_but_fp8_parameters_may_save():
     r = resolved("proxy_1gpu", "launch.gpu_type=h200")
     faster = _step(r, wrapper_s=-0.005, after_backward_s=0.02)
-    assert step_time.step_time(r, _with_step(r, faster)).parts["ddp_wrapper"] == 0.0
+    assert step_time.step_time(r, _with_case(r, step=faster)).parts["ddp_wrapper"] == 0.0
     fp8 = dataclasses.replace(faster, fp8_params=True)  # they skip the weights' cast: a real saving
     assert fp8.wrapper_s_per_param == pytest.approx(-0.005 / 10**8)
-    assert step_time.step_time(r, _with_step(r, fp8)).parts["ddp_wrapper"] < 0
+    assert step_time.step_time(r, _with_case(r, step=fp8)).parts["ddp_wrapper"] < 0
 
 
 def test_gradient_accumulation_fusion_takes_the_wrapper_off_and_h100_pays_for_bandwidth():
     r = resolved("bridge_default_1024gpu")
-    cal = _with_step(r, _step(r, wrapper_s=0.01, after_backward_s=0.02))
+    cal = _with_case(r, step=_step(r, wrapper_s=0.01, after_backward_s=0.02))
     assert step_time.step_time(r, cal).parts["ddp_wrapper"] > 0
     fused = resolved("bridge_default_1024gpu", "model.gradient_accumulation_fusion=True")
     assert step_time.step_time(fused, cal).parts["ddp_wrapper"] == 0.0

@@ -101,6 +101,7 @@ class _Costs:
 
     def __init__(self, r: Resolved, stand: StandIn, case: CaseTiming, measured: hardware.Gpu):
         self.r, self.stand, self.measured = r, stand, measured
+        self.memory_ratio = measured.hbm_tb_s / r.gpu.hbm_tb_s  # a memory-bound second here, there
         scope = set(r.cuda_graph_scope)
         self.on_host = 0.0 if "full_iteration" in scope else 1.0
         block = self._seconds(case.moe_block, token_scale=1.0)  # its routed copies are the rank's
@@ -139,7 +140,7 @@ class _Costs:
         factor = (
             part.gemm_share * peak(measured) / peak(gpu)
             + part.attention_share * measured.peak_bf16_tflops / gpu.peak_bf16_tflops
-            + (1 - part.gemm_share - part.attention_share) * measured.hbm_tb_s / gpu.hbm_tb_s
+            + (1 - part.gemm_share - part.attention_share) * self.memory_ratio
         )
         forward_backward = part.on_gpu_s * factor * scale + part.host_wait_s
         ratio = forward_backward / part.forward_backward_s if part.forward_backward_s else factor * scale
@@ -294,7 +295,7 @@ def _data_parallel_s(r: Resolved, weights: memory.RankWeights, rank: _Rank) -> f
 
 
 def _optimizer_s(
-    r: Resolved, cal: calibration.Calibration, case: CaseTiming, weights: memory.RankWeights
+    r: Resolved, cal: calibration.Calibration, costs: _Costs, case: CaseTiming, weights: memory.RankWeights
 ) -> float:
     """The step after the last backward over the rank's optimizer shard, scaled by memory bandwidth: as
     the case's stand-in measured it per parameter (gradient finalization, the distributed optimizer with
@@ -312,23 +313,17 @@ def _optimizer_s(
         )
         seconds = sharded * cal.optimizer.adam_s_per_param[states]
         seconds += (weights.dense + weights.expert) * cal.optimizer.grad_norm_s_per_param
-    return seconds * _bandwidth_ratio(r, cal)
+    return seconds * costs.memory_ratio
 
 
-def _ddp_wrapper_s(
-    r: Resolved, cal: calibration.Calibration, case: CaseTiming, weights: memory.RankWeights
-) -> float:
+def _ddp_wrapper_s(r: Resolved, costs: _Costs, case: CaseTiming, weights: memory.RankWeights) -> float:
     """Per micro-batch, what Megatron's DDP wrapper and the recipe's FP8 parameters add to the passes,
     as the case's stand-in measured it per parameter: the gradient hooks accumulate into the fp32 buffers
     (a kernel per parameter; apex's gradient-accumulation fusion does it in the weight-gradient GEMM
     instead) and FP8 parameters skip the weights' cast."""
     if case.step is None or r.recipe.model.gradient_accumulation_fusion:
         return 0.0
-    return (weights.dense + weights.expert) * case.step.wrapper_s_per_param * _bandwidth_ratio(r, cal)
-
-
-def _bandwidth_ratio(r: Resolved, cal: calibration.Calibration) -> float:
-    return hardware.gpu(cal.gpu).hbm_tb_s / r.gpu.hbm_tb_s
+    return (weights.dense + weights.expert) * case.step.wrapper_s_per_param * costs.memory_ratio
 
 
 def step_time(
@@ -359,8 +354,8 @@ def step_time(
         "pp_p2p": micro * p2p,
         "pp_bubble": (s.pp - 1) / s.vpp * (worst.total_s + p2p),
         "dp_grad_param_sync": _data_parallel_s(r, weights, worst),
-        "ddp_wrapper": micro * _ddp_wrapper_s(r, cal, case, weights),
-        "optimizer": _optimizer_s(r, cal, case, weights),
+        "ddp_wrapper": micro * _ddp_wrapper_s(r, costs, case, weights),
+        "optimizer": _optimizer_s(r, cal, costs, case, weights),
         "host": micro * worst.host_s,
     }
     return StepTime(
