@@ -8,8 +8,8 @@ time per kernel launch) minimise the squared log-ratios of the fitted rows, each
 bounds; the held-out rows are only predicted. The 1-GPU checks (benchmarks/results/planner_checks/)
 are predicted beside them; ``--checks DIR`` predicts only the runs of DIR (another GPU's checks) with the
 committed constants, ``--calibration`` from another GPU's merged calibration (without ``--checks``: every
-row from it, with the committed constants, no fit). Copy the constants into ``plan/step_time.py``'s
-``FITTED``.
+row from it, with the committed constants, no fit; with ``--refit`` too, the constants fitted on it: what
+another GPU's cases would make of the model). Copy the constants into ``plan/step_time.py``'s ``FITTED``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,12 @@ def main() -> int:
         "scales from, with the committed constants (no fit): with --checks, the model's check on the GPU "
         "it was calibrated on; without, every published row planned from it",
     )
+    p.add_argument(
+        "--refit", action="store_true", help="with --calibration: fit the constants on it (a diagnostic)"
+    )
     args = p.parse_args()
+    if args.refit and (args.checks or not args.calibration):
+        p.error("--refit fits on another GPU's --calibration and plans the published rows (not --checks)")
     cal = (
         calibration.from_dict(json.loads(Path(args.calibration).read_text()))
         if args.calibration
@@ -138,7 +143,7 @@ def main() -> int:
         rows = [
             (row, resolve(recipe_of(build_task(row["recipe"], row["overrides"])))) for row in published_rows()
         ]
-        if not args.calibration:
+        if args.refit or not args.calibration:
             constants = fit([(row, r) for row, r in rows if row["role"] == "fitted"], cal)
     out = {
         "command": shlex.join(["python", "benchmarks/fit_step_time.py", *sys.argv[1:]]),
