@@ -230,6 +230,25 @@ def test_time_the_gpu_waited_for_the_host_does_not_scale_with_the_gpu():
             assert h100 - h200 == pytest.approx((unmeasured - h200) / 2)
 
 
+def test_cuda_graphs_take_the_host_wait_of_the_launches_they_capture():
+    """The stand-in runs eager: a full-iteration graph leaves none of its measured wait for the host, the
+    attention + router scope some of it, eager all of it."""
+    row = next(r for r in ROWS if r["id"] == "mbridge_2606_gb300_mxfp8_4096")  # full_iteration graphs
+    full = resolved(row["recipe"], *row["overrides"])
+    partial = resolved(row["recipe"], *row["overrides"], 'model.cuda_graph_scope=["attn","moe_router"]')
+    eager = resolved(
+        row["recipe"], *row["overrides"], "model.cuda_graph_impl=none", "model.cuda_graph_scope=None"
+    )
+    assert len({calibration.stand_in(r).key for r in (full, partial, eager)}) == 1
+
+    def compute(r, share):
+        return step_time.step_time(r, _with_host_wait(r, share)).parts["compute"]
+
+    assert compute(full, 0.5) == pytest.approx(compute(full, 0.0) / 2)  # only the kernels are left
+    waits = [compute(r, 0.5) - compute(r, 0.0) / 2 for r in (full, partial, eager)]
+    assert waits[0] == pytest.approx(0.0, abs=1e-9) and 0 < waits[1] < waits[2]
+
+
 def test_a_stand_in_fed_more_tokens_than_the_rank_scales_their_kernels_but_not_their_launches():
     """EP ranks with fewer local experts than copies per token: the stand-in runs twice the sequences
     (token_scale 0.5) with the rank's launches, so only the kernel time halves."""

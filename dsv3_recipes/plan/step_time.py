@@ -3,7 +3,8 @@
 Per pipeline rank and micro-batch, each layer costs what its one-GPU stand-in measured
 (``plan.calibration``), scaled to the recipe's GPU: its kernels' tensor-core share by the ratio of peak
 rates (FP8 or BF16 for the GEMMs, BF16 for attention), the rest by the ratio of memory bandwidths; the
-time its GPU waited for the host stays as measured. Full recompute runs each layer's forward again.
+time its GPU waited for the host stays as measured, less the share of it that belongs to the launches the
+recipe's CUDA graphs capture (the stand-in runs eager). Full recompute runs each layer's forward again.
 Around the compute:
 
 - **expert-parallel dispatch and combine**: the rank's tokens (``seq x MBS / TP`` of ``hidden x ETP`` BF16
@@ -121,12 +122,12 @@ class _Costs:
         moe_launches -= (
             case.moe_block.kernels * ROUTER_LAUNCH_SHARE * len(scope & {"moe_router", "moe_preprocess"})
         )
-        self.dense = self._layer(self._seconds(case.dense_layer), dense_launches)
-        self.moe = self._layer(beside_block(case.moe_layer), moe_launches)
-        self.embedding = self._layer(self._seconds(case.embedding), case.embedding.kernels)
-        self.head = self._layer(self._seconds(case.head), case.head.kernels)
+        self.dense = self._layer(self._seconds(case.dense_layer), case.dense_layer, dense_launches)
+        self.moe = self._layer(beside_block(case.moe_layer), case.moe_layer, moe_launches)
+        self.embedding = self._layer(self._seconds(case.embedding), case.embedding, case.embedding.kernels)
+        self.head = self._layer(self._seconds(case.head), case.head, case.head.kernels)
         mtp = case.mtp or case.moe_layer  # a stand-in always measures MTP; the fallback uses a layer
-        self.mtp = self._layer(beside_block(mtp), mtp.kernels)
+        self.mtp = self._layer(beside_block(mtp), mtp, mtp.kernels)
 
     def _seconds(self, part: PartTiming, token_scale: float | None = None) -> tuple[float, float]:
         """(forward+backward, forward) of ``part`` on the recipe's GPU and micro-batch: its kernel time
@@ -146,10 +147,16 @@ class _Costs:
         ratio = forward_backward / part.forward_backward_s if part.forward_backward_s else factor * scale
         return forward_backward, part.forward_s * ratio
 
-    def _layer(self, seconds: tuple[float, float], launches: float) -> _Layer:
+    def _layer(self, seconds: tuple[float, float], part: PartTiming, launches: float) -> _Layer:
+        """``launches``: those of ``part`` the recipe's CUDA graphs leave on the host. The measured wait for
+        the host is spread over the part's launches, so the captured ones take their share of it along."""
+        left_on_host = max(0.0, launches) * self.on_host
+        captured_wait = part.host_wait_s * (1 - left_on_host / part.kernels) if part.kernels > 0 else 0.0
         forward_backward, forward = seconds
+        forward -= captured_wait * forward / forward_backward if forward_backward else 0.0
+        forward_backward -= captured_wait
         recompute = forward if self.stand.full_recompute else 0.0
-        return _Layer(compute_s=forward_backward + recompute, launches=max(0.0, launches) * self.on_host)
+        return _Layer(compute_s=forward_backward + recompute, launches=left_on_host)
 
 
 @cache
