@@ -538,3 +538,15 @@ def test_the_constants_refitted_on_the_h100s_stand_ins_are_the_committed_diagnos
     b200 = next(r for r in committed["rows"] if r["id"] == "mbridge_2604_b200_mxfp8_4096")
     t, r = ratio(b200["id"], refit)
     assert round(r, 3) == b200["ratio"] and t.parts["host"] > 0.3 * t.step_time_s
+
+
+def test_refit_needs_another_gpus_calibration_and_the_published_rows():
+    import subprocess
+    import sys
+
+    script = str(ROOT / "benchmarks" / "fit_step_time.py")
+    for extra in ([], ["--checks", "some/dir", "--calibration", "c.json"]):
+        done = subprocess.run(
+            [sys.executable, script, "--out", "x.json", "--refit", *extra], capture_output=True, text=True
+        )
+        assert done.returncode == 2 and "--refit fits on another GPU's --calibration" in done.stderr
