@@ -443,6 +443,32 @@ def test_a_borrowed_case_reads_the_wanted_ranks_expert_weights():
     )
 
 
+def _fit_script():
+    """benchmarks/fit_step_time.py, loaded in this process (its planner imports are this test's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fit_step_time", ROOT / "benchmarks" / "fit_step_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(folder: str, name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / folder / name).read_text())
+
+
+def _h100_calibration(name: str = "2026-12-06-h100-kernel-time-merged.json") -> calibration.Calibration:
+    return calibration.from_dict(_result("calibration", name))  # its GPU is the scaling's reference
+
+
+def _planned(row_id: str, cal: calibration.Calibration, constants: step_time.Constants = step_time.FITTED):
+    """A published row's plan from ``cal`` and its ratio to the published step time, rounded as the fit's
+    files are."""
+    row = next(r for r in ROWS if r["id"] == row_id)
+    t = step_time.step_time(resolved(row["recipe"], *row["overrides"]), cal, constants)
+    return t, round(t.step_time_s / row["published"]["step_time_s"], 3)
+
+
 @pytest.mark.parametrize(
     ("runs", "checks", "calibration_file"),
     [
@@ -467,17 +493,9 @@ def test_a_borrowed_case_reads_the_wanted_ranks_expert_weights():
 )
 def test_the_h100_checks_are_what_the_planner_predicts_now(runs, checks, calibration_file):
     """The H100 checks (no H200 was lent): the planner scaled from H200, and calibrated on the H100."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fit_step_time", ROOT / "benchmarks" / "fit_step_time.py")
-    fit_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit_script)
-    cal = calibration.load()
-    if calibration_file:
-        path = ROOT / "benchmarks" / "results" / "calibration" / calibration_file
-        cal = calibration.from_dict(json.loads(path.read_text()))  # its GPU is the scaling's reference
-    committed = json.loads((ROOT / "benchmarks" / "results" / "step_time_fit" / checks).read_text())
-    now = fit_script.one_gpu_checks(
+    cal = _h100_calibration(calibration_file) if calibration_file else calibration.load()
+    committed = _result("step_time_fit", checks)
+    now = _fit_script().one_gpu_checks(
         ROOT / "benchmarks" / "results" / "planner_checks" / runs, cal, step_time.FITTED
     )
     assert [(c["label"], c["gpu"], c["ratio"]) for c in now] == [
@@ -489,21 +507,13 @@ def test_the_h100_checks_are_what_the_planner_predicts_now(runs, checks, calibra
 def test_the_h100_rows_planned_from_the_h100s_own_stand_ins_are_the_committed_diagnostic():
     """The published H100 rows from the H100's own measured stand-ins (fit_step_time.py --calibration,
     committed constants): their compute without the H200 -> H100 scaling."""
-    path = ROOT / "benchmarks" / "results" / "calibration" / "2026-12-06-h100-kernel-time-merged.json"
-    cal = calibration.from_dict(json.loads(path.read_text()))
-    committed = json.loads(
-        (
-            ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-06-rows-from-h100-kernel-time.json"
-        ).read_text()
-    )
+    cal = _h100_calibration()
+    committed = _result("step_time_fit", "2026-12-06-rows-from-h100-kernel-time.json")
     assert committed["constants"] == dataclasses.asdict(step_time.FITTED)
     own = [r for r in committed["rows"] if r["case"].startswith("measured stand-in")]
     assert {r["id"] for r in own} >= {"mbridge_2509_h100_fp8_blockwise_8192", "dgxc_v2505_h100_1024"}
-    by_id = {r["id"]: r for r in ROWS}
     for row in own:
-        published = by_id[row["id"]]
-        t = step_time.step_time(resolved(published["recipe"], *published["overrides"]), cal)
-        assert round(t.step_time_s / published["published"]["step_time_s"], 3) == row["ratio"], row["id"]
+        assert _planned(row["id"], cal)[1] == row["ratio"], row["id"]
 
 
 def test_the_constants_refitted_on_the_h100s_stand_ins_are_the_committed_diagnostic():
@@ -512,41 +522,28 @@ def test_the_constants_refitted_on_the_h100s_stand_ins_are_the_committed_diagnos
     the B200 row that worsens most does so through the host part (its 8-GPU nodes launch uncaptured)."""
     import math
 
-    path = ROOT / "benchmarks" / "results" / "calibration" / "2026-12-06-h100-kernel-time-merged.json"
-    cal = calibration.from_dict(json.loads(path.read_text()))
-    committed = json.loads(
-        (
-            ROOT / "benchmarks" / "results" / "step_time_fit" / "2026-12-06-refit-on-h100-kernel-time.json"
-        ).read_text()
-    )
+    cal = _h100_calibration()
+    committed = _result("step_time_fit", "2026-12-06-refit-on-h100-kernel-time.json")
     refit = step_time.Constants(**committed["constants"])
-    by_id = {r["id"]: r for r in ROWS}
-
-    def ratio(row_id, constants):
-        row = by_id[row_id]
-        t = step_time.step_time(resolved(row["recipe"], *row["overrides"]), cal, constants)
-        return t, t.step_time_s / row["published"]["step_time_s"]
-
     fitted = [r for r in committed["rows"] if r["role"] == "fitted"]
     assert len(fitted) == 3
     loss = {"refit": 0.0, "committed": 0.0}
     for row in fitted:
-        assert round(ratio(row["id"], refit)[1], 3) == row["ratio"], row["id"]
+        assert _planned(row["id"], cal, refit)[1] == row["ratio"], row["id"]
         loss["refit"] += math.log(row["ratio"]) ** 2
-        loss["committed"] += math.log(ratio(row["id"], step_time.FITTED)[1]) ** 2
+        loss["committed"] += math.log(_planned(row["id"], cal)[1]) ** 2
     assert loss["refit"] < loss["committed"]
     b200 = next(r for r in committed["rows"] if r["id"] == "mbridge_2604_b200_mxfp8_4096")
-    t, r = ratio(b200["id"], refit)
-    assert round(r, 3) == b200["ratio"] and t.parts["host"] > 0.3 * t.step_time_s
+    t, ratio = _planned(b200["id"], cal, refit)
+    assert ratio == b200["ratio"] and t.parts["host"] > 0.3 * t.step_time_s
 
 
-def test_refit_needs_another_gpus_calibration_and_the_published_rows():
-    import subprocess
-    import sys
-
-    script = str(ROOT / "benchmarks" / "fit_step_time.py")
+def test_refit_needs_another_gpus_calibration_and_the_published_rows(monkeypatch, capsys):
+    script = _fit_script()
     for extra in ([], ["--checks", "some/dir", "--calibration", "c.json"]):
-        done = subprocess.run(
-            [sys.executable, script, "--out", "x.json", "--refit", *extra], capture_output=True, text=True
+        monkeypatch.setattr("sys.argv", ["fit_step_time.py", "--out", "x.json", "--refit", *extra])
+        with pytest.raises(SystemExit) as exit_:
+            script.main()
+        assert (
+            exit_.value.code == 2 and "--refit fits on another GPU's --calibration" in capsys.readouterr().err
         )
-        assert done.returncode == 2 and "--refit fits on another GPU's --calibration" in done.stderr
