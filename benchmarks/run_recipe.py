@@ -65,7 +65,8 @@ def routing_condition(recipe: Recipe) -> str:
 
 
 def profile_trace(recipe: Recipe, since: float) -> str | None:
-    """The PyTorch profiler's trace this run wrote: Bridge puts it beside the tensorboard directory."""
+    """The PyTorch profiler's trace this run wrote: Bridge puts it beside the tensorboard directory (the
+    result records it relative to the run's ``output_dir``, not as the GPU machine's path)."""
     if not recipe.profiling.use_pytorch_profiler:
         return None
     tensorboard = recipe.logger.tensorboard_dir or os.path.join(recipe.output_dir, "tensorboard")
@@ -149,6 +150,7 @@ def main() -> int:
         return 1
 
     rows = run.rows()
+    trace = profile_trace(recipe, started)
     gpu = hardware.detect(run.summary["gpu"]).name
     result = {
         "recipe": args.recipe,
@@ -181,7 +183,7 @@ def main() -> int:
             profiled_steps(recipe),
         ),
         "profiled_steps_left_out": sorted(profiled_steps(recipe)),
-        "profile_trace": profile_trace(recipe, started),
+        "profile_trace": trace and os.path.relpath(trace, recipe.output_dir),
         "mfu": run.summary["mfu"],
         "peak_mem_allocated_gib": run.summary["peak_mem_allocated_gib"],
         "peak_mem_reserved_gib": run.summary["peak_mem_reserved_gib"],
@@ -204,7 +206,7 @@ def main() -> int:
         result["stock_result"] = Path(args.compare_to).name
     stem = f"{result['date']}-{gpu}-{label}"
     condition = {k: result[k] for k in ("data", "routing", "expert_load_last_step")}
-    result |= write_kernel_profile(result["profile_trace"], out_dir / f"{stem}.profile.json", condition)
+    result |= write_kernel_profile(trace, out_dir / f"{stem}.profile.json", condition)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [line for line in log.splitlines() if "iteration" in line or "DSV3_" in line or "Error" in line]
     excerpt = lines[: EXCERPT_LINES // 2] + ["..."] + lines[-EXCERPT_LINES // 2 :]

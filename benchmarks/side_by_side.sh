@@ -134,7 +134,7 @@ proxy() {  # $1 label, $2 overrides
     kernels=$(field "$result" kernel_profile)
     if [ -n "$kernels" ]; then
       entry="$entry,$(dirname "$result")/$kernels"
-      keep_trace "$label" "$(field "$result" profile_trace)"
+      keep_trace "$label" "$RUN/out/$label/$(field "$result" profile_trace)"  # relative to output_dir
     else
       why=$(field "$result" kernel_profile_error)
       say "$label: no kernel profile (${why:-no trace})"

@@ -227,7 +227,8 @@ result = {"recipe": a.recipe, "label": a.label, "command": shlex.join(["dsv3", *
           "routing": "force_balanced" if balanced else "natural",
           "tokens_per_s_per_gpu": tps, "megatron_tokens_per_s_per_gpu": tps,
           "megatron_tflops_per_gpu": tps / 300,
-          "steps": int(a.steps), "profiled_steps_left_out": [17, 18, 19], "profile_trace": str(trace)}
+          "steps": int(a.steps), "profiled_steps_left_out": [17, 18, 19],
+          "profile_trace": str(trace.relative_to(out))}
 stem = f"{datetime.date.today()}-h200-{a.label}"
 pathlib.Path(a.results_dir, f"{stem}.profile.json").write_text(json.dumps(kernel_profile.profile(trace)))
 result["kernel_profile"] = f"{stem}.profile.json"
