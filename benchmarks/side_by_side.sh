@@ -14,7 +14,8 @@
 # with GRAPHS as in benchmarks/proxy_h200_sweep.sh; benchmarks/README.md ("Side by side") lists more.
 # Knobs: COMMIT (the checkout's commit, for the record: the GPU copy's .git, if any, is stale)
 # STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
-# BUDGET=540 (s, whole script). Each run is time-boxed to what is left. Results land in OUT_DIR as they
+# BUDGET=540 (s, whole script); LBS/GBS reach TorchTitan's run.sh (its batch, e.g. LBS=4 GBS=8 beside
+# train.micro_batch_size=4 on an 80 GB GPU). Each run is time-boxed to what is left. Results land in OUT_DIR as they
 # come: side_by_side.md (the tables), results.tgz (result JSONs, logs, kernel profiles), trace-<label>.json.gz
 # (each profiled trace that fits the device tool's 16 MiB), progress.log.
 set -uo pipefail
@@ -85,7 +86,8 @@ torchtitan() {  # $1 label, $2 extra TorchTitan arguments
   if [ "$t" -lt 120 ]; then say "$label: ${t}s left, not started"; return 1; fi
   local traces=$RUN/tt_traces_$label extra="--experimental.custom_import tt_expert_load $2" dir=$RUN/$label
   [ "$PROFILE" = 1 ] && extra="$extra --profiling.enable_profiling --profiling.save_traces_folder $traces --profiling.profile_freq $STEPS"
-  local cmd="STEPS=$STEPS BUDGET=$t TT_EXTRA='$extra' bash .tt/harness/run.sh $dir"
+  # LBS/GBS (run.sh's batch, exported to match a proxy run's micro-batches on a smaller GPU) are recorded.
+  local cmd="${LBS:+LBS=$LBS }${GBS:+GBS=$GBS }STEPS=$STEPS BUDGET=$t TT_EXTRA='$extra' bash .tt/harness/run.sh $dir"
   say "$label: $cmd"
   # Its own PYTHONPATH (run.sh puts its wheels and TorchTitan first), plus the expert-load plug-in.
   timeout -k 10 $((t + 15)) env PYTHONPATH="$PWD/benchmarks/torchtitan" STEPS="$STEPS" BUDGET="$t" TT_EXTRA="$extra" \
