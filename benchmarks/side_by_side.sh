@@ -147,6 +147,8 @@ proxy() {  # $1 label, $2 overrides
 
 say "runs: ${LIST[*]} | steps $STEPS, profiled step (proxy) $PROFILE_STEP, budget ${BUDGET}s | commit ${COMMIT:-unknown}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+# TE's one-launch grouped GEMM for the experts needs cuBLASLt 13.4+ on Hopper (130400): the version loaded.
+python3 -c 'import transformer_engine.pytorch, transformer_engine_torch as t; print("cuBLASLt", t.get_cublasLt_version())' 2>&1 | tail -1 | tee -a "$LOG"
 for v in "${LIST[@]}"; do
   label=$(echo "${v%%|*}" | tr -d '[:space:]'); extra=${v#*|}
   [ -n "$label" ] || continue
