@@ -15,9 +15,9 @@
 # Knobs: COMMIT (the checkout's commit, for the record: the GPU copy's .git, if any, is stale)
 # STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
 # BUDGET=540 (s, whole script); LBS/GBS reach TorchTitan's run.sh (its batch, e.g. LBS=4 GBS=8 beside
-# train.micro_batch_size=4 on an 80 GB GPU). Each run is time-boxed to what is left. Results land in OUT_DIR as they
-# come: side_by_side.md (the tables), results.tgz (result JSONs, logs, kernel profiles), trace-<label>.json.gz
-# (each profiled trace that fits the device tool's 16 MiB), progress.log.
+# train.micro_batch_size=4 on an 80 GB GPU). Each run is time-boxed to what is left. Results land in OUT_DIR
+# as they come: side_by_side.md (the tables), results.tgz (result JSONs, logs, kernel profiles),
+# trace-<label>.json.gz (each profiled trace that fits the device tool's 16 MiB), progress.log.
 set -uo pipefail
 OUT=${1:?usage: side_by_side.sh OUT_DIR}
 STEPS=${STEPS:-20}
@@ -115,12 +115,13 @@ field() {  # $1 result JSON, $2 key: its value, empty for none
 proxy() {  # $1 label, $2 overrides
   local grace=15; [ "$PROFILE" = 1 ] && grace=135  # after training, run_recipe.py reads the trace (<= 120 s)
   local label=$1 extra=$2 t=$(( $(left) - 25 - grace )); [ "$t" -gt 240 ] && t=240
+  local run_dir=$RUN/out/$label  # the run's output_dir: its result names its trace relative to it
   if [ "$t" -lt 120 ]; then say "$label: ${t}s left, not started"; return 1; fi
   say "$label: run_recipe.py proxy_1gpu $extra (timeout ${t}s)"
   # shellcheck disable=SC2086  # extra holds several overrides
   timeout -k 10 $((t + grace)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$STEPS" --label "$label" \
     --corpus bench-text --results-dir "$RUN/results" --timeout "$t" --full-log "$RUN/logs/$label.full.log" \
-    "${TEXT[@]}" "${PROFILING[@]}" "output_dir=$RUN/out/$label" $extra >"$RUN/logs/$label.console" 2>&1
+    "${TEXT[@]}" "${PROFILING[@]}" "output_dir=$run_dir" $extra >"$RUN/logs/$label.console" 2>&1
   local rc=$?
   local result
   result=$(ls "$RUN"/results/*-"$label".json 2>/dev/null | head -1)
@@ -136,7 +137,7 @@ proxy() {  # $1 label, $2 overrides
     kernels=$(field "$result" kernel_profile)
     if [ -n "$kernels" ]; then
       entry="$entry,$(dirname "$result")/$kernels"
-      keep_trace "$label" "$RUN/out/$label/$(field "$result" profile_trace)"  # relative to output_dir
+      keep_trace "$label" "$run_dir/$(field "$result" profile_trace)"
     else
       why=$(field "$result" kernel_profile_error)
       say "$label: no kernel profile (${why:-no trace})"
