@@ -6,7 +6,7 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_27_x86_64 \
 #     nvidia-cublas==13.6.2.16 -d /tmp/cub && split -b 52m -d -a 1 /tmp/cub/*.whl part  # -> .cub0..7/c
 if [ ! -f /tmp/cub/lib/libcublasLt.so.13 ]; then
-  mkdir -p /tmp/cub/lib && cat $(ls /tmp/cub/c* | sort -V) >/tmp/cub/cublas.whl || return 1
+  mkdir -p /tmp/cub/lib && cat $(ls /tmp/cub/c[0-9]* | sort -V) >/tmp/cub/cublas.whl || return 1
   python3 -c 'import sys, zipfile
 z = zipfile.ZipFile(sys.argv[1])
 for name in z.namelist():

@@ -40,12 +40,3 @@ def test_layers_without_the_one_launch_path_keep_their_list(seen):
 def test_installs_once(seen):
     assert grouped_gemm.install()
     assert not grouped_gemm.install()
-
-
-@pytest.mark.parametrize(("value", "wanted"), [(None, False), ("", False), ("0", False), ("1", True)])
-def test_asked_reads_the_variable_as_te_does(monkeypatch, value, wanted):
-    if value is None:
-        monkeypatch.delenv(grouped_gemm.ENV, raising=False)
-    else:
-        monkeypatch.setenv(grouped_gemm.ENV, value)
-    assert grouped_gemm.asked() is wanted

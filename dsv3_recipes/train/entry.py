@@ -36,8 +36,7 @@ def pretrain(recipe: Recipe) -> None:
         raise SystemExit(2) from None
     for name, value in recipe.run_env_vars.items():
         os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
-    if grouped_gemm.asked():
-        grouped_gemm.install()  # TE's one-launch expert GEMM takes the token counts only on the GPU
+    grouped_gemm.install()  # where the env asks TE for its one-launch expert GEMM: counts on the GPU
 
     # Imported here: megatron.bridge.training.pretrain needs nvidia-resiliency-ext (GPU containers only).
     from megatron.bridge.training.gpt_step import forward_step

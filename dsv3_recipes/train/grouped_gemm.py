@@ -5,23 +5,17 @@ layer's experts in one cuBLASLt grouped GEMM (cuBLASLt 13.4+ on Hopper) instead 
 host work per expert, keeping one weight per expert (checkpoints and HF conversion unchanged). That path
 takes the token counts only as a CUDA tensor, while Megatron-Core 0.19's non-fused ``TEGroupedMLP`` hands
 it a Python list (it needs the counts on the host for FP8 padding): TE then raises. ``install`` makes
-Megatron's ``TEGroupedLinear`` hand TE the counts on the layer's device. Where TE falls back (an older
-cuBLASLt, a recipe the path lacks), it reads the tensor back as before. Train side: imports torch and TE.
+Megatron's ``TEGroupedLinear`` hand TE the counts on the layer's device, only on layers TE built for that
+path (``use_grouped_tensor``, which TE reads from the variable), so the default path is untouched. Where
+TE falls back (an older cuBLASLt, a recipe the path lacks), it reads the tensor back as before. Train side:
+imports torch and TE.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
-
-ENV = "NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM"
-
-
-def asked() -> bool:
-    """Whether this process asks TE for the one-launch path (TE reads the variable as an int)."""
-    return bool(int(os.environ.get(ENV) or 0))
 
 
 def install() -> bool:
