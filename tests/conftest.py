@@ -8,8 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cuda_available() -> bool:
@@ -38,11 +42,19 @@ sys.meta_path.insert(0, LoginNode())
 """
 
 
+def load_script(relative_path: str, name: str) -> ModuleType:
+    """A script that is not part of the package (benchmarks/*.py), loaded in this process under `name`."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def on_login_node():
     """Run a Python script in a fresh interpreter that cannot import the train stack."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PYTHONPATH": path}
 
     def run(script: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-c", LOGIN_NODE + script]

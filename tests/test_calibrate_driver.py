@@ -2,16 +2,15 @@
 case's tensors stay referenced; on 2026-12-06 every case after the first out-of-memory failed) hands
 the keys left to a fresh worker, and a worker that dies costs only the case it died in."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("calibrate_script", ROOT / "benchmarks" / "calibrate.py")
-calibrate_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(calibrate_script)
+calibrate_script = load_script("benchmarks/calibrate.py", "calibrate_script")
 
 # Stands in for `calibrate.py --worker`: "oom" runs out of memory (behind an earlier case: measured
 # again in a fresh worker; first in its worker: a real failure), "leak" is measured but leaves memory

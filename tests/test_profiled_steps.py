@@ -4,6 +4,7 @@ import gzip
 import json
 
 import pytest
+from conftest import load_script
 
 from dsv3_recipes.launch.submit import build_task, recipe_of
 from dsv3_recipes.recipe import hardware
@@ -156,12 +157,9 @@ def test_expert_load_reports_the_bias_range_and_the_callback_logs_it_every_step(
 
 
 def test_run_recipe_finds_the_trace_this_run_wrote(tmp_path):
-    import importlib.util
     import os
 
-    spec = importlib.util.spec_from_file_location("run_recipe", "benchmarks/run_recipe.py")
-    run_recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_recipe)
+    run_recipe = load_script("benchmarks/run_recipe.py", "run_recipe")
     recipe = recipe_of(build_task("proxy_1gpu", [*PROFILED, f"output_dir={tmp_path}"]))
     trace = tmp_path / "torch_profile" / "rank-0.json.gz"
     assert run_recipe.profile_trace(recipe, since=0) is None
@@ -178,14 +176,11 @@ def test_run_recipe_finds_the_trace_this_run_wrote(tmp_path):
 def test_run_recipe_writes_the_traced_steps_kernel_profile_beside_the_result(tmp_path):
     """One place turns a run's trace into its kernel profile (planner_checks.sh and side_by_side.sh read
     it); a trace it cannot read leaves the result without one and says why."""
-    import importlib.util
     import json
 
     from test_kernel_profile import TraceBuilder
 
-    spec = importlib.util.spec_from_file_location("run_recipe", "benchmarks/run_recipe.py")
-    run_recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_recipe)
+    run_recipe = load_script("benchmarks/run_recipe.py", "run_recipe")
     trace = TraceBuilder()
     trace.step(9, 0, 500)
     trace.kernel("nvjet_tst_gemm", launch_ts=5, ts=10, dur=300)

@@ -1,18 +1,16 @@
 """benchmarks/side_by_side.{py,sh}: TorchTitan's result from its log, the tables of one call, and the
 script's behaviour where a run cannot start (the GPU runs themselves need the lent machine)."""
 
-import importlib.util
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).parent.parent
-spec = importlib.util.spec_from_file_location("side_by_side", ROOT / "benchmarks" / "side_by_side.py")
-sbs = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sbs)
+sbs = load_script("benchmarks/side_by_side.py", "side_by_side")
 
 
 def tt_log(tps_by_step, load=True):

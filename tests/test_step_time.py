@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from dsv3_recipes.cli import main
 from dsv3_recipes.launch.submit import build_task, recipe_of
@@ -445,12 +446,7 @@ def test_a_borrowed_case_reads_the_wanted_ranks_expert_weights():
 
 def _fit_script():
     """benchmarks/fit_step_time.py, loaded in this process (its planner imports are this test's)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fit_step_time", ROOT / "benchmarks" / "fit_step_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/fit_step_time.py", "fit_step_time")
 
 
 def _result(folder: str, name: str) -> dict:

@@ -1,17 +1,16 @@
 """TorchTitan's expert load per step (benchmarks/torchtitan/tt_expert_load.py): the same statistics as
 Megatron's ExpertLoad, read from TorchTitan's counters before its own optimizer pre-hook zeroes them."""
 
-import importlib.util
 import json
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 torch = pytest.importorskip("torch")
 
-PLUGIN = Path(__file__).parent.parent / "benchmarks" / "torchtitan" / "tt_expert_load.py"
 TT = Path(__file__).parent.parent / ".tt"
 
 
@@ -20,9 +19,7 @@ def plugin(monkeypatch):
     """The plug-in with a stand-in for ../shared/torchtitan/tt_dsv3_proxy (TorchTitan is not installed here);
     its global optimizer hook is removed afterwards."""
     monkeypatch.setitem(sys.modules, "tt_dsv3_proxy", types.ModuleType("tt_dsv3_proxy"))
-    spec = importlib.util.spec_from_file_location("tt_expert_load", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/torchtitan/tt_expert_load.py", "tt_expert_load")
     yield module
     module.HOOK.remove()
 
