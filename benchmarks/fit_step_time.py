@@ -31,6 +31,7 @@ from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
 from dsv3_recipes.plan import calibration  # noqa: E402
 from dsv3_recipes.plan.step_time import FITTED, Constants, step_time  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
+from dsv3_recipes.recipe.schema import Recipe  # noqa: E402
 
 BOUNDS = {  # each constant's physical range
     "ep_efficiency_nvlink": (0.05, 1.0),
@@ -80,6 +81,25 @@ def fit(rows: list[tuple[dict, object]], cal) -> Constants:
     return best[1]
 
 
+# Recipe environment added after run_recipe.py began recording each run's (its result's `env_vars`): a
+# result without the record ran without these, unless its command set them (proxy_1gpu, 2026-12-07).
+ENV_ADDED_SINCE = ("NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM",)
+
+
+def as_it_ran(recipe: Recipe, result: dict, overrides: list[str]) -> Recipe:
+    """``recipe`` (rebuilt from ``result``'s command) with the environment the run had: the stand-in's key,
+    and so the case the planner reads, depends on it."""
+    if "env_vars" in result:
+        env = result["env_vars"]
+    else:
+        env = {
+            name: value
+            for name, value in recipe.env_vars.items()
+            if name not in ENV_ADDED_SINCE or any(o.startswith(f"env_vars.{name}=") for o in overrides)
+        }
+    return dataclasses.replace(recipe, env_vars=env)
+
+
 def one_gpu_checks(directory: Path, cal: calibration.Calibration, constants: Constants) -> list[dict]:
     """Each run_recipe.py result in ``directory``, measured beside its plan."""
     checks = []
@@ -91,7 +111,7 @@ def one_gpu_checks(directory: Path, cal: calibration.Calibration, constants: Con
         name = words[words.index("--factory") + 1]
         shrink = int(words[words.index("--shrink") + 1]) if "--shrink" in words else None
         overrides = [w for w in words if "=" in w and not w.startswith("-")]
-        r = resolve(recipe_of(build_task(name, overrides, shrink_gpus=shrink)))
+        r = resolve(as_it_ran(recipe_of(build_task(name, overrides, shrink_gpus=shrink)), result, overrides))
         t = step_time(r, cal, constants)
         measured = result["step_time_s_median"]
         checks.append(

@@ -161,6 +161,9 @@ def main() -> int:
         "gpu": run.summary["gpu"],
         "num_gpus": run.summary["num_gpus"],
         "command": in_repo(shlex.join(["dsv3", *dsv3_args])),
+        # The environment it ran with, defaults included: the planner's replay of a check keys the stand-in
+        # by it (benchmarks/fit_step_time.py, as_it_ran). The recipe refuses secrets in it.
+        "env_vars": recipe.env_vars,
         "data": data_condition(recipe, args.corpus),
         "routing": routing_condition(recipe),
         "expert_load_last_step": run.summary.get("expert_load_last_step"),

@@ -21,20 +21,63 @@ def seen(monkeypatch):
     return calls
 
 
-def test_splits_reach_te_as_an_int64_tensor_on_the_inputs_device(seen):
+@pytest.fixture
+def te_supports(monkeypatch):
+    """TE's predicate for its one-launch path, answered by the test (the real one needs a GPU and cuBLASLt
+    13.4+); records what it was asked."""
+    asked = []
+
+    def supports(answer: bool):
+        def predicate(recipe, dtype):
+            asked.append((recipe, dtype))
+            return answer
+
+        monkeypatch.setattr(grouped_gemm, "is_module_grouped_tensor_path_supported", predicate)
+        return asked
+
+    return supports
+
+
+def test_splits_reach_te_as_an_int64_tensor_on_the_inputs_device(seen, te_supports):
+    asked = te_supports(True)
     assert grouped_gemm.install()
     layer = type("Layer", (), {"use_grouped_tensor": True})()
     te_ext.TEGroupedLinear.forward(layer, torch.zeros(5, 2), [2, 0, 3])
     (splits,) = seen
     assert isinstance(splits, torch.Tensor) and splits.dtype == torch.int64
     assert splits.tolist() == [2, 0, 3] and splits.device.type == "cpu"
+    assert asked == [(None, torch.float32)]  # no FP8 autocast: no recipe; the input's dtype
 
 
-def test_layers_without_the_one_launch_path_keep_their_list(seen):
+def test_fc1_and_fc2_share_one_copy_of_the_same_list(seen, te_supports):
+    """Megatron hands both GEMMs of an expert layer the same list: one host-to-device copy serves both."""
+    te_supports(True)
+    grouped_gemm.install()
+    layer = type("Layer", (), {"use_grouped_tensor": True})()
+    counts, next_counts = [2, 3], [2, 3]
+    for splits in (counts, counts, next_counts):
+        te_ext.TEGroupedLinear.forward(layer, torch.zeros(5, 2), splits)
+    fc1, fc2, next_layer = seen
+    assert fc2 is fc1
+    assert next_layer is not fc1 and next_layer.tolist() == [2, 3]  # equal counts, another layer's list
+
+
+def test_where_te_would_fall_back_the_list_stays_and_a_warning_says_why(seen, te_supports):
+    """An older cuBLASLt (13.1 in torch 2.11's pins): a tensor would cost a copy and TE's read-back."""
+    te_supports(False)
+    grouped_gemm.install()
+    layer = type("Layer", (), {"use_grouped_tensor": True})()
+    with pytest.warns(UserWarning, match="one GEMM per expert"):
+        te_ext.TEGroupedLinear.forward(layer, torch.zeros(5, 2), [2, 3])
+    assert seen == [[2, 3]]
+
+
+def test_layers_without_the_one_launch_path_keep_their_list(seen, te_supports):
+    asked = te_supports(True)
     grouped_gemm.install()
     layer = type("Layer", (), {"use_grouped_tensor": False})()
     te_ext.TEGroupedLinear.forward(layer, torch.zeros(5, 2), [2, 3])
-    assert seen == [[2, 3]]
+    assert seen == [[2, 3]] and asked == []
 
 
 def test_installs_once(seen):

@@ -306,14 +306,15 @@ def test_a_plan_without_a_measurement_of_its_precision_still_plans():
     assert plan(recipe_of(build_task("h100_fp8_blockwise"))).step is not None
 
 
-def _step(r, wrapper_s: float, after_backward_s: float, params: int = 10**8) -> calibration.StepTiming:
-    case, _ = calibration.load().case_for(calibration.stand_in(r))
+def _step(wrapper_s: float, after_backward_s: float, params: int = 10**8) -> calibration.StepTiming:
+    """A step measurement whose DDP wrapper adds ``wrapper_s`` to the passes (their own time is not read;
+    a borrowed case has none: proxy_1gpu's stand-in is not measured since the grouped GEMM)."""
     return calibration.StepTiming(
         params=params,
         param_tensors=100,
         fp8_params=False,
-        unwrapped_forward_backward_s=case.whole_model_s,
-        wrapped_forward_backward_s=case.whole_model_s + wrapper_s,
+        unwrapped_forward_backward_s=1.0,
+        wrapped_forward_backward_s=1.0 + wrapper_s,
         after_backward_s=after_backward_s,
     )
 
@@ -322,7 +323,7 @@ def test_a_measured_step_sets_the_optimizer_and_adds_the_wrapper_per_micro_batch
     r = resolved("proxy_1gpu", "launch.gpu_type=h200")
     without = step_time.step_time(r, _with_case(r, step=None))
     assert without.parts["ddp_wrapper"] == 0.0  # a case measured before the step was: no wrapper part
-    t = step_time.step_time(r, _with_case(r, step=_step(r, wrapper_s=0.01, after_backward_s=0.02)))
+    t = step_time.step_time(r, _with_case(r, step=_step(wrapper_s=0.01, after_backward_s=0.02)))
     weights = memory.rank_weights(r.recipe, r.sizes, r.chunks_of(0))
     params = weights.dense + weights.expert
     assert t.parts["optimizer"] == pytest.approx(0.02 * params / 10**8)  # 1 GPU: the shard is the rank
@@ -332,7 +333,7 @@ def test_a_measured_step_sets_the_optimizer_and_adds_the_wrapper_per_micro_batch
 
 def test_a_bf16_wrapper_measured_faster_than_the_bare_passes_costs_nothing_but_fp8_parameters_may_save():
     r = resolved("proxy_1gpu", "launch.gpu_type=h200")
-    faster = _step(r, wrapper_s=-0.005, after_backward_s=0.02)
+    faster = _step(wrapper_s=-0.005, after_backward_s=0.02)
     assert step_time.step_time(r, _with_case(r, step=faster)).parts["ddp_wrapper"] == 0.0
     fp8 = dataclasses.replace(faster, fp8_params=True)  # they skip the weights' cast: a real saving
     assert fp8.wrapper_s_per_param == pytest.approx(-0.005 / 10**8)
@@ -341,7 +342,7 @@ def test_a_bf16_wrapper_measured_faster_than_the_bare_passes_costs_nothing_but_f
 
 def test_gradient_accumulation_fusion_takes_the_wrapper_off_and_h100_pays_for_bandwidth():
     r = resolved("bridge_default_1024gpu")
-    cal = _with_case(r, step=_step(r, wrapper_s=0.01, after_backward_s=0.02))
+    cal = _with_case(r, step=_step(wrapper_s=0.01, after_backward_s=0.02))
     assert step_time.step_time(r, cal).parts["ddp_wrapper"] > 0
     fused = resolved("bridge_default_1024gpu", "model.gradient_accumulation_fusion=True")
     assert step_time.step_time(fused, cal).parts["ddp_wrapper"] == 0.0
@@ -463,6 +464,24 @@ def _planned(row_id: str, cal: calibration.Calibration, constants: step_time.Con
     row = next(r for r in ROWS if r["id"] == row_id)
     t = step_time.step_time(resolved(row["recipe"], *row["overrides"]), cal, constants)
     return t, round(t.step_time_s / row["published"]["step_time_s"], 3)
+
+
+def test_a_check_is_replayed_with_the_environment_it_ran_with():
+    """A result made before run_recipe.py recorded the environment ran without the variables recipes
+    gained since (the grouped GEMM), unless its command set them; a recorded environment is used as is."""
+    fit = _fit_script()
+    recipe = recipe_of(build_task("proxy_1gpu", []))
+    assert recipe.env_vars["NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM"] == "1"
+    old = fit.as_it_ran(recipe, {"command": "dsv3 pretrain --factory proxy_1gpu"}, [])
+    assert "NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM" not in old.env_vars
+    assert old.env_vars["NCCL_NVLS_ENABLE"] == "0"  # the rest of the recipe's environment stays
+    asked = ["env_vars.NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM=1"]
+    assert fit.as_it_ran(recipe, {}, asked).env_vars == recipe.env_vars
+    recorded = {"NCCL_NVLS_ENABLE": "1"}
+    assert fit.as_it_ran(recipe, {"env_vars": recorded}, []).env_vars == recorded
+    h200 = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200"]))
+    before = calibration.stand_in(resolve(fit.as_it_ran(h200, {}, []))).key
+    assert before == "28eb6f370264695e" != calibration.stand_in(resolve(h200)).key  # per-expert: measured
 
 
 @pytest.mark.parametrize(

@@ -115,12 +115,17 @@ class StandIn:
         )
 
     @cached_property
+    def model_config(self) -> ModelConfig:
+        """The stand-in's model, checked (what the planner needs to scale a neighbour's case to it)."""
+        return ModelConfig(**self.model)
+
+    @cached_property
     def recipe(self) -> Recipe:
         """The stand-in as a recipe of its own, checked like any other."""
         r = self.parent
         return Recipe(
             name=f"{r.name}_standin",
-            model=ModelConfig(**self.model),
+            model=self.model_config,
             train=dataclasses.replace(
                 r.train,
                 micro_batch_size=self.moe_micro_batch,
@@ -249,7 +254,7 @@ PARTS = ("dense_layer", "moe_layer", "moe_block", "embedding", "head")
 def part_flops(stand: StandIn) -> dict[str, float]:
     """Forward FLOPs of each measured part over the stand-in's micro-batch (the embedding: values read),
     for scaling a measured case to a stand-in of another shape."""
-    m = stand.recipe.model
+    m = stand.model_config
     tokens = m.seq_length * stand.moe_micro_batch
     attention = flops.attention_core_flops_per_token(m)
     per_token = {

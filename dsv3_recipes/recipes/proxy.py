@@ -70,6 +70,10 @@ def proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
     # Bridge's 5 spends a 0.6-0.7 s gc.collect() per 5 steps of ~0.5 s: 50 ran 1.21x and 1.37x faster on
     # H200 (benchmarks/results/h200_text_gc_*); TorchTitan collects every 50 too.
     r.train.manual_gc_interval = 50
+    # TE runs each layer's 64 experts in one cuBLASLt grouped GEMM (13.4+; train.grouped_gemm hands it the
+    # counts on the GPU) instead of a launch and its host work per expert: 1.16x and 1.08x without MTP on
+    # an H100, two calls (benchmarks/results/side_by_side/2026-12-07-h100-grouped-gemm-*).
+    r.env_vars["NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM"] = "1"
     # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped.
     if hardware.gpu(gpu_type).memory_gib < NO_RECOMPUTE_GIB:
         r.model.recompute_granularity = "selective"  # benchmarks/proxy_1gpu_tuning.md
