@@ -20,7 +20,7 @@ def pretrain(recipe: Recipe) -> None:
     node, or a recipe edited after its launch was checked, fails here before any GPU work; so does a
     flag set this container cannot run (``train.preflight``).
     """
-    from dsv3_recipes.train import grouped_gemm, wgrad_fusion
+    from dsv3_recipes.train import wgrad_fusion
     from dsv3_recipes.train.preflight import check_container
 
     code_check.check()  # first: the image must hold the code that planned the job
@@ -36,6 +36,9 @@ def pretrain(recipe: Recipe) -> None:
         raise SystemExit(2) from None
     for name, value in recipe.run_env_vars.items():
         os.environ.setdefault(name, str(value))  # the launcher's own settings win, as in Bridge
+    # After the checks: it imports TE, which a node without CUDA cannot load (their one-line error first).
+    from dsv3_recipes.train import grouped_gemm
+
     grouped_gemm.install()  # where the env asks TE for its one-launch expert GEMM: counts on the GPU
 
     # Imported here: megatron.bridge.training.pretrain needs nvidia-resiliency-ext (GPU containers only).
