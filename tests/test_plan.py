@@ -10,6 +10,7 @@ from dsv3_recipes import recipes
 from dsv3_recipes.launch.submit import build_task, recipe_of
 from dsv3_recipes.plan import memory
 from dsv3_recipes.plan.preflight import plan
+from dsv3_recipes.recipe import rules
 from dsv3_recipes.recipe.schema import RecipeError
 
 RECIPES_671B = [
@@ -193,3 +194,56 @@ def test_proxy_1gpu_recomputes_exactly_where_the_planner_says_it_must(gpu_type):
     assert recomputes == (hardware.gpu(gpu_type).memory_gib < proxy.NO_RECOMPUTE_GIB)
     if needed is not None:
         assert proxy.NO_RECOMPUTE_GIB - 1 < needed <= proxy.NO_RECOMPUTE_GIB
+
+
+GROUPED_GEMM = rules.TE_GROUPED_GEMM  # proxy_1gpu sets it to "1"
+
+
+@pytest.mark.parametrize("gpu_type", ["b200", "gb200", "gb300"])
+def test_blockwise_fp8_is_refused_with_tes_one_launch_grouped_gemm_on_blackwell(gpu_type):
+    # TE's GroupedLinear raises at the first forward when its grouped-tensor path meets blockwise FP8 on
+    # Blackwell; the plan refuses it in one line that names the fix.
+    assert recipe_of(build_task("proxy_1gpu")).env_vars[GROUPED_GEMM] == "1"
+    task = build_task("proxy_1gpu", [f"launch.gpu_type={gpu_type}", "mixed_precision.fp8_recipe=blockwise"])
+    with pytest.raises(RecipeError) as err:
+        recipe_of(task)
+    message = str(err.value)
+    assert err.value.path == "mixed_precision.fp8_recipe" and "\n" not in message
+    assert message.startswith(f"mixed_precision.fp8_recipe: 'blockwise' on {gpu_type} (Blackwell)")
+    assert message.endswith(f"set env_vars.{GROUPED_GEMM}=0, or mixed_precision.fp8_recipe=mxfp8")
+
+
+@pytest.mark.parametrize(
+    ("gpu_type", "fp8", "grouped"),
+    [
+        ("b200", "mxfp8", "1"),  # TE's grouped-tensor path runs MXFP8 on Blackwell
+        ("b200", "blockwise", "0"),  # one GEMM per expert, as without the variable
+        ("gb300", "blockwise", "0"),
+        ("b200", None, "1"),  # the shipped proxy_1gpu is BF16
+        ("h100", "blockwise", "1"),  # Hopper runs blockwise on the grouped-tensor path
+        ("h200", "blockwise", "1"),
+    ],
+)
+def test_blockwise_grouped_gemm_rule_keeps_what_te_runs(gpu_type, fp8, grouped):
+    overrides = [f"launch.gpu_type={gpu_type}", f"env_vars.{GROUPED_GEMM}={grouped}"]
+    overrides += [f"mixed_precision.fp8_recipe={fp8}"] if fp8 else []
+    recipe = recipe_of(build_task("proxy_1gpu", overrides))
+    assert (recipe.mixed_precision.fp8_recipe, recipe.env_vars[GROUPED_GEMM]) == (fp8, grouped)
+    assert plan(recipe).gpu.name == gpu_type
+
+
+def test_the_rule_reads_the_variable_as_te_does():
+    blockwise = recipe_of(
+        build_task("proxy_1gpu", ["launch.gpu_type=h100", "mixed_precision.fp8_recipe=blockwise"])
+    )
+    on_b200 = overridden(blockwise, launch={"gpu_type": "b200"})
+    rule = rules.BLOCKWISE_GROUPED_GEMM_NOT_ON_BLACKWELL
+    # TE: bool(int(value)); text that is no integer is TE's own error when it builds the layer.
+    for value, on in (("1", True), ("2", True), (" 1", True), ("0", False), ("00", False), ("yes", False)):
+        recipe = dataclasses.replace(on_b200, env_vars={**on_b200.env_vars, GROUPED_GEMM: value})
+        assert rules.te_grouped_gemm(recipe) is on, value
+        assert (rule.problem(recipe, None) is not None) is on, value
+    unset = dataclasses.replace(
+        on_b200, env_vars={k: v for k, v in on_b200.env_vars.items() if k != GROUPED_GEMM}
+    )
+    assert not rules.te_grouped_gemm(unset) and plan(unset).gpu.name == "b200"

@@ -137,6 +137,42 @@ MXFP8_NEEDS_BLACKWELL = Rule(
     ],
 )
 
+# TE's one-launch grouped GEMM for the experts (``GroupedLinear(use_grouped_tensor=...)``), which TE 2.20
+# takes from this variable when Megatron passes none; train.grouped_gemm hands it the counts on the GPU.
+TE_GROUPED_GEMM = "NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM"
+
+
+def te_grouped_gemm(r: Recipe) -> bool:
+    """Whether the run's environment turns TE's one-launch grouped GEMM on: TE reads the variable as
+    ``bool(int(value))``, so any nonzero integer does ("0" and an unset variable do not)."""
+    try:
+        return int(r.run_env_vars.get(TE_GROUPED_GEMM, "0")) != 0
+    except ValueError:  # not an integer: TE refuses it when it builds the layer, not this rule
+        return False
+
+
+def _blockwise_grouped_gemm(r: Recipe, caps: Capabilities) -> Optional[str]:
+    gpu = _gpu(r)
+    if r.mixed_precision.fp8_recipe != "blockwise" or not gpu.supports_mxfp8 or not te_grouped_gemm(r):
+        return None
+    return (
+        f"'blockwise' on {gpu.name} (Blackwell) cannot take the one-launch grouped GEMM that "
+        f"env_vars.{TE_GROUPED_GEMM} turns on (TE raises at the first forward): set "
+        f"env_vars.{TE_GROUPED_GEMM}=0, or mixed_precision.fp8_recipe=mxfp8"
+    )
+
+
+# Transformer Engine's GroupedLinear forward raises RuntimeError ("use_grouped_tensor=True does not
+# support the FP8 block-scaling recipe on Blackwell GPUs") when its grouped-tensor path meets
+# Float8BlockScaling on compute capability 10.x-11.0: that path has no MXFP8-broadcast emulation of the
+# block scales, which TE's per-expert path has. Hopper runs it natively (cuBLASLt 13.6+), so h100/h200
+# keep it; train.grouped_gemm asks TE's own predicate at run time, this refuses the recipe before launch.
+BLOCKWISE_GROUPED_GEMM_NOT_ON_BLACKWELL = Rule(
+    "blockwise FP8 not with TE's one-launch grouped GEMM on Blackwell",
+    "mixed_precision.fp8_recipe",
+    _blockwise_grouped_gemm,
+)
+
 # --- MoE dispatch, EP overlap and CUDA graphs (TransformerConfig.__post_init__, the dispatchers) -------
 
 
