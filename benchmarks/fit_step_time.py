@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
 from dsv3_recipes.plan import calibration  # noqa: E402
 from dsv3_recipes.plan.step_time import FITTED, Constants, step_time  # noqa: E402
+from dsv3_recipes.recipe import rules  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 from dsv3_recipes.recipe.schema import Recipe  # noqa: E402
 
@@ -83,7 +84,7 @@ def fit(rows: list[tuple[dict, object]], cal) -> Constants:
 
 # Recipe environment added after run_recipe.py began recording each run's (its result's `env_vars`): a
 # result without the record ran without these, unless its command set them (proxy_1gpu, 2026-12-07).
-ENV_ADDED_SINCE = ("NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM",)
+ENV_ADDED_SINCE = (rules.TE_GROUPED_GEMM,)
 
 
 def as_it_ran(recipe: Recipe, result: dict, overrides: list[str]) -> Recipe:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fiddle as fdl
 
-from dsv3_recipes.recipe import hardware, models
+from dsv3_recipes.recipe import hardware, models, rules
 from dsv3_recipes.recipe.schema import LaunchConfig
 from dsv3_recipes.recipes.common import BRIDGE_ENV_VARS, pretrain_task, recipe_config, registered
 
@@ -73,7 +73,13 @@ def proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
     # TE runs each layer's 64 experts in one cuBLASLt grouped GEMM (13.4+; train.grouped_gemm hands it the
     # counts on the GPU) instead of a launch and its host work per expert: 1.16x and 1.08x without MTP on
     # an H100, two calls (benchmarks/results/side_by_side/2026-12-07-h100-grouped-gemm-*).
-    r.env_vars["NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM"] = "1"
+    r.env_vars[rules.TE_GROUPED_GEMM] = "1"
+    # One GPU is one data-parallel rank: the overlapped hooks ran a parameter gather and a gradient reduce
+    # per bucket (73 + 73 a step, ~0.3 ms of host each) on a group of one, while the forward waits for the
+    # host; without them Megatron makes one bucket. 1.06x without MTP side by side on an H100
+    # (benchmarks/results/side_by_side/2026-12-07-h100-overlap-e).
+    r.comm_overlap.overlap_grad_reduce = False
+    r.comm_overlap.overlap_param_gather = False
     # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped.
     if hardware.gpu(gpu_type).memory_gib < NO_RECOMPUTE_GIB:
         r.model.recompute_granularity = "selective"  # benchmarks/proxy_1gpu_tuning.md

@@ -24,6 +24,8 @@ import transformer_engine_torch as tex
 from transformer_engine.pytorch.module.grouped_linear import is_module_grouped_tensor_path_supported
 from transformer_engine.pytorch.quantization import FP8GlobalStateManager
 
+from dsv3_recipes.recipe.rules import TE_GROUPED_GEMM
+
 
 def one_launch(layer: object, x: torch.Tensor) -> bool:
     """Whether TE runs this layer's experts in one grouped GEMM: the layer asked for it and TE supports
@@ -34,7 +36,7 @@ def one_launch(layer: object, x: torch.Tensor) -> bool:
     if is_module_grouped_tensor_path_supported(recipe, x.dtype):
         return True
     warnings.warn(
-        "NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM asks for TE's one-launch grouped GEMM, which TE does not "
+        f"{TE_GROUPED_GEMM} asks for TE's one-launch grouped GEMM, which TE does not "
         f"support here (cuBLASLt {tex.get_cublasLt_version()}, {x.dtype}, FP8 recipe "
         f"{type(recipe).__name__ if recipe else None}): one GEMM per expert",
         stacklevel=2,
