@@ -12,6 +12,10 @@
 # as shipped (MTP). Candidate changes go in the same list, so each is measured beside the default, e.g.
 #   RUNS="nomtp|model.mtp_num_layers=None;nomtp_graphs|model.mtp_num_layers=None $GRAPHS"
 # with GRAPHS as in benchmarks/proxy_h200_sweep.sh; benchmarks/README.md ("Side by side") lists more.
+# A label that starts with "warmup" is a proxy run of WARMUP_STEPS (8) steps whose result stays out of the
+# tables and the count: the first proxy run of a call ran 7-15% slower than the same run later in it
+# (2026-12-07, benchmarks/README.md "One bucket on one GPU"; its first step took 49 s, later ones' 11 s),
+# so a call that compares proxy runs starts with one, e.g. RUNS="warmup|model.mtp_num_layers=None;...".
 # Knobs: COMMIT (the checkout's commit, for the record: the GPU copy's .git, if any, is stale)
 # STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
 # BUDGET=540 (s, whole script); LBS/GBS reach TorchTitan's run.sh (its batch, e.g. LBS=4 GBS=8 beside
@@ -21,6 +25,7 @@
 set -uo pipefail
 OUT=${1:?usage: side_by_side.sh OUT_DIR}
 STEPS=${STEPS:-20}
+WARMUP_STEPS=${WARMUP_STEPS:-8}
 PROFILE=${PROFILE:-1}
 PROFILE_STEP=${PROFILE_STEP:-18}
 BUDGET=${BUDGET:-540}
@@ -45,6 +50,7 @@ PROFILING=()
 [ "$PROFILE" = 1 ] && PROFILING=(profiling.use_pytorch_profiler=True "profiling.profile_step_start=$PROFILE_STEP"
   "profiling.profile_step_end=$((PROFILE_STEP + 1))")
 ENTRIES=()
+WARMUPS=0
 
 reap() {  # a run cut by its timeout can leave workers on the GPU: end them (this call started them), by id
   local pids
@@ -57,7 +63,7 @@ reap() {  # a run cut by its timeout can leave workers on the GPU: end them (thi
 }
 
 bundle() {  # everything so far into OUT_DIR (the device tool brings back at most 8 files of <= 16 MiB)
-  tar czf "$OUT/results.tgz" -C "$RUN" results profiles logs 2>>"$LOG"
+  tar czf "$OUT/results.tgz" -C "$RUN" results profiles logs $([ -d "$RUN/warmup" ] && echo warmup) 2>>"$LOG"
   [ -f "$RUN/side_by_side.md" ] && cp "$RUN/side_by_side.md" "$OUT/"
 }
 
@@ -146,6 +152,20 @@ proxy() {  # $1 label, $2 overrides
   ENTRIES+=("$entry")
 }
 
+warm_up() {  # $1 label, $2 overrides: a short proxy run, recorded in results.tgz, left out of the tables
+  local label=$1 extra=$2 t=$(( $(left) - 25 )); [ "$t" -gt 180 ] && t=180
+  if [ "$t" -lt 60 ]; then say "$label: ${t}s left, not started"; return 1; fi
+  say "$label: warm-up of $WARMUP_STEPS steps, left out: run_recipe.py proxy_1gpu $extra (timeout ${t}s)"
+  mkdir -p "$RUN/warmup"
+  # shellcheck disable=SC2086  # extra holds several overrides
+  timeout -k 10 $((t + 15)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$WARMUP_STEPS" --label "$label" \
+    --corpus bench-text --results-dir "$RUN/warmup" --timeout "$t" --full-log "$RUN/logs/$label.full.log" \
+    "${TEXT[@]}" "output_dir=$RUN/out/$label" $extra >"$RUN/logs/$label.console" 2>&1
+  local rc=$?
+  rm -f "$RUN/logs/$label.full.log"
+  say "$label: warm-up exit $rc"
+}
+
 say "runs: ${LIST[*]} | steps $STEPS, profiled step (proxy) $PROFILE_STEP, budget ${BUDGET}s | commit ${COMMIT:-unknown}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
 # TE's one-launch grouped GEMM for the experts needs cuBLASLt 13.4+ on Hopper (130400): the version loaded.
@@ -153,14 +173,19 @@ python3 -c 'import transformer_engine.pytorch, transformer_engine_torch as t; pr
 for v in "${LIST[@]}"; do
   label=$(echo "${v%%|*}" | tr -d '[:space:]'); extra=${v#*|}
   [ -n "$label" ] || continue
-  case $label in torchtitan*) torchtitan "$label" "$extra" ;; *) proxy "$label" "$extra" ;; esac
+  case $label in
+    torchtitan*) torchtitan "$label" "$extra" ;;
+    warmup*) warm_up "$label" "$extra"; WARMUPS=$((WARMUPS + 1)) ;;
+    *) proxy "$label" "$extra" ;;
+  esac
   reap "$label"
   if [ "${#ENTRIES[@]}" -gt 0 ]; then
     python3 benchmarks/side_by_side.py report "${ENTRIES[@]}" --md "$RUN/side_by_side.md" >/dev/null 2>>"$LOG"
   fi
   bundle
 done
-say "done: ${#ENTRIES[@]} of ${#LIST[@]} runs with results"
+MEASURED=$((${#LIST[@]} - WARMUPS))
+say "done: ${#ENTRIES[@]} of $MEASURED runs with results"
 [ -f "$RUN/side_by_side.md" ] && cat "$RUN/side_by_side.md"
 ls -la "$OUT" | tee -a "$LOG"
-[ "${#ENTRIES[@]}" = "${#LIST[@]}" ]
+[ "${#ENTRIES[@]}" = "$MEASURED" ]

@@ -4,6 +4,7 @@ script's behaviour where a run cannot start (the GPU runs themselves need the le
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,23 @@ def test_a_balanced_torchtitan_run_sits_beside_the_natural_one(tmp_path):
     assert "| torchtitan_balanced | 100,000 | 1.25 |" in table
     assert "nomtp_balanced (force_balanced routing, both) (no MTP): 1.20x TorchTitan" in table
     assert "done: 3 of 3 runs with results" in done.stdout
+
+
+def test_a_warm_up_run_is_recorded_but_left_out_of_the_tables_and_the_count(tmp_path):
+    """The first proxy run of a call ran 7-15% slower than the same run later in it: a warm-up takes that
+    place, its result kept in the bundle under warmup/, not in the tables."""
+    runs = "warmup|model.mtp_num_layers=None;torchtitan|;nomtp|model.mtp_num_layers=None"
+    done, out = _run_with_stand_ins(tmp_path, runs)
+    table = (out / "side_by_side.md").read_text()
+    assert "| nomtp | 120,000 | 1.50 |" in table
+    assert "warmup" not in table
+    assert "done: 2 of 2 runs with results" in done.stdout
+    progress = (out / "progress.log").read_text()
+    started = "warmup: warm-up of 8 steps, left out: run_recipe.py proxy_1gpu model.mtp_num_layers=None"
+    assert started in progress
+    assert "warmup: warm-up exit 0" in progress
+    with tarfile.open(out / "results.tgz") as bundle:
+        names = bundle.getnames()
+        warm = next(n for n in names if n.startswith("warmup/") and n.endswith("-warmup.json"))
+        assert json.load(bundle.extractfile(warm))["steps"] == 8  # WARMUP_STEPS reached run_recipe.py
+    assert not any(n.startswith("results/") and "warmup" in n for n in names)
