@@ -170,6 +170,25 @@ def test_render_shows_layout_memory_and_speed(gb200):
     assert f"{p.step_time_s:.2f} s/step" in text
 
 
+GRAPHS = [
+    "model.cuda_graph_impl=transformer_engine",
+    'model.cuda_graph_scope=["attn","moe_router","moe_preprocess"]',
+    "model.use_te_rng_tracker=True",
+    "model.moe_token_dispatcher_type=alltoall",
+]
+
+
+def test_a_plan_with_cuda_graphs_says_their_pools_are_not_in_its_memory():
+    """An MTP proxy with TE's graphs ran out of 80 GB that its plan's terms fit in: the plan names the
+    pools it does not count, in the printout and in --json, and says nothing where nothing is captured."""
+    graphed = plan(recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200", *GRAPHS])))
+    assert graphed.to_dict()["memory"]["not_counted"][0].startswith("CUDA-graph private pools")
+    assert "Not counted: CUDA-graph private pools" in graphed.render()
+    eager = plan(recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200"])))
+    assert eager.to_dict()["memory"]["not_counted"] == []
+    assert "Not counted" not in eager.render()
+
+
 def test_every_registered_recipe_plans():
     for name in recipes.RECIPES:
         if name != "torchtitan_bf16":

@@ -269,6 +269,18 @@ class Tokens:
     routed: float  # token copies entering this rank's experts (top-k, ETP gathered)
 
 
+def not_counted(recipe: Recipe) -> tuple[str, ...]:
+    """Memory this recipe will use that no term counts, for the plan to say beside its total."""
+    if recipe.model.cuda_graph_impl == "none":
+        return ()
+    return (
+        "CUDA-graph private pools (static inputs, outputs and intermediates of every captured scope): "
+        "proxy_1gpu launch.gpu_type=h200 with graphs of attn/moe_router/moe_preprocess held 19.8 GiB in them "
+        "on an 80 GB H100 and ran out of memory, where it peaks at 70.4 GiB without graphs "
+        "(benchmarks/results/side_by_side/2026-12-07-h100-overlap-graphs-f)",
+    )
+
+
 def tokens(recipe: Recipe, sizes: ParallelSizes) -> Tokens:
     """Balanced routing assumed: each expert rank receives its share of the top-k copies."""
     seq = recipe.model.seq_length * recipe.train.micro_batch_size / sizes.cp

@@ -41,6 +41,7 @@ class Plan:
     step: Optional[step_time.StepTime]  # None where no calibration can price it (the reason is below)
     step_unpriced: str
     fp8: bool
+    memory_not_counted: tuple[str, ...]  # what the GiB above leave out (memory.not_counted)
 
     @property
     def memory(self) -> memory.RankMemory:
@@ -109,6 +110,7 @@ class Plan:
                 "total_gib": mem.total_bytes / memory.GIB,
                 "gpu_memory_gib": self.gpu.memory_gib,
                 "per_rank_total_gib": [r.total_bytes / memory.GIB for r in self.ranks],
+                "not_counted": list(self.memory_not_counted),
             },
             "flops_per_token": self.flops_per_token,
             "tokens_per_step": self.tokens_per_step,
@@ -167,6 +169,8 @@ class Plan:
         )
         terms.add_row("total", f"{mem.total_bytes / memory.GIB:.2f}", f"of {self.gpu.memory_gib:.1f} GiB")
         console.print(terms)
+        for what in self.memory_not_counted:
+            console.print(f"Not counted: {what}")
         console.print(
             f"Compute: {self.flops_per_token / 1e9:.1f} GFLOP/token x {self.tokens_per_step:,} tokens/step"
         )
@@ -236,6 +240,7 @@ def plan(recipe: Recipe) -> Plan:
         step=step,
         step_unpriced=unpriced,
         fp8=resolved.fp8_recipe is not None,
+        memory_not_counted=memory.not_counted(recipe),
     )
 
 
