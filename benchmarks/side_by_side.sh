@@ -14,7 +14,7 @@
 # with GRAPHS as in benchmarks/proxy_h200_sweep.sh; benchmarks/README.md ("Side by side") lists more.
 # A label that starts with "warmup" is a proxy run of WARMUP_STEPS (8) steps whose result stays out of the
 # tables and the count: the first proxy run of a call ran 7-15% slower than the same run later in it
-# (2026-12-07, benchmarks/README.md "One bucket on one GPU"; its first step took 49 s, later ones' 11 s),
+# over all its steps, with kernel caches warm too (2026-12-07, benchmarks/README.md "One bucket on one GPU"),
 # so a call that compares proxy runs starts with one, e.g. RUNS="warmup|model.mtp_num_layers=None;...".
 # Knobs: COMMIT (the checkout's commit, for the record: the GPU copy's .git, if any, is stale)
 # STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
