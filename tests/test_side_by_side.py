@@ -338,8 +338,8 @@ def test_a_balanced_torchtitan_run_sits_beside_the_natural_one(tmp_path):
 
 
 def test_a_warm_up_run_is_recorded_but_left_out_of_the_tables_and_the_count(tmp_path):
-    """The first proxy run of a call ran 7-15% slower than the same run later in it: a warm-up takes that
-    place, its result kept in the bundle under warmup/, not in the tables."""
+    """In three of four calls the first proxy run ran 6-13% slower than the same run later: a warm-up
+    takes that place, its result kept in the bundle under warmup/, not in the tables."""
     runs = "warmup|model.mtp_num_layers=None;torchtitan|;nomtp|model.mtp_num_layers=None"
     done, out = _run_with_stand_ins(tmp_path, runs)
     table = (out / "side_by_side.md").read_text()
