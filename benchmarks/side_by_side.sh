@@ -15,7 +15,8 @@
 # A label that starts with "warmup" is a proxy run of WARMUP_STEPS (8) steps whose result stays out of the
 # tables and the count: in three of four calls the first proxy run ran 6-13% slower than the same run
 # later, over all its steps, with kernel caches warm too (2026-12-07, benchmarks/README.md "One bucket on
-# one GPU"), so a call that compares proxy runs starts with one, e.g. RUNS="warmup|model.mtp_num_layers=None;...".
+# one GPU"), so a call that compares proxy runs starts with one:
+#   RUNS="warmup|model.mtp_num_layers=None;..."
 # Knobs: COMMIT (the checkout's commit, for the record: the GPU copy's .git, if any, is stale)
 # STEPS=20 PROFILE_STEP=18 (the proxy's profiled step; TorchTitan's is its last, STEPS) PROFILE=1
 # BUDGET=540 (s, whole script); LBS/GBS reach TorchTitan's run.sh (its batch, e.g. LBS=4 GBS=8 beside

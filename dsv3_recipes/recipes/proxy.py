@@ -76,8 +76,8 @@ def proxy_1gpu(gpu_type: str = "h100") -> fdl.Partial:
     r.env_vars[rules.TE_GROUPED_GEMM] = "1"
     # One GPU is one data-parallel rank: the overlapped hooks ran a parameter gather and a gradient reduce
     # per bucket (73 + 73 a step, ~0.3 ms of host each) on a group of one, while the forward waits for the
-    # host; without them Megatron makes one bucket. 1.06x without MTP side by side on an H100
-    # (benchmarks/results/side_by_side/2026-12-07-h100-overlap-e).
+    # host; without them Megatron makes one bucket. 1.06x without MTP side by side on an H100, 1.03x across
+    # calls (benchmarks/results/side_by_side/2026-12-07-h100-overlap-{d,e}).
     r.comm_overlap.overlap_grad_reduce = False
     r.comm_overlap.overlap_param_gather = False
     # MBS 8 fits in 80 GB only when cheap-to-recompute activations are dropped.
