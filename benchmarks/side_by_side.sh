@@ -7,7 +7,7 @@
 #
 # RUNS: "label|overrides" separated by ';'. A label that starts with "torchtitan" runs TorchTitan (overrides:
 # more of its own arguments, e.g. "torchtitan_balanced|--training.debug_moe_force_load_balance", its
-# round-robin routing, beside a proxy run with model.moe_router_force_load_balancing=True); any other runs `benchmarks/run_recipe.py proxy_1gpu launch.gpu_type=h200` on the bench
+# round-robin routing, beside a proxy run with model.moe_router_force_load_balancing=True); any other runs `benchmarks/run_recipe.py proxy_1gpu launch.gpu_type=$GPU_TYPE` on the bench
 # text with those overrides. The default: TorchTitan, the proxy without MTP (TorchTitan's model), the proxy
 # as shipped (MTP). Candidate changes go in the same list, so each is measured beside the default, e.g.
 #   RUNS="nomtp|model.mtp_num_layers=None;nomtp_graphs|model.mtp_num_layers=None $GRAPHS"
@@ -30,6 +30,9 @@ WARMUP_STEPS=${WARMUP_STEPS:-8}
 PROFILE=${PROFILE:-1}
 PROFILE_STEP=${PROFILE_STEP:-18}
 BUDGET=${BUDGET:-540}
+# The proxy's GPU-dependent defaults: h200's (the issue's; no recompute, which fits in 80 GB too) unless
+# GPU_TYPE names another, e.g. h100 for the selective recompute an H100 user gets.
+GPU_TYPE=${GPU_TYPE:-h200}
 WORK=${WORK:-/tmp/side_by_side}
 DATA=${DATA:-$PWD/.bench}
 DEFAULT_RUNS="torchtitan|;nomtp|model.mtp_num_layers=None;mtp|"
@@ -44,7 +47,7 @@ MAX_TRACE=$((15 * 1024 * 1024))
 
 TEXT=(dataset.mock=False "dataset.data_paths=[\"$DATA/bench-text_text_document\"]"
   "dataset.data_cache_path=$WORK/cache" tokenizer.tokenizer_type=HuggingFaceTokenizer
-  "tokenizer.tokenizer_model=$DATA/tokenizer" launch.gpu_type=h200)
+  "tokenizer.tokenizer_model=$DATA/tokenizer" "launch.gpu_type=$GPU_TYPE")
 PROFILING=()
 # Bridge's profiler: warm-up in step PROFILE_STEP-1, records PROFILE_STEP, writes the trace during the next;
 # run_recipe leaves those three steps out of tokens/s (metrics.profiled_steps).

@@ -265,7 +265,7 @@ echo "steps 6..20 (n=15): tps median 80,000" > "$OUT/torchtitan_summary.txt"
 """
 
 
-def _run_with_stand_ins(tmp_path, runs: str | None) -> tuple[subprocess.CompletedProcess, Path]:
+def _run_with_stand_ins(tmp_path, runs: str | None, **knobs: str) -> tuple[subprocess.CompletedProcess, Path]:
     """benchmarks/side_by_side.sh with stand-ins for run_recipe.py and TorchTitan's run.sh (same
     arguments, same files out), from a copy of the benchmarks it needs."""
     import sys
@@ -286,6 +286,8 @@ def _run_with_stand_ins(tmp_path, runs: str | None) -> tuple[subprocess.Complete
         "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
     }
     env.pop("RUNS", None)
+    env.pop("GPU_TYPE", None)
+    env.update(knobs)
     if runs is not None:
         env["RUNS"] = runs
     done = subprocess.run(
@@ -355,3 +357,16 @@ def test_a_warm_up_run_is_recorded_but_left_out_of_the_tables_and_the_count(tmp_
         warm = next(n for n in names if n.startswith("warmup/") and n.endswith("-warmup.json"))
         assert json.load(bundle.extractfile(warm))["steps"] == 8  # WARMUP_STEPS reached run_recipe.py
     assert not any(n.startswith("results/") and "warmup" in n for n in names)
+
+
+def test_the_proxy_runs_take_the_h200_defaults_unless_gpu_type_names_another(tmp_path):
+    """The issue's comparison uses the H200 defaults; GPU_TYPE=h100 gives the proxy an H100 user runs."""
+    for gpu_type, expected in ((None, "launch.gpu_type=h200"), ("h100", "launch.gpu_type=h100")):
+        work = tmp_path / (gpu_type or "default")
+        work.mkdir()
+        _, out = _run_with_stand_ins(
+            work, "nomtp|model.mtp_num_layers=None", **({"GPU_TYPE": gpu_type} if gpu_type else {})
+        )
+        with tarfile.open(out / "results.tgz") as bundle:
+            result = next(n for n in bundle.getnames() if n.endswith("-nomtp.json"))
+            assert expected in json.load(bundle.extractfile(result))["command"].split()
