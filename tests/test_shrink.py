@@ -239,3 +239,6 @@ def test_proxy_defaults_follow_the_gpu_type():
         is None
     )
     plan(h100), plan(h200)  # both fit their GPU
+    # The defaults follow the last launch.gpu_type, as the field does (side_by_side.sh gives one first).
+    both = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200", "launch.gpu_type=h100"]))
+    assert both.launch.gpu_type == "h100" and both.model.recompute_granularity == "selective"

@@ -116,9 +116,11 @@ def configured(
     from dsv3_recipes.recipe import hardware
     from dsv3_recipes.recipes import overrides as cli_overrides
 
-    # GPU-dependent defaults follow launch.gpu_type; an unknown one is refused by the override below.
+    # GPU-dependent defaults follow launch.gpu_type, the last one given as for every override (the field
+    # takes the last); an unknown one is refused by the override below.
     gpu_type = next(
-        (a.split("=", 1)[1].strip("'\"") for a in overrides if a.startswith("launch.gpu_type=")), None
+        (a.split("=", 1)[1].strip("'\"") for a in reversed(overrides) if a.startswith("launch.gpu_type=")),
+        None,
     )
     task = fiddle_task(name, gpu_type if gpu_type in hardware.GPUS else None)
     keys = cli_overrides.apply(task.recipe, overrides)
