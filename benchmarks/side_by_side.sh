@@ -38,7 +38,7 @@ DATA=${DATA:-$PWD/.bench}
 DEFAULT_RUNS="torchtitan|;nomtp|model.mtp_num_layers=None;mtp|"
 IFS=';' read -r -a LIST <<<"${RUNS:-$DEFAULT_RUNS}"
 RUN=$WORK/run-$(date +%s)
-mkdir -p "$OUT" "$RUN/results" "$RUN/profiles" "$RUN/logs"
+mkdir -p "$OUT" "$RUN/results" "$RUN/profiles" "$RUN/logs" "$RUN/warmup"
 LOG=$OUT/progress.log
 : >"$LOG"
 say() { echo "[side_by_side t=${SECONDS}s] $*" | tee -a "$LOG"; }
@@ -67,7 +67,7 @@ reap() {  # a run cut by its timeout can leave workers on the GPU: end them (thi
 }
 
 bundle() {  # everything so far into OUT_DIR (the device tool brings back at most 8 files of <= 16 MiB)
-  tar czf "$OUT/results.tgz" -C "$RUN" results profiles logs $([ -d "$RUN/warmup" ] && echo warmup) 2>>"$LOG"
+  tar czf "$OUT/results.tgz" -C "$RUN" results profiles logs warmup 2>>"$LOG"
   [ -f "$RUN/side_by_side.md" ] && cp "$RUN/side_by_side.md" "$OUT/"
 }
 
@@ -122,16 +122,21 @@ field() {  # $1 result JSON, $2 key: its value, empty for none
   python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2]) or "")' "$1" "$2"
 }
 
+run_proxy() {  # $1 label, $2 steps, $3 results dir, $4 timeout s, $5 grace s, $6 overrides, rest: more arguments
+  local label=$1 steps=$2 results=$3 t=$4 grace=$5 extra=$6; shift 6
+  # shellcheck disable=SC2086  # extra holds several overrides
+  timeout -k 10 $((t + grace)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$steps" --label "$label" \
+    --corpus bench-text --results-dir "$results" --timeout "$t" --full-log "$RUN/logs/$label.full.log" \
+    "${TEXT[@]}" "$@" "output_dir=$RUN/out/$label" $extra >"$RUN/logs/$label.console" 2>&1
+}
+
 proxy() {  # $1 label, $2 overrides
   local grace=15; [ "$PROFILE" = 1 ] && grace=135  # after training, run_recipe.py reads the trace (<= 120 s)
   local label=$1 extra=$2 t=$(( $(left) - 25 - grace )); [ "$t" -gt 240 ] && t=240
-  local run_dir=$RUN/out/$label  # the run's output_dir: its result names its trace relative to it
+  local run_dir=$RUN/out/$label  # run_proxy's output_dir: its result names its trace relative to it
   if [ "$t" -lt 120 ]; then say "$label: ${t}s left, not started"; return 1; fi
   say "$label: run_recipe.py proxy_1gpu $extra (timeout ${t}s)"
-  # shellcheck disable=SC2086  # extra holds several overrides
-  timeout -k 10 $((t + grace)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$STEPS" --label "$label" \
-    --corpus bench-text --results-dir "$RUN/results" --timeout "$t" --full-log "$RUN/logs/$label.full.log" \
-    "${TEXT[@]}" "${PROFILING[@]}" "output_dir=$run_dir" $extra >"$RUN/logs/$label.console" 2>&1
+  run_proxy "$label" "$STEPS" "$RUN/results" "$t" "$grace" "$extra" "${PROFILING[@]}"
   local rc=$?
   local result
   result=$(ls "$RUN"/results/*-"$label".json 2>/dev/null | head -1)
@@ -160,11 +165,7 @@ warm_up() {  # $1 label, $2 overrides: a short proxy run, recorded in results.tg
   local label=$1 extra=$2 t=$(( $(left) - 25 )); [ "$t" -gt 180 ] && t=180
   if [ "$t" -lt 60 ]; then say "$label: ${t}s left, not started"; return 1; fi
   say "$label: warm-up of $WARMUP_STEPS steps, left out: run_recipe.py proxy_1gpu $extra (timeout ${t}s)"
-  mkdir -p "$RUN/warmup"
-  # shellcheck disable=SC2086  # extra holds several overrides
-  timeout -k 10 $((t + 15)) python3 benchmarks/run_recipe.py proxy_1gpu --steps "$WARMUP_STEPS" --label "$label" \
-    --corpus bench-text --results-dir "$RUN/warmup" --timeout "$t" --full-log "$RUN/logs/$label.full.log" \
-    "${TEXT[@]}" "output_dir=$RUN/out/$label" $extra >"$RUN/logs/$label.console" 2>&1
+  run_proxy "$label" "$WARMUP_STEPS" "$RUN/warmup" "$t" 15 "$extra"
   local rc=$?
   rm -f "$RUN/logs/$label.full.log"
   say "$label: warm-up exit $rc"
