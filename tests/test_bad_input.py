@@ -90,13 +90,15 @@ BAD_INPUTS = [
     ("h100_bf16_512gpu", {"logger.log_rank": 0}, None, "logger.log_rank"),
     ("mlperf_gb300_256gpu", {"mlperf.eval_set": "random"}, None, "mlperf.eval_set"),
     ("proxy_1gpu", {"mixed_precision.fp8_recipe": "mxfp8"}, None, "mixed_precision.fp8_recipe"),
-    # TE's one-launch grouped GEMM (the recipe's env var) raises with blockwise FP8 on Blackwell.
+    # TE's one-launch grouped GEMM (the recipe's env var) raises with blockwise FP8 on Blackwell and
+    # asserts on the device on Hopper.
     (
         "proxy_1gpu",
         {"launch.gpu_type": "b200", "mixed_precision.fp8_recipe": "blockwise"},
         None,
         "mixed_precision.fp8_recipe",
     ),
+    ("proxy_1gpu", {"mixed_precision.fp8_recipe": "blockwise"}, None, "mixed_precision.fp8_recipe"),
 ]
 IDS = [f"{i:02d}-{field}" for i, (_, _, _, field) in enumerate(BAD_INPUTS)]
 

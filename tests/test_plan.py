@@ -232,6 +232,20 @@ def test_blockwise_fp8_is_refused_with_tes_one_launch_grouped_gemm_on_blackwell(
     assert message.endswith(f"set env_vars.{GROUPED_GEMM}=0, or mixed_precision.fp8_recipe=mxfp8")
 
 
+@pytest.mark.parametrize("gpu_type", ["h100", "h200"])
+def test_blockwise_fp8_is_refused_with_tes_one_launch_grouped_gemm_on_hopper(gpu_type):
+    # TE takes it on Hopper, then its grouped block quantize asserts on the device: Megatron pads each
+    # expert's tokens to 16, the quantize needs 128 (an H100 run of 2026-12-07 died at its first forward).
+    task = build_task("proxy_1gpu", [f"launch.gpu_type={gpu_type}", "mixed_precision.fp8_recipe=blockwise"])
+    with pytest.raises(RecipeError) as err:
+        recipe_of(task)
+    message = str(err.value)
+    assert err.value.path == "mixed_precision.fp8_recipe" and "\n" not in message
+    assert message.startswith(f"mixed_precision.fp8_recipe: 'blockwise' on {gpu_type} cannot take")
+    assert "multiples of 128" in message and "mxfp8" not in message  # Hopper has no MXFP8 to switch to
+    assert message.endswith(f"set env_vars.{GROUPED_GEMM}=0")
+
+
 @pytest.mark.parametrize(
     ("gpu_type", "fp8", "grouped"),
     [
@@ -239,8 +253,8 @@ def test_blockwise_fp8_is_refused_with_tes_one_launch_grouped_gemm_on_blackwell(
         ("b200", "blockwise", "0"),  # one GEMM per expert, as without the variable
         ("gb300", "blockwise", "0"),
         ("b200", None, "1"),  # the shipped proxy_1gpu is BF16
-        ("h100", "blockwise", "1"),  # Hopper runs blockwise on the grouped-tensor path
-        ("h200", "blockwise", "1"),
+        ("h100", "blockwise", "0"),  # Hopper runs blockwise one GEMM per expert
+        ("h200", None, "1"),  # and BF16 on the grouped-tensor path
     ],
 )
 def test_blockwise_grouped_gemm_rule_keeps_what_te_runs(gpu_type, fp8, grouped):
@@ -253,10 +267,13 @@ def test_blockwise_grouped_gemm_rule_keeps_what_te_runs(gpu_type, fp8, grouped):
 
 def test_the_rule_reads_the_variable_as_te_does():
     blockwise = recipe_of(
-        build_task("proxy_1gpu", ["launch.gpu_type=h100", "mixed_precision.fp8_recipe=blockwise"])
+        build_task(
+            "proxy_1gpu",
+            ["launch.gpu_type=h100", "mixed_precision.fp8_recipe=blockwise", f"env_vars.{GROUPED_GEMM}=0"],
+        )
     )
     on_b200 = overridden(blockwise, launch={"gpu_type": "b200"})
-    rule = rules.BLOCKWISE_GROUPED_GEMM_NOT_ON_BLACKWELL
+    rule = rules.BLOCKWISE_GROUPED_GEMM
     # TE: bool(int(value)); text that is no integer is TE's own error when it builds the layer.
     for value, on in (("1", True), ("2", True), (" 1", True), ("0", False), ("00", False), ("yes", False)):
         recipe = dataclasses.replace(on_b200, env_vars={**on_b200.env_vars, GROUPED_GEMM: value})

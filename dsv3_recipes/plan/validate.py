@@ -177,7 +177,7 @@ def check_precision(recipe: Recipe) -> None:
     """FP8 recipe against the GPU generation, and the optimizer dtypes Megatron accepts."""
     mp, o, m = recipe.mixed_precision, recipe.optimizer, recipe.model
     rules.MXFP8_NEEDS_BLACKWELL.check(recipe)
-    rules.BLOCKWISE_GROUPED_GEMM_NOT_ON_BLACKWELL.check(recipe)
+    rules.BLOCKWISE_GROUPED_GEMM.check(recipe)
     if mp.fp8_recipe and not mp.bf16:
         raise RecipeError(
             "mixed_precision.fp8_recipe", "FP8 recipes run on top of bf16: set mixed_precision.bf16=True"

@@ -153,22 +153,33 @@ def te_grouped_gemm(r: Recipe) -> bool:
 
 def _blockwise_grouped_gemm(r: Recipe, caps: Capabilities) -> Optional[str]:
     gpu = _gpu(r)
-    if r.mixed_precision.fp8_recipe != "blockwise" or not gpu.supports_mxfp8 or not te_grouped_gemm(r):
+    if r.mixed_precision.fp8_recipe != "blockwise" or not te_grouped_gemm(r):
         return None
+    if gpu.supports_mxfp8:
+        return (
+            f"'blockwise' on {gpu.name} (Blackwell) cannot take the one-launch grouped GEMM that "
+            f"env_vars.{TE_GROUPED_GEMM} turns on (TE raises at the first forward): set "
+            f"env_vars.{TE_GROUPED_GEMM}=0, or mixed_precision.fp8_recipe=mxfp8"
+        )
     return (
-        f"'blockwise' on {gpu.name} (Blackwell) cannot take the one-launch grouped GEMM that "
-        f"env_vars.{TE_GROUPED_GEMM} turns on (TE raises at the first forward): set "
-        f"env_vars.{TE_GROUPED_GEMM}=0, or mixed_precision.fp8_recipe=mxfp8"
+        f"'blockwise' on {gpu.name} cannot take the one-launch grouped GEMM that env_vars.{TE_GROUPED_GEMM} "
+        f"turns on (TE's grouped block quantize needs each expert's tokens in multiples of 128, Megatron "
+        f"pads them to 16; a device assert at the first forward): set env_vars.{TE_GROUPED_GEMM}=0"
     )
 
 
-# Transformer Engine's GroupedLinear forward raises RuntimeError ("use_grouped_tensor=True does not
-# support the FP8 block-scaling recipe on Blackwell GPUs") when its grouped-tensor path meets
-# Float8BlockScaling on compute capability 10.x-11.0: that path has no MXFP8-broadcast emulation of the
-# block scales, which TE's per-expert path has. Hopper runs it natively (cuBLASLt 13.6+), so h100/h200
-# keep it; train.grouped_gemm asks TE's own predicate at run time, this refuses the recipe before launch.
-BLOCKWISE_GROUPED_GEMM_NOT_ON_BLACKWELL = Rule(
-    "blockwise FP8 not with TE's one-launch grouped GEMM on Blackwell",
+# Transformer Engine's one-launch grouped GEMM does not run blockwise FP8 on any GPU this library knows.
+# Blackwell (compute capability 10.x-11.0): GroupedLinear's forward raises RuntimeError ("use_grouped_tensor
+# =True does not support the FP8 block-scaling recipe on Blackwell GPUs"), its grouped-tensor path has no
+# MXFP8-broadcast emulation of the block scales. Hopper: TE's predicate takes it (cuBLASLt 13.6+), but its
+# grouped quantize (group_quantize_fp8_blockwise.cuh) asserts on the device that each expert's token count
+# is a multiple of 128, while Megatron-Core 0.19 pads them to 16 for every FP8 recipe but MXFP8
+# (fp8_utils.get_fp8_align_size): proxy_1gpu with blockwise FP8 on an H100 died at its first forward
+# (results/fp8_nomtp.failed.log in the results.tgz of benchmarks/results/side_by_side/
+# 2026-12-07-h100-fp8-grouped-gemm-g/). TE's per-expert path runs both (the variable at 0). train.grouped_gemm
+# asks TE's own predicate at run time; this refuses the recipe before launch.
+BLOCKWISE_GROUPED_GEMM = Rule(
+    "blockwise FP8 not with TE's one-launch grouped GEMM",
     "mixed_precision.fp8_recipe",
     _blockwise_grouped_gemm,
 )
