@@ -33,6 +33,7 @@ from dsv3_recipes.plan.step_time import FITTED, Constants, step_time  # noqa: E4
 from dsv3_recipes.recipe import rules  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 from dsv3_recipes.recipe.schema import Recipe  # noqa: E402
+from dsv3_recipes.recipes import proxy  # noqa: E402
 
 BOUNDS = {  # each constant's physical range
     "ep_efficiency_nvlink": (0.05, 1.0),
@@ -88,8 +89,8 @@ ENV_ADDED_SINCE = (rules.TE_GROUPED_GEMM,)
 
 
 def as_it_ran(recipe: Recipe, result: dict, overrides: list[str]) -> Recipe:
-    """``recipe`` (rebuilt from ``result``'s command) with the environment the run had: the stand-in's key,
-    and so the case the planner reads, depends on it."""
+    """``recipe`` (rebuilt from ``result``'s command) with the environment and the recompute the run had:
+    the stand-in's key, and so the case the planner reads, depends on them."""
     if "env_vars" in result:
         env = result["env_vars"]
     else:
@@ -98,7 +99,24 @@ def as_it_ran(recipe: Recipe, result: dict, overrides: list[str]) -> Recipe:
             for name, value in recipe.env_vars.items()
             if name not in ENV_ADDED_SINCE or any(o.startswith(f"env_vars.{name}=") for o in overrides)
         }
-    return dataclasses.replace(recipe, env_vars=env)
+    model = recipe.model
+    if "recompute" in result:
+        model = dataclasses.replace(
+            model,
+            recompute_granularity=result["recompute"]["granularity"],
+            recompute_modules=result["recompute"]["modules"],
+        )
+    elif (
+        recipe.name == "proxy_1gpu"
+        and recipe.launch.gpu_type == "h100"
+        and not any(o.startswith("model.recompute_") for o in overrides)
+    ):
+        # A result without the record ran proxy_1gpu's H100 default of then: selective recompute, until
+        # the planner counted 2 B/param of master remainders and the step fit 80 GB without (2026-12-07).
+        model = dataclasses.replace(
+            model, recompute_granularity="selective", recompute_modules=list(proxy.RECOMPUTE_MODULES)
+        )
+    return dataclasses.replace(recipe, env_vars=env, model=model)
 
 
 def one_gpu_checks(directory: Path, cal: calibration.Calibration, constants: Constants) -> list[dict]:

@@ -164,6 +164,11 @@ def main() -> int:
         # The environment it ran with, defaults included: the planner's replay of a check keys the stand-in
         # by it (benchmarks/fit_step_time.py, as_it_ran). The recipe refuses secrets in it.
         "env_vars": recipe.env_vars,
+        # The recompute it ran, which proxy_1gpu's defaults choose by GPU (as_it_ran reads it too).
+        "recompute": {
+            "granularity": recipe.model.recompute_granularity,
+            "modules": recipe.model.recompute_modules,
+        },
         "data": data_condition(recipe, args.corpus),
         "routing": routing_condition(recipe),
         "expert_load_last_step": run.summary.get("expert_load_last_step"),

@@ -30,8 +30,8 @@ WARMUP_STEPS=${WARMUP_STEPS:-8}
 PROFILE=${PROFILE:-1}
 PROFILE_STEP=${PROFILE_STEP:-18}
 BUDGET=${BUDGET:-540}
-# The proxy's GPU-dependent defaults: h200's (the issue's; no recompute, which fits in 80 GB too) unless
-# GPU_TYPE names another, e.g. h100 for the selective recompute an H100 user gets.
+# The proxy's GPU-dependent defaults: h200's (the issue's) unless GPU_TYPE names another. proxy_1gpu's
+# are the same on every GPU the project knows now (no recompute: its step fits 80 GB; recipes/proxy.py).
 GPU_TYPE=${GPU_TYPE:-h200}
 WORK=${WORK:-/tmp/side_by_side}
 DATA=${DATA:-$PWD/.bench}

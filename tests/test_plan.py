@@ -12,6 +12,7 @@ from dsv3_recipes.plan import memory
 from dsv3_recipes.plan.preflight import plan
 from dsv3_recipes.recipe import rules
 from dsv3_recipes.recipe.schema import RecipeError
+from dsv3_recipes.recipes import proxy
 
 RECIPES_671B = [
     "gb200_mxfp8_256gpu",
@@ -199,7 +200,6 @@ def test_every_registered_recipe_plans():
 def test_proxy_1gpu_recomputes_exactly_where_the_planner_says_it_must(gpu_type):
     """proxy_1gpu chooses recompute by the planner's figure for its step without it (NO_RECOMPUTE_GIB)."""
     from dsv3_recipes.recipe import hardware
-    from dsv3_recipes.recipes import proxy
 
     task = proxy.proxy_1gpu(gpu_type)
     recomputes = recipe_of(task).model.recompute_granularity == "selective"
@@ -216,6 +216,10 @@ def test_proxy_1gpu_recomputes_exactly_where_the_planner_says_it_must(gpu_type):
 
 
 GROUPED_GEMM = rules.TE_GROUPED_GEMM  # proxy_1gpu sets it to "1"
+SELECTIVE_RECOMPUTE = [
+    "model.recompute_granularity=selective",
+    f"model.recompute_modules={json.dumps(list(proxy.RECOMPUTE_MODULES), separators=(',', ':'))}",
+]
 
 
 @pytest.mark.parametrize("gpu_type", ["b200", "gb200", "gb300"])
@@ -259,7 +263,8 @@ def test_blockwise_fp8_is_refused_with_tes_one_launch_grouped_gemm_on_hopper(gpu
 )
 def test_blockwise_grouped_gemm_rule_keeps_what_te_runs(gpu_type, fp8, grouped):
     overrides = [f"launch.gpu_type={gpu_type}", f"env_vars.{GROUPED_GEMM}={grouped}"]
-    overrides += [f"mixed_precision.fp8_recipe={fp8}"] if fp8 else []
+    # FP8 blockwise keeps Megatron's fp32 masters and their step copies: on an H100 it fits with recompute.
+    overrides += [f"mixed_precision.fp8_recipe={fp8}", *SELECTIVE_RECOMPUTE] if fp8 else []
     recipe = recipe_of(build_task("proxy_1gpu", overrides))
     assert (recipe.mixed_precision.fp8_recipe, recipe.env_vars[GROUPED_GEMM]) == (fp8, grouped)
     assert plan(recipe).gpu.name == gpu_type
@@ -269,7 +274,12 @@ def test_the_rule_reads_the_variable_as_te_does():
     blockwise = recipe_of(
         build_task(
             "proxy_1gpu",
-            ["launch.gpu_type=h100", "mixed_precision.fp8_recipe=blockwise", f"env_vars.{GROUPED_GEMM}=0"],
+            [
+                "launch.gpu_type=h100",
+                "mixed_precision.fp8_recipe=blockwise",
+                f"env_vars.{GROUPED_GEMM}=0",
+                *SELECTIVE_RECOMPUTE,
+            ],
         )
     )
     on_b200 = overridden(blockwise, launch={"gpu_type": "b200"})

@@ -14,6 +14,7 @@ from dsv3_recipes.plan.preflight import plan
 from dsv3_recipes.recipe.layout import parse_layout, render_layout
 from dsv3_recipes.recipe.rules import Capabilities
 from dsv3_recipes.recipe.schema import RecipeError
+from dsv3_recipes.recipes import proxy
 from dsv3_recipes.recipes.shrinking import shrink
 
 BARE = Capabilities(deep_ep=False, hybrid_ep=False, wgrad_fusion=False, wandb=False)
@@ -228,17 +229,20 @@ def test_cli_refuses_zero_and_more_gpus_than_this_machine_has():
     assert "dsv3: error: shrink: recipe h100_fp8_blockwise_shrunk64 needs 64 GPU(s)" in out.stderr
 
 
-def test_proxy_defaults_follow_the_gpu_type():
-    """Recompute only where the planner says MBS 8 does not fit without it (80 GB: yes; 141 GB: no)."""
+def test_proxy_defaults_follow_the_gpu_type(monkeypatch):
+    """Recompute only where the planner says MBS 8 does not fit without it: on no GPU now (80 GB fits,
+    tests/test_plan.py), so a figure between the H100's and the H200's memory stands in for one."""
     h100 = recipe_of(build_task("proxy_1gpu", []))
     h200 = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200"]))
-    assert h100.model.recompute_granularity == "selective" and h200.model.recompute_granularity is None
+    assert h100.model.recompute_granularity is None and h200.model.recompute_granularity is None
+    plan(h100), plan(h200)  # both fit their GPU
+    monkeypatch.setattr(proxy, "NO_RECOMPUTE_GIB", 100)
+    assert recipe_of(build_task("proxy_1gpu", [])).model.recompute_granularity == "selective"
     assert recipe_of(recipes.proxy_1gpu(gpu_type="h200")).model.recompute_modules is None
     assert (
         recipe_of(build_task("mlperf_proxy_1gpu", ["launch.gpu_type=h200"])).model.recompute_granularity
         is None
     )
-    plan(h100), plan(h200)  # both fit their GPU
     # The defaults follow the last launch.gpu_type, as the field does (side_by_side.sh gives one first).
     both = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200", "launch.gpu_type=h100"]))
     assert both.launch.gpu_type == "h100" and both.model.recompute_granularity == "selective"

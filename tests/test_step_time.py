@@ -21,6 +21,7 @@ from dsv3_recipes.plan.preflight import plan
 from dsv3_recipes.recipe import hardware
 from dsv3_recipes.recipe.resolve import resolve
 from dsv3_recipes.recipe.schema import RecipeError
+from dsv3_recipes.recipes import proxy
 
 ROOT = Path(__file__).parent.parent
 FIT = json.loads(
@@ -482,6 +483,23 @@ def test_a_check_is_replayed_with_the_environment_it_ran_with():
     h200 = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200"]))
     before = calibration.stand_in(resolve(fit.as_it_ran(h200, {}, []))).key
     assert before == "28eb6f370264695e" != calibration.stand_in(resolve(h200)).key  # per-expert: measured
+
+
+def test_a_check_is_replayed_with_the_recompute_it_ran_with():
+    """proxy_1gpu no longer recomputes on an H100; a result made before run_recipe.py recorded the
+    recompute ran the selective one there, unless its command chose; a recorded recompute is used as is."""
+    fit = _fit_script()
+    h100 = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h100"]))
+    assert h100.model.recompute_granularity is None
+    old = fit.as_it_ran(h100, {}, []).model
+    assert (old.recompute_granularity, old.recompute_modules) == ("selective", list(proxy.RECOMPUTE_MODULES))
+    asked = ["model.recompute_granularity=null"]
+    assert fit.as_it_ran(h100, {}, asked).model.recompute_granularity is None
+    h200 = recipe_of(build_task("proxy_1gpu", ["launch.gpu_type=h200"]))
+    assert fit.as_it_ran(h200, {}, []).model == h200.model
+    recorded = {"granularity": "selective", "modules": ["moe_act"]}
+    again = fit.as_it_ran(h100, {"recompute": recorded}, []).model
+    assert (again.recompute_granularity, again.recompute_modules) == ("selective", ["moe_act"])
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ distributed optimizer makes for its step do not add to them.
 
 Modelled precisely (from the Megatron-Core source): which weights TP splits or replicates, expert
 weights over EP x ETP, the distributed optimizer's sharding over DP x CP (dense) and expert-DP
-(experts), precision-aware optimizer dtypes, TE FusedAdam's fp32 masters and step copies (measured
-on the 1-GPU proxy: benchmarks/planner_vs_measured.md), FP8 weight storage, the grad buffer dtype,
+(experts), precision-aware optimizer dtypes, TE FusedAdam's 16-bit master remainders and step copies
+(measured on the 1-GPU proxy: benchmarks/planner_vs_measured.md), FP8 weight storage, the grad buffer dtype,
 the saved tensors of MLA and MoE layers with TP/SP/CP/ETP, selective and full recompute, and the
 micro-batches in flight on each rank of the 1F1B and interleaved schedules. Approximations are
 named where they are made; the ones that apply everywhere: bf16 activations, balanced expert routing
@@ -176,14 +176,24 @@ def te_keeps_master_weights(recipe: Recipe) -> bool:
 
 
 def main_param_bytes_per_param(recipe: Recipe) -> float:
-    """Master weights, before optimizer sharding. TE's fp32 masters take the full 4 B/param: the 1-GPU
-    proxy holds 4 B/param beside weights and grads before its first step, although Megatron asks TE
-    to keep only 16-bit remainders (store_param_remainders)."""
+    """Master weights, before optimizer sharding.
+
+    TE-held fp32 masters of bf16 weights take 2 B/param: Megatron passes its OptimizerConfig's
+    store_param_remainders (True by default, kept with TE >= 2.1; the recipe has no field for it), and
+    TE FusedAdam then stores only the 16 low bits of each fp32 master (int16), the bf16 weight being
+    its 16 high bits. Measured on the 1-GPU proxy on an H100: after step 1 the optimizer's
+    master_param holds 6.65 GiB, the size of the bf16 weights; TE makes it at step 1's optimizer step,
+    so every later step's forward and backward run beside it, and the peak, 70.36 GiB, is 1.1 GiB under
+    the plan with 2 B/param and 7.8 GiB under it with 4
+    (benchmarks/results/side_by_side/2026-12-07-h100-recompute-j/2026-12-07-h100-mtp.json). Runs before
+    740de5b held 4 B/param from before their first step: the container passed fp8_recipe='tensorwise',
+    which made Megatron keep fp32 masters itself (the last branch; benchmarks/planner_vs_measured.md).
+    """
     o, mp = recipe.optimizer, recipe.mixed_precision
     if not mp.bf16:
         return 0.0  # fp32 weights are their own master copy
     if te_keeps_master_weights(recipe):
-        return DTYPE_BYTES[o.main_params_dtype]
+        return 2.0 if o.main_params_dtype == "fp32" else DTYPE_BYTES[o.main_params_dtype]
     return 4.0
 
 
@@ -193,15 +203,28 @@ def moment_bytes_per_param(recipe: Recipe, dtype: str) -> float:
 
 
 def optimizer_step_bytes_per_param(recipe: Recipe) -> float:
-    """fp32 copies the optimizer step makes: Megatron's gradient copies for its own masters
-    (shard_main_param.grad = grad.float()), or, when TE holds the masters, TE FusedAdam's fp32 working
-    copies of 16-bit moments (4 B/param measured on the 1-GPU proxy after its first step)."""
+    """fp32 copies the optimizer step makes beside the states (not alive with the activations).
+
+    Megatron's own masters: it copies each gradient to fp32 for its step (shard_main_param.grad =
+    grad.float()) unless the grad buffer is fp32 already. TE-held masters: FusedAdam reads the grad
+    buffer in place (decoupled_grad) and the master remainders as they are. Either way FusedAdam copies
+    to fp32 the 16-bit states its kernel does not scale itself: fp16 ones, and bf16 ones unless both
+    moments are bf16 (TE 2.20's fuse_unscale). So with bf16 moments and TE-held masters the step adds
+    nothing: the 1-GPU proxy's step 1, whose optimizer step makes every state, peaked at 40.1 GiB with
+    33.6 GiB allocated after it, where 4 B/param of copies would have made it 46.9
+    (benchmarks/results/planner_checks/2026-12-06-h100/2026-12-06-h100-proxy_mtp.log).
+    """
     o, mp = recipe.optimizer, recipe.mixed_precision
     if not mp.bf16:
         return 0.0
+    states = [o.exp_avg_dtype, o.exp_avg_sq_dtype]
     if te_keeps_master_weights(recipe):
-        return 4.0 if "fp32" not in (o.exp_avg_dtype, o.exp_avg_sq_dtype) else 0.0
-    return 0.0 if grad_buffer_bytes_per_param(recipe) == 4.0 else 4.0
+        grad_copies = 0.0
+        states.append(o.main_params_dtype)
+    else:
+        grad_copies = 0.0 if grad_buffer_bytes_per_param(recipe) == 4.0 else 4.0
+    fused = o.exp_avg_dtype == o.exp_avg_sq_dtype == "bf16"
+    return grad_copies + sum(4.0 for d in states if d == "fp16" or (d == "bf16" and not fused))
 
 
 def optimizer_shards(recipe: Recipe, sizes: ParallelSizes) -> tuple[int, int]:
