@@ -12,7 +12,7 @@ pytest.importorskip("megatron.bridge", reason="needs the train extra")
 from megatron.bridge.models.conversion.auto_bridge import AutoBridge  # noqa: E402
 
 from dsv3_recipes import recipes  # noqa: E402
-from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
+from dsv3_recipes.launch.submit import build_task, recipe_of  # noqa: E402
 from dsv3_recipes.recipe.resolve import resolve  # noqa: E402
 from dsv3_recipes.train.container import hf_config, model_provider, recipe_choices  # noqa: E402
 
@@ -131,3 +131,17 @@ def test_recipe_fields_win_over_bridges_dsv3_choices():
     assert (bridge.make_vocab_size_divisible_by, provider.make_vocab_size_divisible_by) == (1280, 128)
     assert (bridge.gradient_accumulation_fusion, provider.gradient_accumulation_fusion) == (True, False)
     assert (bridge.moe_token_dispatcher_type, provider.moe_token_dispatcher_type) == ("alltoall", "allgather")
+
+
+def test_the_embedding_init_std_reaches_megatron():
+    """model.embedding_init_method_std is Megatron's: unset, the embedding takes init_method_std (as
+    DeepSeek-V3); set, TransformerConfig draws the embedding with it (TorchTitan's N(0, 1);
+    docs/routing.md)."""
+    shipped = model_provider(resolve(recipe_of(recipes.get("proxy_1gpu"))))
+    assert shipped.embedding_init_method_std is None
+    provider = model_provider(
+        resolve(recipe_of(build_task("proxy_1gpu", ["model.embedding_init_method_std=1.0"])))
+    )
+    provider.finalize()  # Megatron's __post_init__: the init methods from their stds
+    assert provider.embedding_init_method_std == 1.0 and provider.init_method_std == 0.006
+    assert provider.embedding_init_method.keywords["std"] == 1.0

@@ -150,6 +150,10 @@ class ModelConfig(Section):
     hidden_dropout: float
     mtp_num_layers: Optional[int]
     mtp_loss_scaling_factor: float
+    # The token embedding's init std; None: init_method_std, as DeepSeek-V3 and Bridge. TorchTitan draws its
+    # embedding from N(0, 1), and there the routers start spread where the proxy's start on a few experts
+    # (docs/routing.md). Megatron also stops decaying the embedding's weights when it is set.
+    embedding_init_method_std: Optional[float] = None
 
     # Parallelism.
     tensor_model_parallel_size: int = 1
@@ -228,6 +232,7 @@ class ModelConfig(Section):
                 "rotary_scaling_factor",
                 "norm_epsilon",
                 "init_method_std",
+                "embedding_init_method_std",
             ),
             POSITIVE,
         ),
