@@ -8,9 +8,11 @@ embedding from N(0, 1). This runs one forward of the proxy's architecture at ini
 MoE layer's max/mean tokens per expert, for an embedding std given on the command line.
 
 The modules are Hugging Face's DeepseekV3 (MLA, sigmoid group-limited top-k with the correction bias,
-the shared expert), initialised as Megatron does (every matrix N(0, std), the attention and MLP output
-projections N(0, std / sqrt(2 x layers)), norms 1): a CPU stand-in for Megatron-Core's GPU modules, not
-them. One difference: HF scores a group by its top-2 experts, Megatron by its top topk // group_topk = 1.
+the shared expert) built from proxy_1gpu's model by the config the train side hands Bridge
+(train.container.hf_config), initialised as Megatron does (every matrix N(0, std), the attention and MLP
+output projections N(0, std / sqrt(2 x layers)), norms 1): a CPU stand-in for Megatron-Core's GPU
+modules, not them. One difference: HF scores a group by its top-2 experts, Megatron by its top
+topk // group_topk = 1.
     python benchmarks/routing_at_init.py --embedding-std 0.006 --seed 0 --out OUT.json   # ~140 s, 2 CPUs
 """
 
@@ -27,51 +29,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import DeepseekV3ForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from the checkout
+
+from dsv3_recipes import recipes  # noqa: E402
+from dsv3_recipes.launch.submit import recipe_of  # noqa: E402
+from dsv3_recipes.train.container import hf_config  # noqa: E402
+
 TEXT = ROOT / ".bench/bench-text_text_document.bin"  # Megatron's indexed dataset: uint16 token ids
-SEQUENCES, SEQ_LENGTH = 2, 4096
-INIT_STD = 0.006  # recipe/models.py deepseek_v3_671b: init_method_std
+SEQUENCES = 2
 
 
-def proxy_config(layers: int) -> DeepseekV3Config:
-    """recipe/models.py proxy_1gpu in Hugging Face's names."""
-    return DeepseekV3Config(
-        vocab_size=32768,
-        hidden_size=2048,
-        intermediate_size=8192,
-        moe_intermediate_size=1024,
-        num_hidden_layers=layers,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        n_shared_experts=1,
-        n_routed_experts=64,
-        num_experts_per_tok=6,
-        n_group=8,
-        topk_group=4,
-        first_k_dense_replace=1,
-        routed_scaling_factor=2.5,
-        norm_topk_prob=True,
-        q_lora_rank=768,
-        kv_lora_rank=512,
-        qk_nope_head_dim=128,
-        qk_rope_head_dim=64,
-        v_head_dim=128,
-        max_position_embeddings=SEQ_LENGTH,
-        rms_norm_eps=1e-6,
-        attn_implementation="sdpa",
-    )
-
-
-def initialise_as_megatron(model: DeepseekV3ForCausalLM, layers: int, embedding_std: float) -> None:
+def initialise_as_megatron(model: DeepseekV3ForCausalLM, init_std: float, embedding_std: float) -> None:
     """Megatron-Core's init_method / output_layer_init_method for every matrix, then the embedding."""
-    output_std = INIT_STD / math.sqrt(2 * layers)
+    output_std = init_std / math.sqrt(2 * model.config.num_hidden_layers)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() >= 2:  # linear weights, the experts' stacked weights, the router
                 is_output = name.endswith(("o_proj.weight", "down_proj.weight", "down_proj"))
-                param.normal_(0.0, output_std if is_output else INIT_STD)
+                param.normal_(0.0, output_std if is_output else init_std)
             elif "norm" in name:
                 param.fill_(1.0)
             else:
@@ -82,14 +60,17 @@ def initialise_as_megatron(model: DeepseekV3ForCausalLM, layers: int, embedding_
                 module.e_score_correction_bias.zero_()  # Megatron's expert bias starts at zero
 
 
-def loads_at_init(embedding_std: float, seed: int, layers: int) -> dict[int, list[int]]:
-    """Tokens per expert of every MoE layer in one forward of the first SEQUENCES x SEQ_LENGTH tokens."""
+def loads_at_init(embedding_std: float, seed: int) -> dict[int, list[int]]:
+    """Tokens per expert of every MoE layer of proxy_1gpu's model in one forward of the text's first
+    SEQUENCES sequences."""
+    m = recipe_of(recipes.get("proxy_1gpu")).model
     torch.manual_seed(seed)
-    config = proxy_config(layers)
+    config = hf_config(m)
+    config._attn_implementation = "sdpa"
     model = DeepseekV3ForCausalLM(config).eval()
-    initialise_as_megatron(model, layers, embedding_std)
-    tokens = np.memmap(TEXT, dtype=np.uint16, mode="r")[: SEQUENCES * SEQ_LENGTH]
-    batch = torch.from_numpy(tokens.astype(np.int64)).view(SEQUENCES, SEQ_LENGTH)
+    initialise_as_megatron(model, m.init_method_std, embedding_std)
+    tokens = np.memmap(TEXT, dtype=np.uint16, mode="r")[: SEQUENCES * m.seq_length]
+    batch = torch.from_numpy(tokens.astype(np.int64)).view(SEQUENCES, m.seq_length)
     loads: dict[int, list[int]] = {}
 
     def record(layer: int):
@@ -111,22 +92,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedding-std", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layers", type=int, default=8, help="proxy_1gpu has 8 (1 dense)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not TEXT.is_file():
         missing = TEXT.relative_to(ROOT)
         sys.exit(f"routing_at_init: {missing} is missing (dsv3 preprocess of ../shared/bench-text)")
-    loads = loads_at_init(args.embedding_std, args.seed, args.layers)
+    loads = loads_at_init(args.embedding_std, args.seed)
     max_over_mean = {layer: max(c) / (sum(c) / len(c)) for layer, c in loads.items()}
     result = {
         "command": shlex.join(["python", "benchmarks/routing_at_init.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "data": {"kind": "text", "corpus": "bench-text", "tokens": SEQUENCES * SEQ_LENGTH, "offset": 0},
+        "data": {"kind": "text", "corpus": "bench-text", "sequences": SEQUENCES, "offset": 0},
         "routing": "natural, at initialisation (no step)",
         "embedding_std": args.embedding_std,
-        "init_std": INIT_STD,
         "seed": args.seed,
         "tokens_per_expert": loads,
         "max_over_mean": max_over_mean,
