@@ -110,6 +110,15 @@ def torchtitan_result(
     }
 
 
+FP8_RECIPE = re.compile(r"\bmixed_precision\.fp8_recipe=(?!None\b|null\b)")  # an FP8 run's override
+
+
+def is_fp8(result: dict) -> bool:
+    """Whether a proxy run trained in FP8: its MFU here is still against the BF16 peak, as every row's (its
+    result JSON's ``mfu`` is against the GPU's FP8 peak), and TorchTitan beside it ran BF16."""
+    return bool(FP8_RECIPE.search(result.get("command", "")))
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -136,7 +145,8 @@ def throughput_table(runs: list[tuple[str, dict]]) -> str:
         derived = ""
         if tflops is None and flops_per_token is not None and r.get("recipe") == "torchtitan":
             tflops, derived = r["tokens_per_s_per_gpu"] * flops_per_token / 1e12, "*"
-        mfu = f"{_fmt(tflops, '.1f')}{derived} ({tflops / H200_BF16_PEAK_TFLOPS:.1%})" if tflops else "-"
+        share = f"{tflops / H200_BF16_PEAK_TFLOPS:.1%}{'†' if is_fp8(r) else ''}" if tflops else ""
+        mfu = f"{_fmt(tflops, '.1f')}{derived} ({share})" if tflops else "-"
         memory = r.get("peak_mem_allocated_gib") or r.get("peak_mem_active_gib")
         per_step = [s["worst_router_max_over_mean"] for s in r.get("expert_load_per_step", [])]
         last = (r.get("expert_load_last_step") or {}).get("worst_router_max_over_mean")
@@ -153,6 +163,12 @@ def throughput_table(runs: list[tuple[str, dict]]) -> str:
         lines.append(
             "\\* TorchTitan's tokens/s times Megatron's FLOPs per token of the same model (from the run "
             "without MTP): Megatron's formula, not TorchTitan's."
+        )
+    if any(is_fp8(r) for _, r in runs):
+        lines.append("")
+        lines.append(
+            "† FP8: MFU against the BF16 dense peak, as every row; the run's result JSON gives `mfu` against "
+            "the GPU's FP8 peak (twice the BF16 one, so half this figure)."
         )
     return "\n".join(lines) + "\n"
 
@@ -176,7 +192,7 @@ def targets(runs: dict[str, dict]) -> list[str]:
             continue
         ratio = r["tokens_per_s_per_gpu"] / titan[routing]["tokens_per_s_per_gpu"]
         mfu = (r.get("megatron_tflops_per_gpu") or 0) / H200_BF16_PEAK_TFLOPS
-        if "fp8_recipe=" in r.get("command", ""):
+        if is_fp8(r):
             # TorchTitan's FP8 needs torchao's float8 converter, which .tt does not carry.
             label = f"{label} (FP8, against TorchTitan's BF16 run: no TorchTitan FP8 run)"
         if routing != "natural":

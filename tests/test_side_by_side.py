@@ -116,6 +116,15 @@ def test_the_report_compares_with_torchtitan_and_says_which_target_is_met(tmp_pa
     assert sbs.targets({"torchtitan": tt, "fp8": fp8})[0].startswith(
         "fp8 (FP8, against TorchTitan's BF16 run: no TorchTitan FP8 run) (no MTP): 1.50x TorchTitan"
     )
+    # Its MFU is marked as against the BF16 peak, like every row; a BF16 run that names no FP8 is not.
+    table = sbs.throughput_table([("nomtp", nomtp), ("fp8", fp8)])
+    assert (
+        "| fp8 | 120,000 | 1.00 | 420.0 (42.5%†) |" in table
+        and "| nomtp | 120,000 | 1.00 | 420.0 (42.5%) |" in table
+    )
+    assert "† FP8: MFU against the BF16 dense peak" in table
+    assert not sbs.is_fp8({"command": "dsv3 pretrain ... mixed_precision.fp8_recipe=None"})
+    assert "†" not in sbs.throughput_table([("nomtp", nomtp)])
 
 
 def test_each_proxy_run_is_held_against_the_torchtitan_run_of_its_own_routing():
