@@ -145,8 +145,9 @@ def throughput_table(runs: list[tuple[str, dict]]) -> str:
         derived = ""
         if tflops is None and flops_per_token is not None and r.get("recipe") == "torchtitan":
             tflops, derived = r["tokens_per_s_per_gpu"] * flops_per_token / 1e12, "*"
-        share = f"{tflops / H200_BF16_PEAK_TFLOPS:.1%}{'†' if is_fp8(r) else ''}" if tflops else ""
-        mfu = f"{_fmt(tflops, '.1f')}{derived} ({share})" if tflops else "-"
+        mfu = "-"
+        if tflops:
+            mfu = f"{tflops:.1f}{derived} ({tflops / H200_BF16_PEAK_TFLOPS:.1%}{'†' if is_fp8(r) else ''})"
         memory = r.get("peak_mem_allocated_gib") or r.get("peak_mem_active_gib")
         per_step = [s["worst_router_max_over_mean"] for s in r.get("expert_load_per_step", [])]
         last = (r.get("expert_load_last_step") or {}).get("worst_router_max_over_mean")
