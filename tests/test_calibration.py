@@ -121,6 +121,9 @@ def test_a_stand_in_is_timed_with_the_collector_as_its_recipe_trains():
     import gc
     import os
 
+    from megatron.core.extensions.transformer_engine import TEGroupedLinear
+
+    from dsv3_recipes.recipe import rules
     from dsv3_recipes.train import calibrate
 
     stand = standin("proxy_1gpu", "launch.gpu_type=h200")
@@ -128,6 +131,9 @@ def test_a_stand_in_is_timed_with_the_collector_as_its_recipe_trains():
     with calibrate.as_trained(stand):
         assert not gc.isenabled()
         assert all(os.environ[name] == value for name, value in stand.env.items())
+        # the grouped-GEMM shim the train entry installs: the proxy's env asks for TE's one-launch path
+        assert stand.env[rules.TE_GROUPED_GEMM] == "1"
+        assert getattr(TEGroupedLinear.forward, "_splits_on_device", False)
     assert gc.isenabled()
     with calibrate.as_trained(standin("proxy_1gpu", "launch.gpu_type=h200", "train.manual_gc=False")):
         assert gc.isenabled()  # the loop leaves automatic collection on: so does the timing

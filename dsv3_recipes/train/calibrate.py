@@ -31,6 +31,7 @@ from torch.autograd import DeviceType
 
 from dsv3_recipes.plan.calibration import OptimizerTiming, PartTiming, StandIn
 from dsv3_recipes.recipe.resolve import resolve
+from dsv3_recipes.train import grouped_gemm
 from dsv3_recipes.train.container import to_config_container
 
 WARMUP = 3
@@ -311,10 +312,14 @@ def as_trained(stand: StandIn):
     With ``train.manual_gc`` (every recipe's default) the loop turns automatic collection off and
     collects between steps; left on here, a full collection of the million objects Megatron and TE hold
     (~0.5 s) lands inside some part's eight timed passes and adds tens of ms to each, which a host-bound
-    part cannot hide. The previous environment and collector state come back after."""
+    part cannot hide. The train entry's shim for TE's one-launch grouped GEMM too: without it the
+    proxy's stand-in (which asks for that path in its env) failed at its first forward on the H200 of
+    2026-12-07 (TE "requires CUDA m_splits"). The previous environment and collector state come back
+    after; the shim stays (it changes nothing for a layer that did not ask for the path)."""
     saved = {name: os.environ.get(name) for name in stand.env}
     collecting = gc.isenabled()
     os.environ.update(stand.env)
+    grouped_gemm.install()
     if stand.parent.train.manual_gc:
         gc.collect()
         gc.disable()
