@@ -194,7 +194,9 @@ def header(commit: str) -> dict:
 def drive(args: argparse.Namespace, cases: dict[str, tuple[StandIn, list[str]]], worker: list[str]) -> dict:
     """Every case through worker processes (``worker`` + this script's arguments): a fresh one whenever
     the last stopped with keys left or died, within the one budget; the file is written after each. The
-    driver itself never touches the GPU."""
+    driver itself never touches the GPU. A worker checks the budget between cases only, so the driver
+    ends one still running at the budget (its case and the rest are skipped): on 2026-12-07 a case that
+    outran it ran into the device call's limit, which cut the whole command."""
     start = time.perf_counter()
     result = header(args.commit) | {"cases": {}, "skipped": {}, "failed": {}, "processes": 0}
     keys = [k for k in cases if k not in args.skip]
@@ -202,9 +204,15 @@ def drive(args: argparse.Namespace, cases: dict[str, tuple[StandIn, list[str]]],
     while keys:
         part = out.with_name(f"{out.stem}.process{result['processes']}.json")
         budget = max(0.0, args.budget - (time.perf_counter() - start))
-        subprocess.run(
-            [*worker, "--out", str(part), "--budget", f"{budget:.0f}", "--keys", *keys], check=False
-        )
+        try:
+            subprocess.run(
+                [*worker, "--out", str(part), "--budget", f"{budget:.0f}", "--keys", *keys],
+                check=False,
+                timeout=max(budget, 1.0),
+            )
+            over_budget = False
+        except subprocess.TimeoutExpired:  # run() has killed it
+            over_budget = True
         result["processes"] += 1
         data = (
             json.loads(part.read_text())
@@ -218,7 +226,12 @@ def drive(args: argparse.Namespace, cases: dict[str, tuple[StandIn, list[str]]],
             result.setdefault(field, data.get(field))
         done = data["cases"].keys() | data["failed"].keys() | data["skipped"].keys()
         undone = data["left"] or [k for k in keys if k not in done]
-        if not data["left"] and undone:  # the worker died inside the first case it did not record
+        if over_budget:
+            for key in undone:
+                stand, used_by = cases[key]
+                result["skipped"][key] = {"label": stand.label, "used_by": used_by}
+            undone = []
+        elif not data["left"] and undone:  # the worker died inside the first case it did not record
             stand, used_by = cases[undone[0]]
             result["failed"][undone[0]] = {
                 "label": stand.label,

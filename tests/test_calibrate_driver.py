@@ -14,9 +14,10 @@ calibrate_script = load_script("benchmarks/calibrate.py", "calibrate_script")
 
 # Stands in for `calibrate.py --worker`: "oom" runs out of memory (behind an earlier case: measured
 # again in a fresh worker; first in its worker: a real failure), "leak" is measured but leaves memory
-# behind, "die" kills its worker before it is recorded; every other key is measured.
+# behind, "die" kills its worker before it is recorded, "slow" outlasts any budget; every other key is
+# measured.
 FAKE_WORKER = """
-import argparse, json, os
+import argparse, json, os, time
 p = argparse.ArgumentParser()
 p.add_argument("--out"); p.add_argument("--keys", nargs="*"); p.add_argument("--budget")
 args, _ = p.parse_known_args()
@@ -26,6 +27,8 @@ def save():
 for index, key in enumerate(args.keys):
     if key == "die":
         os._exit(3)
+    if key == "slow":
+        time.sleep(60)
     if key == "oom" and index > 0:
         result["left"] = args.keys[index:]
         break
@@ -61,6 +64,21 @@ def test_a_case_that_holds_memory_hands_the_rest_to_a_fresh_worker_and_a_dead_wo
     assert by["a"] != by["b"] != by["c"] != by["d"] and by["c"] == by["leak"]
     assert json.loads(out.read_text())["cases"].keys() == result["cases"].keys()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.json", "worker.py"]  # no worker files left
+
+
+def test_a_case_that_outruns_the_budget_is_ended_there_and_the_rest_skipped(tmp_path):
+    """The worker checks the budget between cases; the driver holds it to the budget within one too."""
+    import time
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(FAKE_WORKER)
+    cases = {k: (SimpleNamespace(label=k), [k]) for k in ("a", "slow", "b")}
+    args = SimpleNamespace(out=str(tmp_path / "cal.json"), budget=3.0, skip=[], commit="abc")
+    start = time.perf_counter()
+    result = calibrate_script.drive(args, cases, [sys.executable, str(worker)])
+    assert time.perf_counter() - start < 30  # not the slow case's 60 s
+    assert list(result["cases"]) == ["a"] and sorted(result["skipped"]) == ["b", "slow"]
+    assert result["processes"] == 1 and not result["failed"]
 
 
 def test_skipped_keys_reach_no_worker(tmp_path):
