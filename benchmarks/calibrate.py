@@ -69,6 +69,12 @@ def stand_ins(specs: list[tuple[str, list[str], int | None]]) -> dict[str, tuple
     return found
 
 
+def about(case: tuple[StandIn, list[str]]) -> dict:
+    """A skipped or failed case's record: its shapes and the recipes it stands in for."""
+    stand, used_by = case
+    return {"label": stand.label, "used_by": used_by}
+
+
 HELD_LIMIT_GIB = 4.0  # GPU memory a released case may leave allocated before the rest move to a new process
 
 
@@ -108,7 +114,7 @@ def measure(args: argparse.Namespace, cases: dict[str, tuple[StandIn, list[str]]
         for index, key in enumerate(order):
             stand, used_by = cases[key]
             if time.perf_counter() - start > args.budget:
-                result["skipped"][key] = {"label": stand.label, "used_by": used_by}
+                result["skipped"][key] = about(cases[key])
                 continue
             t = time.perf_counter()
             out_of_memory = False
@@ -118,9 +124,7 @@ def measure(args: argparse.Namespace, cases: dict[str, tuple[StandIn, list[str]]
             except Exception as e:  # one case's failure must not lose the others
                 out_of_memory = isinstance(e, torch.OutOfMemoryError)
                 case = None
-                result["failed"][key] = {
-                    "label": stand.label,
-                    "used_by": used_by,
+                result["failed"][key] = about(cases[key]) | {
                     "error": repr(e)[:400],
                     "trace": traceback.format_exc()[-1500:],
                 }
@@ -227,17 +231,10 @@ def drive(args: argparse.Namespace, cases: dict[str, tuple[StandIn, list[str]]],
         done = data["cases"].keys() | data["failed"].keys() | data["skipped"].keys()
         undone = data["left"] or [k for k in keys if k not in done]
         if over_budget:
-            for key in undone:
-                stand, used_by = cases[key]
-                result["skipped"][key] = {"label": stand.label, "used_by": used_by}
+            result["skipped"].update({key: about(cases[key]) for key in undone})
             undone = []
         elif not data["left"] and undone:  # the worker died inside the first case it did not record
-            stand, used_by = cases[undone[0]]
-            result["failed"][undone[0]] = {
-                "label": stand.label,
-                "used_by": used_by,
-                "error": "its worker died",
-            }
+            result["failed"][undone[0]] = about(cases[undone[0]]) | {"error": "its worker died"}
             undone = undone[1:]
         keys = undone
         out.write_text(json.dumps(result, indent=1))
