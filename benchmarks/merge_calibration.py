@@ -61,6 +61,11 @@ SETUP = {  # what the call's benchmark did before timing, by the commit it ran
         "trains; worker processes; kernel times; cuBLASLt 13.6 loaded (benchmarks/gpu_cublas.sh); the "
         "proxy's case failed (no grouped-GEMM shim in the benchmark until the next commit)"
     ),
+    "ed9ef8c1d869e05708dedf0c1d979498f7a81d71": (
+        "built as the train entry builds it (its grouped-GEMM shim too), with the step around the passes; "
+        "the collector as the recipe trains; worker processes, ended at the budget; kernel times; cuBLASLt "
+        "13.6 loaded; on the machine of the 1-GPU checks beside it"
+    ),
 }
 
 
