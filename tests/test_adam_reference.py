@@ -39,3 +39,18 @@ def test_update_tracks_fp32_adamw() -> None:
         ref.grad = (grad.float() * 0.5).to(torch.bfloat16).float()
         opt.step()
     assert (master_from(param, rem) - ref.detach()).abs().max() < 1e-4
+
+
+def test_sqrt_is_correctly_rounded() -> None:
+    """Its fp32 root is the nearest to the exact one (torch's fp32 sqrt misses 13.945556's on AVX2)."""
+    from fractions import Fraction
+
+    from dsv3_recipes.train.adam_reference import sqrt_rn
+
+    torch.manual_seed(0)
+    x = torch.cat([torch.tensor([13.945556]), torch.rand(300) * 100, torch.rand(300) * 1e-6])
+    root = sqrt_rn(x)
+    for xi, ri in zip(x.tolist(), root, strict=True):
+        around = [torch.nextafter(ri, ri * side).item() for side in (1, 0, 2)]  # the root and its neighbours
+        errors = [abs(Fraction(r) ** 2 - Fraction(xi)) for r in around]
+        assert errors[0] == min(errors), (xi, around)

@@ -21,6 +21,13 @@ def fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (a.double() * b.double() + c.double()).float()
 
 
+def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """IEEE fp32 square root (as ``sqrt.rn.f32``): by way of fp64, whose correctly rounded root rounds to
+    the correctly rounded fp32 one. torch's own fp32 sqrt on CPU is not correctly rounded (AVX2 builds
+    miss one result in six)."""
+    return torch.sqrt(x.double()).float()
+
+
 def bias_corrections(beta1: float, beta2: float, step: int) -> tuple[float, float]:
     """TE's host-side ``1 - std::pow(beta, step)``: float beta promoted to double, result to float."""
     f32 = lambda x: torch.tensor(x, dtype=torch.float32).item()  # noqa: E731
@@ -69,7 +76,7 @@ def adamw_step(
     p = master_from(param, remainder)
     m = fma(1 - b1, g, b1 * exp_avg.float())
     v = fma(g, (1 - b2) * g, b2 * exp_avg_sq.float())
-    denom = torch.sqrt(v / f32(bc2)) + f32(eps)
+    denom = sqrt_rn(v / f32(bc2)) + f32(eps)
     update = fma(p, f32(weight_decay), (m / f32(bc1)) / denom)
     p = fma(-f32(lr), update, p)
     new_param, new_rem = split(p)
