@@ -99,6 +99,13 @@ BAD_INPUTS = [
         "mixed_precision.fp8_recipe",
     ),
     ("proxy_1gpu", {"mixed_precision.fp8_recipe": "blockwise"}, None, "mixed_precision.fp8_recipe"),
+    # The fused Adam + clip kernel is TE's param-remainder AdamW: bf16 moments only.
+    (
+        "proxy_1gpu",
+        {"optimizer.fused_adam": True, "optimizer.exp_avg_sq_dtype": "fp32"},
+        None,
+        "optimizer.fused_adam",
+    ),
 ]
 IDS = [f"{i:02d}-{field}" for i, (_, _, _, field) in enumerate(BAD_INPUTS)]
 

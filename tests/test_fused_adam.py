@@ -24,8 +24,8 @@ with pytest.MonkeyPatch.context() as env:  # read when triton.jit decorates the 
     sys.modules.pop("dsv3_recipes.train.fused_adam", None)
     fused_adam = importlib.import_module("dsv3_recipes.train.fused_adam")
 
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")  # the
-# interpreter's own range() over a loaded count
+# The interpreter's range() over a count the kernel loaded warns (numpy's array-to-int conversion).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 HYPER = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
 
 

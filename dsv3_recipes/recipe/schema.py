@@ -367,6 +367,9 @@ class OptimizerConfig(Section):
     main_params_dtype: Dtype = "fp32"
     exp_avg_dtype: Dtype = "fp32"
     exp_avg_sq_dtype: Dtype = "fp32"
+    # TE's param-remainder AdamW with Megatron's clip scale folded in, one Triton launch (train.fused_adam):
+    # the precision-aware optimizer with bf16 params and moments only (plan.validate.check_precision).
+    fused_adam: bool = False
 
     LIMITS: ClassVar[dict[str, Limit]] = {
         "lr": POSITIVE,

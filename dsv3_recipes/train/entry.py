@@ -40,6 +40,10 @@ def pretrain(recipe: Recipe) -> None:
     from dsv3_recipes.train import grouped_gemm
 
     grouped_gemm.install()  # where the env asks TE for its one-launch expert GEMM: counts on the GPU
+    if recipe.optimizer.fused_adam:
+        from dsv3_recipes.train import fused_adam
+
+        fused_adam.install()  # before Bridge builds the optimizer: TE's FusedAdam takes the op at __init__
 
     # Imported here: megatron.bridge.training.pretrain needs nvidia-resiliency-ext (GPU containers only).
     from megatron.bridge.training.gpt_step import forward_step
