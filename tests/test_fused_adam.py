@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
-np = pytest.importorskip("numpy")
 
-from triton.runtime import interpreter  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from dsv3_recipes.train.adam_reference import adamw_step, split  # noqa: E402
 
@@ -24,22 +24,40 @@ with pytest.MonkeyPatch.context() as env:  # read when triton.jit decorates the 
     sys.modules.pop("dsv3_recipes.train.fused_adam", None)
     fused_adam = importlib.import_module("dsv3_recipes.train.fused_adam")
 
+    @triton.jit
+    def fma_kernel(a_ptr, b_ptr, out_ptr):
+        tl.store(out_ptr, tl.fma(tl.load(a_ptr), tl.load(b_ptr), -1.0))
+
+
 # The interpreter's range() over a count the kernel loaded warns (numpy's array-to-int conversion).
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 HYPER = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
 
 
 @pytest.fixture(autouse=True)
-def fma(monkeypatch):
-    """The interpreter's tl.fma as the reference's (see the module docstring); fresh registries."""
-
-    def fp64_fma(self, x, y, z):
-        exact = x.data.astype(np.float64) * y.data.astype(np.float64) + z.data.astype(np.float64)
-        return interpreter.TensorHandle(exact.astype(np.float32), z.dtype.scalar)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_fma", fp64_fma)
+def registries(monkeypatch):
+    """Fresh pending coefficients and claimed grads for each test."""
     monkeypatch.setattr(fused_adam, "_PENDING", {})
     monkeypatch.setattr(fused_adam, "_CLAIMED", set())
+
+
+@pytest.fixture
+def fma():
+    """The interpreter's tl.fma rounded once, as the reference's (see the module docstring)."""
+    with fused_adam.interpreter_fma_rounded_once():
+        yield
+
+
+def test_the_interpreter_fma_is_rounded_once_only_inside() -> None:
+    """(1 + 2^-23)(1 - 2^-23) - 1 is -2^-46, but 0 with the product rounded first (it rounds to 1)."""
+    a, b, out = torch.tensor([1 + 2**-23]), torch.tensor([1 - 2**-23]), torch.empty(1)
+    fma_kernel[(1,)](a, b, out)
+    assert out.item() == 0.0  # the interpreter's own
+    with fused_adam.interpreter_fma_rounded_once():
+        fma_kernel[(1,)](a, b, out)
+        assert out.item() == -(2**-46)
+    fma_kernel[(1,)](a, b, out)
+    assert out.item() == 0.0
 
 
 def place(tensors: list[torch.Tensor], flat: bool) -> list[torch.Tensor]:
@@ -68,6 +86,7 @@ def differing(a: list[torch.Tensor], b: list[torch.Tensor]) -> int:
     return sum(int((x.view(torch.int16) != y.view(torch.int16)).sum()) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.usefixtures("fma")
 @pytest.mark.parametrize("grad_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("flat", [False, True])
 def test_matches_reference_bit_for_bit(grad_dtype: torch.dtype, flat: bool) -> None:
@@ -110,6 +129,7 @@ def reference(lists: list[list[torch.Tensor]], step: int, coeff: float | None) -
     return out
 
 
+@pytest.mark.usefixtures("fma")
 def test_clip_is_deferred_to_the_kernel_for_grads_it_updated() -> None:
     """Step 1: Megatron scales every grad (none updated yet). Then the kernel's grads skip the scale pass,
     their coefficient reaches the kernel (bit-equal to scale-then-Adam), and a grad the kernel never saw
@@ -137,6 +157,7 @@ def test_clip_is_deferred_to_the_kernel_for_grads_it_updated() -> None:
     assert fused_adam._PENDING == {}
 
 
+@pytest.mark.usefixtures("fma")
 def test_op_falls_back_where_the_kernel_does_not_apply() -> None:
     """Adam with L2 (mode 0) goes to TE's op, after Megatron's scale of a pending coefficient; grads with
     two coefficients are scaled apart, then updated with none."""

@@ -23,10 +23,12 @@ scaling them (the grad norm stays Megatron's). Train side: imports torch and Tri
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -256,6 +258,25 @@ class RemainderOp:
             step=step,
             clip_coeff=coeff,
         )
+
+
+@contextlib.contextmanager
+def interpreter_fma_rounded_once() -> Iterator[None]:
+    """Under ``TRITON_INTERPRET=1``: ``tl.fma`` rounded once, as on the GPU, by ``adam_reference``'s
+    emulation (exact fp64 product, one fp64 add, then fp32). The interpreter's own is an fp32 multiply and
+    an fp32 add, which moves a few percent of the remainders by an ulp."""
+    from triton.runtime import interpreter
+
+    def fp64_fma(self, x, y, z):
+        exact = x.data.astype(np.float64) * y.data.astype(np.float64) + z.data.astype(np.float64)
+        return interpreter.TensorHandle(exact.astype(np.float32), z.dtype.scalar)
+
+    own = interpreter.InterpreterBuilder.create_fma
+    interpreter.InterpreterBuilder.create_fma = fp64_fma
+    try:
+        yield
+    finally:
+        interpreter.InterpreterBuilder.create_fma = own
 
 
 def megatron_scale(grads: list[torch.Tensor], coeff: float) -> None:
