@@ -158,6 +158,31 @@ def test_clip_is_deferred_to_the_kernel_for_grads_it_updated() -> None:
 
 
 @pytest.mark.usefixtures("fma")
+@pytest.mark.parametrize("norm", [4.0, 0.5])
+def test_a_norm_on_the_device_reaches_the_kernel_as_a_tensor(norm: float) -> None:
+    """Where TE has ``multi_tensor_scale_tensor`` Megatron's grad norm stays a device tensor and its clip
+    scales by the coefficient clamped to 1 whatever its value (no host sync): the deferred coefficient is
+    that clamped tensor, which the kernel reads, bit-equal to Megatron's scale by it and then Adam."""
+    torch.manual_seed(0)
+    sizes = [5, 300]
+    lists = [[(torch.randn(n) * 3).to(torch.bfloat16) for n in sizes], *state(sizes, flat=False)]
+    params = [Param(g) for g in lists[0]]
+    clip = fused_adam.wrap_clip(lambda *args: pytest.fail("Megatron's scale pass ran"))
+    op = fused_adam.RemainderOp(te_op=None, scale=None)
+    fused_adam._CLAIMED.update(g.data_ptr() for g in lists[0])  # the kernel updated them last step
+    clip(params, 1.0, torch.tensor([norm]), use_decoupled_grad=True)
+    (pending,) = {id(c): c for c in fused_adam._PENDING.values()}.values()
+    assert (
+        isinstance(pending, torch.Tensor)
+        and pending.item() == (1.0 / (torch.tensor([norm]) + 1.0e-6)).clamp(max=1.0).item()
+    )
+    expected = reference(lists, step=3, coeff=pending.item())
+    te_call(op, lists, step=3)
+    assert fused_adam._PENDING == {}
+    assert [differing(a, b) for a, b in zip(lists[1:], expected[1:], strict=True)] == [0, 0, 0, 0]
+
+
+@pytest.mark.usefixtures("fma")
 def test_op_falls_back_where_the_kernel_does_not_apply() -> None:
     """Adam with L2 (mode 0) goes to TE's op, after Megatron's scale of a pending coefficient; grads with
     two coefficients are scaled apart, then updated with none."""

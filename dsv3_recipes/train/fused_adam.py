@@ -58,14 +58,14 @@ def _narrow(x):
 def _update(
     g_ptr, p_ptr, m_ptr, v_ptr, r_ptr, idx, mask,
     neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bc1, bc2, coeff,
-    CLIP: tl.constexpr, GRAD_BF16: tl.constexpr,
+    CLIP: tl.constexpr, COEFF_ON_DEVICE: tl.constexpr, GRAD_BF16: tl.constexpr,
 ):  # fmt: skip
     """One block: TE's ``AdamFunctorMasterParamRemainder`` (AdamW) after Megatron's clip scale."""
     g = tl.load(g_ptr + idx, mask=mask)
     if GRAD_BF16:
         g = _widen(g)
     if CLIP:
-        g = g * coeff
+        g = g * (tl.load(coeff) if COEFF_ON_DEVICE else coeff)
         if GRAD_BF16:  # Megatron's scale pass writes the scaled grad back as bf16
             g = _widen(_narrow(g))
     hi = tl.load(p_ptr + idx, mask=mask).to(tl.uint16, bitcast=True).to(tl.uint32)
@@ -89,7 +89,8 @@ def _update(
 def _adam_kernel(
     table, g_ptr, p_ptr, m_ptr, v_ptr, r_ptr,
     neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bc1, bc2, coeff,
-    UNIT: tl.constexpr, CLIP: tl.constexpr, GRAD_BF16: tl.constexpr, BLOCK: tl.constexpr,
+    UNIT: tl.constexpr, CLIP: tl.constexpr, COEFF_ON_DEVICE: tl.constexpr, GRAD_BF16: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One chunk of the table: its full blocks unmasked (vectorised), then its masked tail. The scalars
     are fp32 values, derived ones (``1 - beta``, ``-lr``) made on the host: the interpreter would keep a
@@ -106,11 +107,17 @@ def _adam_kernel(
     scalars = (neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bc1, bc2, coeff)
     for i in range(n // BLOCK):
         s = i * BLOCK
-        _update(g_ptr + s, p_ptr + s, m_ptr + s, v_ptr + s, r_ptr + s, idx, None, *scalars, CLIP, GRAD_BF16)
+        _update(
+            g_ptr + s, p_ptr + s, m_ptr + s, v_ptr + s, r_ptr + s, idx, None, *scalars,
+            CLIP, COEFF_ON_DEVICE, GRAD_BF16,
+        )  # fmt: skip
     s = n // BLOCK * BLOCK
     if s < n:
         mask = idx < n - s
-        _update(g_ptr + s, p_ptr + s, m_ptr + s, v_ptr + s, r_ptr + s, idx, mask, *scalars, CLIP, GRAD_BF16)
+        _update(
+            g_ptr + s, p_ptr + s, m_ptr + s, v_ptr + s, r_ptr + s, idx, mask, *scalars,
+            CLIP, COEFF_ON_DEVICE, GRAD_BF16,
+        )  # fmt: skip
 
 
 def f32(x: float) -> float:
@@ -178,13 +185,15 @@ def adam_step(
     eps: float,
     weight_decay: float,
     step: int,
-    clip_coeff: float | None = None,
+    clip_coeff: float | torch.Tensor | None = None,
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
 ) -> None:
     """TE's ``multi_tensor_adam_param_remainder`` (AdamW, bias correction) on TE's lists [grads, params,
-    exp_avg, exp_avg_sq, remainders], after Megatron's clip scale by ``clip_coeff`` (None: no scale), in
-    one launch. The grads are left as they are (Megatron zeroes them before the next backward)."""
+    exp_avg, exp_avg_sq, remainders], after Megatron's clip scale by ``clip_coeff`` (None: no scale; a
+    one-element fp32 device tensor, as Megatron's norm is where TE's multi_tensor_scale_tensor exists, is
+    read by the kernel: no host sync), in one launch. The grads are left as they are (Megatron zeroes them
+    before the next backward)."""
     table, bases, unit = _plan(tensor_lists)
     _adam_kernel[(table.shape[0],)](
         table,
@@ -198,9 +207,12 @@ def adam_step(
         f32(weight_decay),
         bias_correction(beta1, step),
         bias_correction(beta2, step),
-        1.0 if clip_coeff is None else f32(clip_coeff),
+        clip_coeff
+        if isinstance(clip_coeff, torch.Tensor)
+        else f32(1.0 if clip_coeff is None else clip_coeff),
         UNIT=unit,
         CLIP=clip_coeff is not None,
+        COEFF_ON_DEVICE=isinstance(clip_coeff, torch.Tensor),
         GRAD_BF16=tensor_lists[0][0].dtype == torch.bfloat16,
         BLOCK=block,
         num_warps=num_warps,
@@ -208,7 +220,7 @@ def adam_step(
     )
 
 
-_PENDING: dict[int, float] = {}  # grad address -> the coefficient Megatron's clip would have scaled it by
+_PENDING: dict[int, float | torch.Tensor] = {}  # grad address -> the coefficient Megatron's clip scales by
 _CLAIMED: set[int] = set()  # grad addresses the kernel updated: only these may skip the scale pass
 
 
@@ -240,7 +252,7 @@ class RemainderOp:
         fused = mode == 1 and bias_correction == 1 and supported(tensor_lists)
         if not fused or len(coeffs) > 1:  # the pass Megatron skipped, then one coefficient (or none)
             for coeff in coeffs - {None}:
-                self.scale([g for g, c in zip(grads, per_grad, strict=True) if c == coeff], coeff)
+                self.scale([g for g, c in zip(grads, per_grad, strict=True) if same(c, coeff)], coeff)
             coeffs = {None}
         if not fused:
             args = (lr, beta1, beta2, eps, step, mode, bias_correction, weight_decay)
@@ -279,12 +291,20 @@ def interpreter_fma_rounded_once() -> Iterator[None]:
         interpreter.InterpreterBuilder.create_fma = own
 
 
-def megatron_scale(grads: list[torch.Tensor], coeff: float) -> None:
-    """Megatron's clip scale pass (``clip_grad_by_total_norm_fp32``'s, coefficient < 1)."""
+def same(a: float | torch.Tensor | None, b: float | torch.Tensor | None) -> bool:
+    """One clip's coefficient: the same device tensor, or equal floats."""
+    return a is b or not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b
+
+
+def megatron_scale(grads: list[torch.Tensor], coeff: float | torch.Tensor) -> None:
+    """Megatron's clip scale pass (``clip_grad_by_total_norm_fp32``'s: a float < 1, or its clamped device
+    tensor through TE's ``multi_tensor_scale_tensor``)."""
     from megatron.core.optimizer import clip_grads
 
     overflow = torch.zeros(1, dtype=torch.int, device=grads[0].device)
-    clip_grads.multi_tensor_applier(clip_grads.multi_tensor_scale_impl, overflow, [grads, grads], coeff)
+    on_device = isinstance(coeff, torch.Tensor)
+    impl = clip_grads.multi_tensor_scale_tensor_impl if on_device else clip_grads.multi_tensor_scale_impl
+    clip_grads.multi_tensor_applier(impl, overflow, [grads, grads], coeff)
 
 
 def wrap_init(init: Callable[..., None]) -> Callable[..., None]:
@@ -309,14 +329,17 @@ def wrap_clip(clip: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(clip)
     def clip_or_defer(parameters, max_norm, total_norm, use_decoupled_grad: bool = False) -> None:
         coeff = max_norm / (total_norm + 1.0e-6)  # Megatron's expression
-        if not use_decoupled_grad or isinstance(coeff, torch.Tensor):
+        if not use_decoupled_grad:
             return clip(parameters, max_norm, total_norm, use_decoupled_grad)
+        on_device = isinstance(coeff, torch.Tensor)  # Megatron's norm where TE's scale_tensor exists
+        if on_device:
+            coeff.clamp_max_(1.0)  # as Megatron, which then scales by it whatever its value
         rest = []
         for param in [parameters] if isinstance(parameters, torch.Tensor) else parameters:
             grad = getattr(param, "decoupled_grad", None)
             if grad is None or grad.data_ptr() not in _CLAIMED:
                 rest.append(param)
-            elif coeff < 1.0:  # Megatron's test: NaN or >= 1 leaves the grads as they are
+            elif on_device or coeff < 1.0:  # Megatron's test: NaN or >= 1 leaves the grads as they are
                 _PENDING[grad.data_ptr()] = coeff
             else:
                 _PENDING.pop(grad.data_ptr(), None)
