@@ -198,7 +198,9 @@ def main() -> int:
         help="elements per tensor on a GPU (3.5e9/64 last; the CPU check: 1,7,2049,CHUNK+3)",
     )
     p.add_argument("--iters", type=int, default=20, help="timed calls after the warm-up")
+    p.add_argument("--last", choices=["fma", "separate"], default="fma", help="the kernel's p - lr * update")
     args = p.parse_args()
+    fused_adam.LAST_FMA = args.last == "fma"
     gpu = torch.cuda.is_available()
     sizes = [int(s) for s in args.sizes.split(",")] if gpu else [1, 7, 2049, fused_adam.CHUNK + 3]
     result = {
@@ -206,6 +208,7 @@ def main() -> int:
         "date": datetime.date.today().isoformat(),
         "sizes": sizes,
         "clip_norms": NORMS,
+        "last": args.last,
     }
     try:
         result |= on_gpu(sizes, args.iters) if gpu else on_cpu(sizes)

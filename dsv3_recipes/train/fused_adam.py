@@ -37,6 +37,7 @@ CHUNK = 1 << 16  # elements per program: 53k programs for the 3.5B proxy, a 2.5 
 BLOCK = 2048  # elements per unmasked step: 16 per thread of 4 warps, two 16-byte loads of bf16 each
 NUM_WARPS = 4
 ALIGN = 8  # elements: 16 bytes of bf16/int16, what a vectorised load needs
+LAST_FMA = True  # ``p - lr * update`` as one fma (the reference's reading); False: rounded twice
 
 
 @triton.jit
@@ -58,7 +59,7 @@ def _narrow(x):
 def _update(
     g_ptr, p_ptr, m_ptr, v_ptr, r_ptr, idx, mask,
     neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bc1, bc2, coeff,
-    CLIP: tl.constexpr, COEFF_ON_DEVICE: tl.constexpr, GRAD_BF16: tl.constexpr,
+    CLIP: tl.constexpr, COEFF_ON_DEVICE: tl.constexpr, GRAD_BF16: tl.constexpr, LAST_FMA: tl.constexpr,
 ):  # fmt: skip
     """One block: TE's ``AdamFunctorMasterParamRemainder`` (AdamW) after Megatron's clip scale."""
     g = tl.load(g_ptr + idx, mask=mask)
@@ -75,7 +76,8 @@ def _update(
     m = tl.fma(one_minus_beta1, g, beta1 * _widen(tl.load(m_ptr + idx, mask=mask)))
     v = tl.fma(g, one_minus_beta2 * g, beta2 * _widen(tl.load(v_ptr + idx, mask=mask)))
     denom = tl.sqrt_rn(tl.div_rn(v, bc2)) + eps
-    p = tl.fma(neg_lr, tl.fma(p, weight_decay, tl.div_rn(tl.div_rn(m, bc1), denom)), p)
+    update = tl.fma(p, weight_decay, tl.div_rn(tl.div_rn(m, bc1), denom))
+    p = tl.fma(neg_lr, update, p) if LAST_FMA else p + neg_lr * update
     bits = p.to(tl.uint32, bitcast=True)
     lo = bits & 0xFFFF
     hi = ((bits >> 16) + (lo >= 0x8000).to(tl.uint32)) & 0xFFFF  # the param rounds half up
@@ -90,7 +92,7 @@ def _adam_kernel(
     table, g_ptr, p_ptr, m_ptr, v_ptr, r_ptr,
     neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bc1, bc2, coeff,
     UNIT: tl.constexpr, CLIP: tl.constexpr, COEFF_ON_DEVICE: tl.constexpr, GRAD_BF16: tl.constexpr,
-    BLOCK: tl.constexpr,
+    LAST_FMA: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One chunk of the table: its full blocks unmasked (vectorised), then its masked tail. The scalars
     are fp32 values, derived ones (``1 - beta``, ``-lr``) made on the host: the interpreter would keep a
@@ -109,14 +111,14 @@ def _adam_kernel(
         s = i * BLOCK
         _update(
             g_ptr + s, p_ptr + s, m_ptr + s, v_ptr + s, r_ptr + s, idx, None, *scalars,
-            CLIP, COEFF_ON_DEVICE, GRAD_BF16,
+            CLIP, COEFF_ON_DEVICE, GRAD_BF16, LAST_FMA,
         )  # fmt: skip
     s = n // BLOCK * BLOCK
     if s < n:
         mask = idx < n - s
         _update(
             g_ptr + s, p_ptr + s, m_ptr + s, v_ptr + s, r_ptr + s, idx, mask, *scalars,
-            CLIP, COEFF_ON_DEVICE, GRAD_BF16,
+            CLIP, COEFF_ON_DEVICE, GRAD_BF16, LAST_FMA,
         )  # fmt: skip
 
 
@@ -213,6 +215,7 @@ def adam_step(
         UNIT=unit,
         CLIP=clip_coeff is not None,
         COEFF_ON_DEVICE=isinstance(clip_coeff, torch.Tensor),
+        LAST_FMA=LAST_FMA,
         GRAD_BF16=tensor_lists[0][0].dtype == torch.bfloat16,
         BLOCK=block,
         num_warps=num_warps,
