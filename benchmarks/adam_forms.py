@@ -103,6 +103,9 @@ def main() -> int:
         "device": torch.cuda.get_device_name(),
         "elements": n,
         "hyper": HYPER,
+        "data": "random tensors (torch.manual_seed(0)), no text",
+        "routing": "none (optimizer only)",
+        "expert_load": None,
         "exact_forms": exact,
         "rows": rows,
     }

@@ -38,6 +38,9 @@ from dsv3_recipes.train import adam_reference, fused_adam  # noqa: E402
 HYPER = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
 MAX_NORM = 1.0
 NORMS = [2.5, 0.5, 3.7, 1.7]  # a step's total grad norm: clip coefficients < 1, >= 1, < 1, < 1
+# What the numbers were measured on: the optimizer alone, on random state, with no model, text or router.
+CONDITION = {"data": "random tensors (torch.manual_seed(0)), no text", "routing": "none (optimizer only)",
+             "expert_load": None}  # fmt: skip
 BYTES_PER_PARAM = 18  # read grad, param, remainder, both moments (2 B each); write all but the grad
 CONFIGS = [(1024, 4), (fused_adam.BLOCK, fused_adam.NUM_WARPS), (4096, 8)]  # (BLOCK, num_warps) timed
 STATE = ("exp_avg", "exp_avg_sq", "master_param")  # TE's names; master_param holds the int16 remainders
@@ -209,6 +212,7 @@ def main() -> int:
         "sizes": sizes,
         "clip_norms": NORMS,
         "last": args.last,
+        **CONDITION,
     }
     try:
         result |= on_gpu(sizes, args.iters) if gpu else on_cpu(sizes)

@@ -5,7 +5,9 @@ its definition, read from TE's ``multi_tensor/adam.cu`` and checked against nvcc
 the fp32 master is the bf16 param's bits (less one where the remainder is negative: TE rounds the
 param up) over the int16 remainder; ``m = fma(1-b1, g, b1*m)``, ``v = fma(g, (1-b2)*g, b2*v)``,
 IEEE divisions and sqrt, ``update = fma(p, wd, (m/bc1) / (sqrt(v/bc2) + eps))``, ``p = fma(-lr,
-update, p)`` (ptxas contracts the last mul+sub); moments are stored as bf16 (round to nearest even).
+update, p)`` (read as contracted from the PTX; on an H100, 2026-12-07, TE's kernel differed from this
+in 34 of 4,097 remainders, as if it were not: ``benchmarks/adam_forms.py`` tells on a GPU); moments
+are stored as bf16 (round to nearest even).
 The bias corrections are TE's host values: ``float(1 - pow(double(float(beta)), step))``. The clip
 scale is Megatron's separate pass folded in: the grad is ``bf16(float(g) * coeff)``. CPU only.
 """

@@ -3,7 +3,9 @@
 In the profiled proxy_1gpu step the optimizer spends 5.4 ms in Megatron's clip scale pass (a read and a
 write of every grad) and 36.1 ms in TE's ``AdamFunctorMasterParamRemainder`` at ~1.8 TB/s. This kernel
 does both in one pass of 18 bytes per parameter (read grad, param, remainder and moments; write all but
-the grad), bit for bit what TE computes after Megatron's scale (``adam_reference`` is its definition).
+the grad), meant to be bit for bit what TE computes after Megatron's scale (``adam_reference``'s
+reading of it, matched exactly on the CPU; on an H100 TE differed in 34 of 4,097 remainders, most likely the
+contraction of the last step, ``LAST_FMA``, until ``benchmarks/adam_forms.py`` says which on a GPU).
 
 Design: the tensors stay where TE and Megatron put them (TE's state tensors are the checkpointed ones,
 views of Megatron's buffers the params and grads), so nothing is copied or laid out again. A chunk table
