@@ -30,30 +30,26 @@ from dsv3_recipes.train.adam_reference import bias_corrections, fma, master_from
 HYPER = {"lr": 3e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "step": 3}
 
 
-def rn(x: torch.Tensor) -> torch.Tensor:
-    return x.float()
-
-
 def candidate(forms: dict[str, str], g, p_bf16, rem, m_in, v_in, wd: float) -> list[torch.Tensor]:
     """The update in one form: each ``fma`` contracted or not, its operands in either order."""
     f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
     b1, b2, lr, eps = f(HYPER["beta1"]), f(HYPER["beta2"]), f(HYPER["lr"]), f(HYPER["eps"])
     bc1, bc2 = (f(x) for x in bias_corrections(HYPER["beta1"], HYPER["beta2"], HYPER["step"]))
     p, m0, v0 = master_from(p_bf16, rem), m_in.float(), v_in.float()
-    m = {
-        "fma(1-b1,g,b1*m)": fma(1 - b1, g, rn(b1 * m0)),
-        "fma(b1,m,(1-b1)*g)": fma(b1, m0, rn((1 - b1) * g)),
-        "separate": rn(rn(b1 * m0) + rn((1 - b1) * g)),
+    m = {  # each fp32 torch operation rounds once, as an uncontracted mul or add does on the GPU
+        "fma(1-b1,g,b1*m)": fma(1 - b1, g, b1 * m0),
+        "fma(b1,m,(1-b1)*g)": fma(b1, m0, (1 - b1) * g),
+        "separate": b1 * m0 + (1 - b1) * g,
     }[forms["m"]]
-    gg = rn((1 - b2) * g)
+    gg = (1 - b2) * g
     v = {
-        "fma(g,(1-b2)*g,b2*v)": fma(g, gg, rn(b2 * v0)),
-        "fma(b2,v,(1-b2)*g*g)": fma(b2, v0, rn(gg * g)),
-        "separate": rn(rn(b2 * v0) + rn(gg * g)),
+        "fma(g,(1-b2)*g,b2*v)": fma(g, gg, b2 * v0),
+        "fma(b2,v,(1-b2)*g*g)": fma(b2, v0, gg * g),
+        "separate": b2 * v0 + gg * g,
     }[forms["v"]]
-    ratio = rn(rn(m / bc1) / rn(sqrt_rn(rn(v / bc2)) + eps))
-    update = {"fma": fma(p, f(wd), ratio), "separate": rn(rn(p * f(wd)) + ratio)}[forms["update"]]
-    new_p = {"fma": fma(-lr, update, p), "separate": rn(p - rn(lr * update))}[forms["param"]]
+    ratio = m / bc1 / (sqrt_rn(v / bc2) + eps)
+    update = {"fma": fma(p, f(wd), ratio), "separate": p * f(wd) + ratio}[forms["update"]]
+    new_p = {"fma": fma(-lr, update, p), "separate": p - lr * update}[forms["param"]]
     param, remainder = split(new_p)
     return [param, remainder, m.to(torch.bfloat16), v.to(torch.bfloat16)]
 
