@@ -204,6 +204,27 @@ def test_op_falls_back_where_the_kernel_does_not_apply() -> None:
     assert [differing(a, b) for a, b in zip(lists, expected, strict=True)] == [0] * 5
 
 
+@pytest.mark.usefixtures("fma")
+def test_the_kernels_verdict_is_kept_per_tensor_set_and_dtype() -> None:
+    """fp16 grads go to TE's op; bf16 grads reusing the same memory get the kernel: the cached verdict is
+    keyed on dtype as well as address, so a reallocation cannot inherit another tensor set's answer."""
+    torch.manual_seed(0)
+    sizes = (5, 11)
+    params = state(list(sizes), flat=False)
+    raw = [torch.randn(n).to(torch.bfloat16) for n in sizes]
+    calls: list[str] = []
+    op = fused_adam.RemainderOp(te_op=lambda *args: calls.append("te"), scale=None)
+    fp16 = [g.view(torch.float16) for g in raw]  # the same addresses and sizes, another dtype
+    assert fused_adam._plan([fp16, *params]) is None
+    te_call(op, [fp16, *params], step=1)
+    expected = reference([raw, *params], step=1, coeff=None)
+    te_call(op, [raw, *params], step=1)
+    assert calls == ["te"]
+    assert [differing(a, b) for a, b in zip([raw, *params], expected, strict=True)] == [0] * 5
+    with pytest.raises(ValueError, match="contiguous bf16 params"):
+        fused_adam.adam_step([fp16, *params], lr=1e-3, weight_decay=0.1, step=2, **HYPER)
+
+
 def test_init_swaps_te_op_only_with_param_remainders() -> None:
     """TE's FusedAdam keeps its op unless it stores param remainders (bf16 params, fp32 master)."""
 

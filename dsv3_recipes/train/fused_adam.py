@@ -134,19 +134,26 @@ def bias_correction(beta: float, step: int) -> float:
     return f32(1.0 - f32(beta) ** step)
 
 
-_TABLES: dict[tuple, tuple[torch.Tensor, tuple[int, ...], int]] = {}  # _plan's, by addresses and sizes
+Plan = tuple[torch.Tensor, tuple[int, ...], int]
+_TABLES: dict[tuple, Plan | None] = {}  # _plan's, by addresses, sizes and dtypes
 
 
-def _plan(tensor_lists: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, tuple[int, ...], int]:
-    """The chunk table for these tensors, the index of each list's base tensor, and the offset unit.
+def _plan(tensor_lists: Sequence[Sequence[torch.Tensor]]) -> Plan | None:
+    """The chunk table for these tensors, the index of each list's base tensor, and the offset unit; None
+    where the kernel does not take them (``supported``).
 
-    Cached on the tensors' addresses and sizes (TE hands the same tensors every step; a checkpoint load
-    that replaces them makes a new key)."""
+    Cached on the tensors' addresses, sizes and dtypes (TE hands the same tensors every step; a checkpoint
+    load that replaces them makes a new key), so the step's host work is the key alone."""
     ptrs = [[t.data_ptr() for t in ts] for ts in tensor_lists]
     sizes = [t.numel() for t in tensor_lists[1]]
-    key = (*map(tuple, ptrs), tuple(sizes))
+    key = (*map(tuple, ptrs), tuple(sizes), tuple(ts[0].dtype for ts in tensor_lists))
     if key in _TABLES:
         return _TABLES[key]
+    if len(_TABLES) >= 16:  # a few calls a step (param groups, TE's splits): the rest are replaced tensors'
+        _TABLES.clear()
+    if not supported(tensor_lists):
+        _TABLES[key] = None
+        return None
     bases = tuple(min(range(len(p)), key=p.__getitem__) for p in ptrs)
     offsets = []
     for ts, p, b in zip(tensor_lists, ptrs, bases, strict=True):
@@ -163,8 +170,6 @@ def _plan(tensor_lists: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor,
     table = torch.cat(
         [(offs[owner] + start[:, None]) // unit, (n[owner] - start).clamp(max=CHUNK)[:, None]], 1
     )
-    if len(_TABLES) >= 16:  # a few calls a step (param groups, TE's splits): the rest are replaced tensors'
-        _TABLES.clear()
     _TABLES[key] = (table.to(tensor_lists[1][0].device), bases, unit)
     return _TABLES[key]
 
@@ -198,7 +203,13 @@ def adam_step(
     one-element fp32 device tensor, as Megatron's norm is where TE's multi_tensor_scale_tensor exists, is
     read by the kernel: no host sync), in one launch. The grads are left as they are (Megatron zeroes them
     before the next backward)."""
-    table, bases, unit = _plan(tensor_lists)
+    plan = _plan(tensor_lists)
+    if plan is None:
+        raise ValueError(
+            "the kernel takes contiguous bf16 params and moments, int16 remainders and bf16 or "
+            "fp32 grads of the params' sizes"
+        )
+    table, bases, unit = plan
     _adam_kernel[(table.shape[0],)](
         table,
         *(ts[b] for ts, b in zip(tensor_lists, bases, strict=True)),
@@ -254,7 +265,7 @@ class RemainderOp:
         grads = tensor_lists[0]
         per_grad = [_PENDING.pop(g.data_ptr(), None) for g in grads]
         coeffs = set(per_grad)
-        fused = mode == 1 and bias_correction == 1 and supported(tensor_lists)
+        fused = mode == 1 and bias_correction == 1 and _plan(tensor_lists) is not None
         if not fused or len(coeffs) > 1:  # the pass Megatron skipped, then one coefficient (or none)
             for coeff in coeffs - {None}:
                 self.scale([g for g, c in zip(grads, per_grad, strict=True) if same(c, coeff)], coeff)
