@@ -106,6 +106,19 @@ BAD_INPUTS = [
         None,
         "optimizer.fused_adam",
     ),
+    # The experts' counts stay on the GPU only where no dispatcher gathers them across ranks.
+    (
+        "proxy_1gpu",
+        {"model.moe_counts_on_device": True, "model.moe_token_dispatcher_type": "alltoall"},
+        None,
+        "model.moe_counts_on_device",
+    ),
+    (
+        "proxy_1gpu",
+        {"model.moe_counts_on_device": True, "env_vars": {"NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM": "0"}},
+        ["model.moe_counts_on_device=True", "env_vars={'NVTE_GROUPED_LINEAR_USE_FUSED_GROUPED_GEMM': '0'}"],
+        "model.moe_counts_on_device",
+    ),
 ]
 IDS = [f"{i:02d}-{field}" for i, (_, _, _, field) in enumerate(BAD_INPUTS)]
 

@@ -83,3 +83,63 @@ def test_layers_without_the_one_launch_path_keep_their_list(seen, te_supports):
 def test_installs_once(seen):
     assert grouped_gemm.install()
     assert not grouped_gemm.install()
+
+
+@pytest.fixture
+def dispatcher(monkeypatch):
+    """Megatron's all-gather dispatcher class with its postprocess restored after the test, and one EP=1
+    TP=1 stand-in of its state: 12 tokens routed top-3 of 5 experts, unfused permute (the CPU's)."""
+    from megatron.core.transformer.moe.token_dispatcher import MoEAllGatherTokenDispatcher
+
+    monkeypatch.setattr(
+        MoEAllGatherTokenDispatcher, "dispatch_postprocess", MoEAllGatherTokenDispatcher.dispatch_postprocess
+    )
+    torch.manual_seed(0)
+    tokens, experts, topk = 12, 5, 3
+    scores = torch.rand(tokens, experts)
+    chosen = scores.topk(topk, dim=1).indices
+    routing_map = torch.zeros(tokens, experts, dtype=torch.bool).scatter_(1, chosen, True)
+
+    def fresh():
+        config = type("Config", (), {"moe_permute_fusion": False})()
+        return type(
+            "State",
+            (),
+            dict(
+                tp_size=1,
+                ep_size=1,
+                router_topk=topk,
+                local_expert_indices=list(range(experts)),
+                routing_map=routing_map,
+                config=config,
+            ),
+        )()
+
+    probs = torch.where(routing_map, scores, 0.0)
+    return MoEAllGatherTokenDispatcher, fresh, torch.randn(tokens, 4), probs
+
+
+def test_counts_on_device_gives_megatrons_permutation_probs_and_counts_without_the_host(
+    dispatcher, te_supports
+):
+    """The same permuted tokens, probs (masked_select's expert-major order) and counts as Megatron's own
+    postprocess, and the same tokens back from the combine; the counts as a tensor where Megatron's are."""
+    cls, fresh, hidden, probs = dispatcher
+    te_supports(True)
+    megatron_state, device_state = fresh(), fresh()
+    expected = cls.dispatch_postprocess(megatron_state, hidden, probs)
+    assert grouped_gemm.install_counts_on_device() and not grouped_gemm.install_counts_on_device()
+    permuted, counts, permuted_probs = cls.dispatch_postprocess(device_state, hidden, probs)
+    assert isinstance(counts, grouped_gemm.CountsOnDevice)
+    assert torch.equal(permuted, expected[0]) and torch.equal(permuted_probs, expected[2])
+    assert torch.equal(counts.tolist(), expected[1]) and isinstance(counts.tolist(), torch.Tensor)
+    out = permuted * 2
+    assert torch.equal(cls.combine_preprocess(device_state, out), cls.combine_preprocess(megatron_state, out))
+
+
+def test_counts_stay_megatrons_where_te_would_not_take_them(dispatcher, te_supports):
+    cls, fresh, hidden, probs = dispatcher
+    te_supports(False)
+    grouped_gemm.install_counts_on_device()
+    _, counts, _ = cls.dispatch_postprocess(fresh(), hidden, probs)
+    assert isinstance(counts, torch.Tensor) and counts.tolist() == probs.gt(0).sum(0).tolist()

@@ -325,6 +325,34 @@ DELAY_WGRAD_NEEDS_EP_OVERLAP = Rule(
     ],
 )
 
+
+def _counts_on_device(r: Recipe, caps: Capabilities) -> Optional[str]:
+    m = r.model
+    if not m.moe_counts_on_device:
+        return None
+    needs = {  # the all-gather dispatcher without gathers, TE's fused permute, BF16 grouped GEMM
+        "model.moe_token_dispatcher_type": (m.moe_token_dispatcher_type, "allgather"),
+        "model.tensor_model_parallel_size": (m.tensor_model_parallel_size, 1),
+        "model.expert_model_parallel_size": (m.expert_model_parallel_size, 1),
+        "model.expert_tensor_parallel_size": (m.expert_tensor_parallel_size, 1),
+        "model.moe_permute_fusion": (m.moe_permute_fusion, True),
+        "model.moe_grouped_gemm": (m.moe_grouped_gemm, True),
+        "mixed_precision.fp8_recipe": (r.mixed_precision.fp8_recipe, None),  # FP8 pads the counts on the host
+    }
+    for path, (value, wanted) in needs.items():
+        if value != wanted:
+            return (
+                f"keeps the experts' token counts on the GPU at EP=1: needs {path}={wanted!r}, got {value!r}"
+            )
+    if not te_grouped_gemm(r):
+        return (
+            f"needs env_vars.{TE_GROUPED_GEMM}=1: TE's one-launch grouped GEMM is what reads the counts there"
+        )
+    return None
+
+
+COUNTS_ON_DEVICE = Rule("the experts' counts on the GPU", "model.moe_counts_on_device", _counts_on_device)
+
 # What Megatron-Core refuses across the MoE dispatch, EP overlap and CUDA-graph fields, in the order
 # ``validate`` checks them (the first refusal is the one reported).
 MOE_OVERLAP_AND_GRAPHS: tuple[Rule, ...] = (
@@ -338,6 +366,7 @@ MOE_OVERLAP_AND_GRAPHS: tuple[Rule, ...] = (
     EP_OVERLAP_NOT_WITH_SHARED_EXPERT_OVERLAP,
     EP_OVERLAP_AT_MOST_ONE_MTP_LAYER,
     DELAY_WGRAD_NEEDS_EP_OVERLAP,
+    COUNTS_ON_DEVICE,
 )
 
 # --- what the machine that runs the recipe has ----------------------------------------------------------

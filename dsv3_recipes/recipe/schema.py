@@ -175,6 +175,9 @@ class ModelConfig(Section):
     moe_shared_expert_overlap: bool = False
     moe_router_force_load_balancing: bool = False
     moe_router_padding_for_quantization: bool = False
+    # The experts' token counts stay on the GPU at EP=1 and TP=1: the all-gather dispatcher's two host syncs
+    # per MoE layer go, TE's one-launch grouped GEMM reads the counts there (train.grouped_gemm).
+    moe_counts_on_device: bool = False
     use_te_rng_tracker: bool = False  # needed by TE CUDA graphs
     cross_entropy_loss_fusion: bool = True
     cross_entropy_fusion_impl: Literal["te", "native"] = "te"

@@ -94,6 +94,7 @@ def recipe_choices(resolved: Resolved) -> dict[str, object]:
     m = resolved.recipe.model
     choices = dataclasses.asdict(m)
     del choices["first_k_dense_replace"], choices["norm_epsilon"]  # in the HF config, in Bridge's terms
+    del choices["moe_counts_on_device"]  # train.grouped_gemm's, not Megatron's
     hybridep_num_sms = choices.pop("moe_hybridep_num_sms")  # deprecated in Megatron-Core 0.19
     choices.update(
         attention_backend=AttnBackend[m.attention_backend],

@@ -40,6 +40,8 @@ def pretrain(recipe: Recipe) -> None:
     from dsv3_recipes.train import grouped_gemm
 
     grouped_gemm.install()  # where the env asks TE for its one-launch expert GEMM: counts on the GPU
+    if recipe.model.moe_counts_on_device:
+        grouped_gemm.install_counts_on_device()  # no host sync for them either
     if recipe.optimizer.fused_adam:
         from dsv3_recipes.train import fused_adam
 

@@ -11,7 +11,9 @@ will take it (device, cuBLASLt, FP8 recipe): where TE would fall back, a tensor 
 host-to-device copy and TE's read-back (a sync) per GEMM, so the list stays and a warning says why. The
 copy is made once per expert layer (fc1 and fc2 get the same list) from pinned memory without a sync: a
 blocking copy made the host wait for fc1's GEMM before it could launch fc2 (0.6-1.4 ms per layer in the
-profiled H100 step of 2026-12-07). Train side: imports torch and TE.
+profiled H100 step of 2026-12-07). ``install_counts_on_device`` (``model.moe_counts_on_device``, EP=1) goes
+further: the counts never leave the GPU, so the all-gather dispatcher's two host syncs per MoE layer go.
+Train side: imports torch and TE.
 """
 
 from __future__ import annotations
@@ -83,4 +85,55 @@ def install() -> bool:
 
     forward_with_device_splits._splits_on_device = True
     TEGroupedLinear.forward = forward_with_device_splits
+    return True
+
+
+class CountsOnDevice:
+    """The experts' token counts as Megatron-Core 0.19's ``TEGroupedMLP.forward`` reads them
+    (``.tolist()``, then only its GEMMs' splits in BF16 without bias), left on the GPU for TE."""
+
+    def __init__(self, counts: torch.Tensor) -> None:
+        self.counts = counts
+
+    def tolist(self) -> torch.Tensor:
+        return self.counts
+
+
+def install_counts_on_device() -> bool:
+    """Patch ``MoEAllGatherTokenDispatcher.dispatch_postprocess`` once; True when this call patched it.
+
+    At EP=1 and TP=1 (rules.COUNTS_ON_DEVICE) Megatron's copies the counts to the host, a blocking copy,
+    and selects the routed probs with ``masked_select``, whose size the host must read: two syncs per MoE
+    layer, each draining the GPU's queue. Here the probs go through TE's fused permute with the tokens (the
+    same gather, expert-major as ``masked_select``; without token dropping its size is tokens x top-k, known
+    on the host) and the counts stay on the GPU. Where TE would not take them there, Megatron's runs."""
+    from megatron.core.transformer.moe import moe_utils
+    from megatron.core.transformer.moe.token_dispatcher import MoEAllGatherTokenDispatcher
+
+    postprocess = MoEAllGatherTokenDispatcher.dispatch_postprocess
+    if getattr(postprocess, "_counts_on_device", False):
+        return False
+
+    @functools.wraps(postprocess)
+    def postprocess_on_device(self, hidden_states: torch.Tensor, probs: torch.Tensor):
+        if (
+            self.tp_size > 1
+            or self.ep_size > 1
+            or not is_module_grouped_tensor_path_supported(None, hidden_states.dtype)
+        ):
+            return postprocess(self, hidden_states, probs)
+        self.hidden_shape_before_permute = hidden_states.shape
+        self.local_map = self.routing_map  # every expert is local
+        permuted, self.local_probs, self.reversed_local_input_permutation_mapping, _, _ = moe_utils.permute(
+            hidden_states,
+            self.local_map,
+            probs=probs,
+            num_out_tokens=self.local_map.shape[0] * self.router_topk,
+            fused=self.config.moe_permute_fusion,
+        )
+        self.routing_map = None
+        return permuted, CountsOnDevice(self.local_map.sum(dim=0)), self.local_probs
+
+    postprocess_on_device._counts_on_device = True
+    MoEAllGatherTokenDispatcher.dispatch_postprocess = postprocess_on_device
     return True
