@@ -239,6 +239,43 @@ def test_busy_idle_and_gaps_by_hand(tmp_path):
     assert by_range == pytest.approx({"dsv3::attention": 0.3, "ProfilerStep#5": 0.1})
 
 
+def test_host_syncs_are_counted_by_the_ranges_that_made_them(tmp_path):
+    """Two syncs under the MoE's masked_select, one under a step-level item(), an async copy (not a sync)
+    and a sync after the step (not the step's): 3 syncs, 2 of them the MoE's."""
+    b = TraceBuilder()
+    b.step(3, 0, 1000)
+    b.range("dsv3::moe", 100, 400)
+    b.range("aten::masked_select", 150, 100)
+    b.range("aten::masked_select", 300, 100)
+    b.range("aten::item", 600, 100)
+    b.kernel("k", 10, 20, 900)
+    for name, ts in (
+        ("cudaStreamSynchronize", 200),
+        ("cudaStreamSynchronize", 350),
+        ("cudaStreamSynchronize", 650),
+        ("cudaMemcpyAsync", 660),
+        ("cudaDeviceSynchronize", 1500),
+    ):
+        b.events.append(
+            {
+                "ph": "X",
+                "cat": "cuda_runtime",
+                "name": name,
+                "pid": PID,
+                "tid": MAIN,
+                "ts": ts,
+                "dur": 5.0,
+                "args": {},
+            }
+        )
+    syncs = kp.profile(b.write(tmp_path / "t.json"))["steps"][0]["host_syncs"]
+    assert syncs["count"] == 3
+    assert syncs["by_range"] == [
+        {"range": "dsv3::moe > aten::masked_select", "count": 2},
+        {"range": "ProfilerStep#3 > aten::item", "count": 1},
+    ]
+
+
 def test_steps_are_the_profiler_step_ranges_and_kernels_go_by_their_launch(tmp_path):
     b = TraceBuilder()
     b.step(16, 0, 1000)

@@ -126,6 +126,7 @@ ELEMENTWISE_KERNEL = _rx(
 GRAPH_LAUNCH = _rx(r"GraphLaunch")
 COMPILED = re.compile(r"Torch-Compiled Region|CompiledFunction|CompiledFxGraph")
 SYNC_CALL = _rx(r"Synchronize|cudaMemcpy(?!Async)")
+TORCH_OP = _rx(r"^(aten|c10d|record_param_comms)::?")
 MM_OP = re.compile(r"^aten::(mm|addmm|bmm|baddbmm|matmul|linear|_grouped_mm|_scaled_mm)$")
 RANGE_CATS = {"cpu_op", "user_annotation", "python_function"}
 LAUNCH_CATS = {"cuda_runtime", "cuda_driver"}
@@ -259,7 +260,7 @@ class Trace:
         self.by_thread: dict[tuple, list[int]] = defaultdict(list)
         launches: dict[int, tuple[tuple, float, str]] = {}
         gpu: list[tuple[dict, int | None]] = []
-        self.runtime: list[tuple[str, float, float]] = []
+        self.runtime: list[tuple[str, float, float, tuple]] = []  # name, start, end, thread
         for e in events:
             if not isinstance(e, dict) or e.get("ph") != "X":
                 continue
@@ -281,7 +282,7 @@ class Trace:
                     )
                 )
             elif cat in LAUNCH_CATS:
-                self.runtime.append((str(e.get("name", "")), ts, ts + dur))
+                self.runtime.append((str(e.get("name", "")), ts, ts + dur, (e.get("pid"), e.get("tid"))))
                 correlation = args.get("correlation")
                 if isinstance(correlation, int):
                     launches[correlation] = ((e.get("pid"), e.get("tid")), ts, str(e.get("name", "")))
@@ -441,10 +442,18 @@ def profile_step(
             waited_in[launcher] += (after.ts - reach) / 1000
     gaps.sort(key=lambda g: -g[0])
     syncs = [
-        (name, start, end)
-        for name, start, end in trace.runtime
+        (name, start, end, thread)
+        for name, start, end, thread in trace.runtime
         if SYNC_CALL.search(name) and (window is None or window[0] <= start <= window[1])
     ]
+    synced_in: dict[str, int] = defaultdict(int)  # each sync by the range that made it and its outer op
+    for _, start, _, thread in syncs:
+        (chain,) = trace._chains(thread, [start])
+        names = [trace.ranges[i].name for i in chain]
+        # The innermost range that is not a torch op (a module, an annotation) and the op it called.
+        owner = max((i for i, n in enumerate(names) if not TORCH_OP.match(n)), default=None)
+        shown = names[owner : owner + 2] if owner is not None else names[:1]
+        synced_in[" > ".join(shown) or "(no range)"] += 1
     return {
         "wall_ms": wall,
         "gpu_span_ms": span,
@@ -456,7 +465,14 @@ def profile_step(
         "kernels": len(ordered),
         "graph_kernels": sum(k.graph for k in ordered),
         "unlinked_kernels": sum(k.launch_ts is None for k in ordered),
-        "host_syncs": {"count": len(syncs), "ms": sum(end - start for _, start, end in syncs) / 1000},
+        "host_syncs": {
+            "count": len(syncs),
+            "ms": sum(end - start for _, start, end, _ in syncs) / 1000,
+            "by_range": [
+                {"range": _short(name, 120), "count": count}
+                for name, count in sorted(synced_in.items(), key=lambda kv: -kv[1])[: top * 2]
+            ],
+        },
         "categories": {
             name: {
                 "ms": entry["ms"],
@@ -593,6 +609,14 @@ def side_by_side(profiles: list[dict], labels: list[str], top: int = 3) -> str:
             for g in s["largest_gaps"][:3]
         )
         lines.append(f"- {label}: {gaps or 'none'}; host syncs: {s['host_syncs']['count']}")
+    lines += [
+        "",
+        "Host syncs (each drains the GPU's queue) by the range that made them and the op it called:",
+        "",
+    ]
+    for label, s in zip(labels, steps, strict=True):
+        made = "; ".join(f"{r['count']} `{r['range']}`" for r in s["host_syncs"].get("by_range", []))
+        lines.append(f"- {label}: {made or 'none'}")
     return "\n".join(lines) + "\n"
 
 
