@@ -31,6 +31,30 @@ def test_counts_tokens_per_expert_and_the_worst_routers_skew():
     }
 
 
+def test_the_summary_is_one_read_from_the_device_with_the_bias_range(monkeypatch):
+    """Every figure comes back in one tolist(), no item(): at each step's end a host read per figure was
+    a sync each with the GPU idle. A router that routed nothing is left out."""
+    routers = [Router(), Router(), Router()]
+    routers[0].expert_bias = torch.tensor([-0.5, 0.0, 0.25, 0.0])
+    load = ExpertLoad(routers, experts=4, device="cpu")
+    routers[0](torch.tensor([0, 1, 1, 1]))  # 1, 3, 0, 0: max/mean 3
+    routers[1](torch.tensor([2, 3]))  # 0, 0, 1, 1: max/mean 2; routers[2] routes nothing
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or tolist(t))
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: pytest.fail("a read per figure"))
+    assert load.summary() == {
+        "routers": 2,
+        "tokens_per_expert_min": 0.0,
+        "tokens_per_expert_mean": 0.75,
+        "tokens_per_expert_max": 3.0,
+        "worst_router_max_over_mean": 3.0,
+        "expert_bias_min": -0.5,
+        "expert_bias_max": 0.25,
+    }
+    assert len(reads) == 1
+
+
 def test_recomputed_forwards_and_earlier_steps_are_not_counted():
     router = Router()
     load = ExpertLoad([router], experts=4, device="cpu")

@@ -61,23 +61,31 @@ class ExpertLoad:
 
     def summary(self) -> dict[str, float] | None:
         """Min/mean/max tokens per expert over every (router, expert), the worst router's max/mean, and
-        the range of the routers' aux-loss-free expert bias (where they have one)."""
-        counted = self.counts[self.counts.sum(dim=1) > 0]
-        if counted.numel() == 0:
-            return None
-        mean = counted.mean(dim=1)
-        summary = {
-            "routers": counted.shape[0],
-            "tokens_per_expert_min": counted.min().item(),
-            "tokens_per_expert_mean": counted.mean().item(),
-            "tokens_per_expert_max": counted.max().item(),
-            "worst_router_max_over_mean": (counted.max(dim=1).values / mean).max().item(),
-        }
+        the range of the routers' aux-loss-free expert bias (where they have one), over the routers that
+        routed this step. Read in one copy to the host: a read per figure (and a boolean index) were 7 host
+        syncs at every step's end, each with the GPU idle (call k's profile, benchmarks/README.md)."""
+        counts = self.counts
+        active = counts.sum(dim=1) > 0
+        routers = active.sum()
+        per_router_skew = counts.max(dim=1).values / counts.mean(dim=1)  # inf or nan where none routed
+        figures = [
+            routers.float(),
+            torch.where(active[:, None], counts, torch.inf).min(),
+            counts.sum() / (routers * counts.shape[1]).clamp(min=1),  # idle routers' rows are zeros
+            counts.max(),
+            torch.where(active, per_router_skew, -torch.inf).max(),
+        ]
         biases = [b for b in (getattr(r, "expert_bias", None) for r in self.routers) if b is not None]
         if biases:
-            stacked = torch.stack([b.detach().float() for b in biases])
-            summary["expert_bias_min"] = stacked.min().item()
-            summary["expert_bias_max"] = stacked.max().item()
+            stacked = torch.stack([b.detach().float() for b in biases]).to(counts.device)
+            figures += [stacked.min(), stacked.max()]
+        values = torch.stack(figures).tolist()
+        if values[0] == 0:
+            return None
+        names = ["routers", "tokens_per_expert_min", "tokens_per_expert_mean", "tokens_per_expert_max"]
+        names += ["worst_router_max_over_mean"] + (["expert_bias_min", "expert_bias_max"] if biases else [])
+        summary = dict(zip(names, values, strict=True))
+        summary["routers"] = int(summary["routers"])
         return summary
 
 
