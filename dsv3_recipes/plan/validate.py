@@ -218,24 +218,21 @@ def check_fused_adam(recipe: Recipe) -> None:
     """``optimizer.fused_adam`` replaces TE FusedAdam's param-remainder kernel, which runs only where TE
     holds the fp32 master as bf16 params and int16 remainders: Adam on the precision-aware optimizer with
     fp32 main params, bf16 params (no FP8 params; delayed scaling keeps TE's master) and bf16 moments."""
-    needs = {
-        "optimizer.optimizer": ("adam",),
-        "optimizer.use_precision_aware_optimizer": (True,),
-        "optimizer.main_params_dtype": ("fp32",),
-        "optimizer.exp_avg_dtype": ("bf16",),
-        "optimizer.exp_avg_sq_dtype": ("bf16",),
-        "mixed_precision.bf16": (True,),
-        "mixed_precision.fp8_param_gather": (False,),
-        "mixed_precision.fp8_recipe": (None, "delayed"),  # with the others Megatron holds the master
-    }
-    for path, allowed in needs.items():
-        section, name = path.split(".")
-        value = getattr(getattr(recipe, section), name)
-        if value not in allowed:
-            wanted = " or ".join(map(repr, allowed))
-            raise RecipeError(
-                "optimizer.fused_adam", f"is TE's param-remainder AdamW: needs {path}={wanted}, got {value!r}"
-            )
+    problem = rules.unmet(
+        recipe,
+        {
+            "optimizer.optimizer": ("adam",),
+            "optimizer.use_precision_aware_optimizer": (True,),
+            "optimizer.main_params_dtype": ("fp32",),
+            "optimizer.exp_avg_dtype": ("bf16",),
+            "optimizer.exp_avg_sq_dtype": ("bf16",),
+            "mixed_precision.bf16": (True,),
+            "mixed_precision.fp8_param_gather": (False,),
+            "mixed_precision.fp8_recipe": (None, "delayed"),  # with the others Megatron holds the master
+        },
+    )
+    if problem:
+        raise RecipeError("optimizer.fused_adam", f"is TE's param-remainder AdamW: {problem}")
 
 
 def check_recompute(recipe: Recipe) -> None:

@@ -12,6 +12,7 @@ Launch side: standard library only.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
@@ -100,6 +101,16 @@ class Rule:
         problem = self.problem(recipe, capabilities)  # type: ignore[arg-type]
         if problem is not None:
             raise RecipeError(self.field, problem)
+
+
+def unmet(recipe: Recipe, needs: dict[str, tuple[object, ...]]) -> Optional[str]:
+    """The first field of ``needs`` (dotted path -> its allowed values) the recipe does not set to one of
+    them, as ``needs PATH=ALLOWED, got VALUE``; None where every one is."""
+    for path, allowed in needs.items():
+        value = functools.reduce(getattr, path.split("."), recipe)
+        if value not in allowed:
+            return f"needs {path}={' or '.join(map(repr, allowed))}, got {value!r}"
+    return None
 
 
 def check_all(rules: Sequence[Rule], recipe: Recipe, capabilities: Optional[Capabilities] = None) -> None:
@@ -327,23 +338,22 @@ DELAY_WGRAD_NEEDS_EP_OVERLAP = Rule(
 
 
 def _counts_on_device(r: Recipe, caps: Capabilities) -> Optional[str]:
-    m = r.model
-    if not m.moe_counts_on_device:
+    if not r.model.moe_counts_on_device:
         return None
-    needs = {  # the all-gather dispatcher without gathers, TE's fused permute, BF16 grouped GEMM
-        "model.moe_token_dispatcher_type": (m.moe_token_dispatcher_type, "allgather"),
-        "model.tensor_model_parallel_size": (m.tensor_model_parallel_size, 1),
-        "model.expert_model_parallel_size": (m.expert_model_parallel_size, 1),
-        "model.expert_tensor_parallel_size": (m.expert_tensor_parallel_size, 1),
-        "model.moe_permute_fusion": (m.moe_permute_fusion, True),
-        "model.moe_grouped_gemm": (m.moe_grouped_gemm, True),
-        "mixed_precision.fp8_recipe": (r.mixed_precision.fp8_recipe, None),  # FP8 pads the counts on the host
-    }
-    for path, (value, wanted) in needs.items():
-        if value != wanted:
-            return (
-                f"keeps the experts' token counts on the GPU at EP=1: needs {path}={wanted!r}, got {value!r}"
-            )
+    problem = unmet(
+        r,
+        {  # the all-gather dispatcher without gathers, TE's fused permute, BF16 grouped GEMM
+            "model.moe_token_dispatcher_type": ("allgather",),
+            "model.tensor_model_parallel_size": (1,),
+            "model.expert_model_parallel_size": (1,),
+            "model.expert_tensor_parallel_size": (1,),
+            "model.moe_permute_fusion": (True,),
+            "model.moe_grouped_gemm": (True,),
+            "mixed_precision.fp8_recipe": (None,),  # FP8 pads the counts on the host
+        },
+    )
+    if problem:
+        return f"keeps the experts' token counts on the GPU at EP=1: {problem}"
     if not te_grouped_gemm(r):
         return (
             f"needs env_vars.{TE_GROUPED_GEMM}=1: TE's one-launch grouped GEMM is what reads the counts there"
