@@ -197,13 +197,15 @@ def adam_step(
     clip_coeff: float | torch.Tensor | None = None,
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
+    plan: Plan | None = None,
 ) -> None:
     """TE's ``multi_tensor_adam_param_remainder`` (AdamW, bias correction) on TE's lists [grads, params,
     exp_avg, exp_avg_sq, remainders], after Megatron's clip scale by ``clip_coeff`` (None: no scale; a
     one-element fp32 device tensor, as Megatron's norm is where TE's multi_tensor_scale_tensor exists, is
     read by the kernel: no host sync), in one launch. The grads are left as they are (Megatron zeroes them
-    before the next backward)."""
-    plan = _plan(tensor_lists)
+    before the next backward). ``plan``: these lists' ``_plan``, where the caller made it already."""
+    if plan is None:
+        plan = _plan(tensor_lists)
     if plan is None:
         raise ValueError(
             "the kernel takes contiguous bf16 params and moments, int16 remainders and bf16 or "
@@ -265,7 +267,8 @@ class RemainderOp:
         grads = tensor_lists[0]
         per_grad = [_PENDING.pop(g.data_ptr(), None) for g in grads]
         coeffs = set(per_grad)
-        fused = mode == 1 and bias_correction == 1 and _plan(tensor_lists) is not None
+        plan = _plan(tensor_lists) if mode == 1 and bias_correction == 1 else None
+        fused = plan is not None
         if not fused or len(coeffs) > 1:  # the pass Megatron skipped, then one coefficient (or none)
             for coeff in coeffs - {None}:
                 self.scale([g for g, c in zip(grads, per_grad, strict=True) if same(c, coeff)], coeff)
@@ -285,6 +288,7 @@ class RemainderOp:
             weight_decay=weight_decay,
             step=step,
             clip_coeff=coeff,
+            plan=plan,
         )
 
 
